@@ -1,0 +1,81 @@
+"""The Python API behind `onnxprune inspect` and `onnxprune optimize`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune import stats
+from onnxprune.io import check_output_path, load_model, save_model
+from onnxprune.passes.base import Pass
+from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, Verifier, run_pipeline
+from onnxprune.validate import check_structure
+
+ModelLike = ir.Model | str | os.PathLike
+
+
+def as_model(model: ModelLike) -> tuple[ir.Model, Path | None]:
+    """Load ``model`` if it is a path; check the structure either way."""
+    if isinstance(model, ir.Model):
+        check_structure(model)
+        return model, None
+    path = Path(model)
+    loaded = load_model(path)
+    check_structure(loaded, str(path))
+    return loaded, path
+
+
+def inspect(model: ModelLike) -> dict:
+    """Inputs/outputs, op histogram, parameters, MACs per layer and in total, size."""
+    loaded, path = as_model(model)
+    return stats.summarize(loaded, path)
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: ir.Model
+    before: dict
+    after: dict
+    pipeline: PipelineResult
+    output: Path | None = None
+
+    def to_dict(self) -> dict:
+        keep = ("nodes", "parameters", "weights_bytes", "macs", "ops")
+        return {
+            "output": str(self.output) if self.output else None,
+            "before": {k: self.before[k] for k in keep},
+            "after": {k: self.after[k] for k in keep},
+            **self.pipeline.to_dict(),
+        }
+
+
+def optimize(
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    *,
+    passes: Sequence[str | Pass] = DEFAULT_PIPELINE,
+    verify: bool = False,
+    feeds: Sequence[Mapping[str, np.ndarray]] | None = None,
+    tolerance: float = 1e-5,
+    progress: bool = False,
+) -> OptimizeResult:
+    """Run the exact clean-up pipeline (or ``passes``) and optionally save the result.
+
+    With ``verify``, each pass is followed by the ONNX checker, an ONNX Runtime load and a
+    parity check on ``feeds`` (random inputs if none); the first failure raises an error
+    naming the pass.
+    """
+    loaded, path = as_model(model)
+    if output is not None:
+        check_output_path(output, path)
+    before = stats.summarize(loaded)
+    verifier = Verifier(feeds, tolerance) if verify else None
+    result = run_pipeline(loaded, passes, verify=verifier, progress=progress)
+    after = stats.summarize(result.model)
+    saved = save_model(result.model, output, input_path=path) if output is not None else None
+    return OptimizeResult(result.model, before, after, result, saved)

@@ -1,0 +1,30 @@
+"""The ``onnxprune`` command: a thin click layer over the Python API."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune import __version__
+from onnxprune.cli._common import Group
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="onnxprune")
+@click.option("--debug", is_flag=True, help="Show tracebacks and library logs.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def cli(debug: bool, quiet: bool) -> None:
+    """Compress trained ONNX models: clean up, prune channels, quantize, check parity.
+
+    Exit codes: 0 success, 1 parity check failed, 2 bad input or usage, 3 internal error.
+    """
+
+
+from onnxprune.cli.inspect_cmd import inspect_cmd  # noqa: E402
+from onnxprune.cli.optimize_cmd import optimize_cmd  # noqa: E402
+
+for _command in (inspect_cmd, optimize_cmd):
+    cli.add_command(_command)
+
+
+def main() -> None:
+    cli(prog_name="onnxprune")

@@ -1,0 +1,64 @@
+"""What every command shares: error handling, exit codes, output helpers."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+import warnings
+
+import click
+
+from onnxprune.errors import OnnxPruneError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class Group(click.Group):
+    """A click group that turns our errors into one line on stderr and an exit code.
+
+    User errors exit 2 (parity failures 1) without a traceback; a bug exits 3 and points at
+    ``--debug``, which shows the traceback instead.
+    """
+
+    def invoke(self, ctx: click.Context):
+        debug = ctx.params.get("debug", False)
+        _quiet_libraries(debug)
+        try:
+            return super().invoke(ctx)
+        except OnnxPruneError as exc:
+            if debug:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was written", err=True)
+            ctx.exit(130)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # a bug: say so plainly
+            if debug:
+                raise
+            click.echo(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+                err=True,
+            )
+            ctx.exit(EXIT_INTERNAL)
+
+
+def _quiet_libraries(debug: bool) -> None:
+    level = logging.DEBUG if debug else logging.ERROR
+    for name in ("onnx_ir", "onnxscript", "onnxruntime"):
+        logging.getLogger(name).setLevel(level)
+    if not debug:
+        warnings.filterwarnings("ignore")
+
+
+def show_progress(ctx: click.Context) -> bool:
+    """Progress bars go to stderr, only on a terminal and unless --quiet."""
+    root = ctx.find_root()
+    return not root.params.get("quiet", False) and sys.stderr.isatty()
+
+
+def split_list(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]

@@ -1,0 +1,50 @@
+"""`onnxprune inspect`."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune import api
+from onnxprune.report import human, table, to_json
+
+
+@click.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--layers/--no-layers", default=True, help="Show the per-layer MACs table.")
+def inspect_cmd(model: str, as_json: bool, layers: bool) -> None:
+    """Show a model's inputs/outputs, op histogram, parameters, MACs and size."""
+    info = api.inspect(model)
+    if as_json:
+        click.echo(to_json(info))
+        return
+    click.echo(format_summary(info, layers))
+
+
+def format_summary(info: dict, layers: bool = True) -> str:
+    def sig(values):
+        return [(v["name"], v["dtype"], "[" + ", ".join(map(str, v["shape"])) + "]") for v in values]
+
+    parts = [
+        f"model: {info.get('file', info['graph'])}  graph: {info['graph']}  "
+        f"producer: {info['producer'] or '?'}  opsets: "
+        + ", ".join(f"{d or 'ai.onnx'} {v}" for d, v in info["opsets"].items()),
+        "",
+        table(["input", "dtype", "shape"], sig(info["inputs"])),
+        "",
+        table(["output", "dtype", "shape"], sig(info["outputs"])),
+        "",
+        f"nodes: {info['nodes']}   parameters: {info['parameters']:,} "
+        f"({human(info['weights_bytes'], 'B')})   MACs: {human(info['macs'])}"
+        + (f"   file: {human(info['file_bytes'], 'B')}" if "file_bytes" in info else ""),
+        "",
+        table(["op", "count"], list(info["ops"].items())),
+    ]
+    if layers and info["layers"]:
+        total = max(info["macs"], 1)
+        rows = [
+            (layer["node"], layer["op_type"], human(layer["macs"]), f"{layer['macs'] / total:.1%}")
+            for layer in info["layers"]
+        ]
+        parts += ["", table(["layer", "op", "MACs", "share"], rows, align="llrr")]
+    return "\n".join(parts)

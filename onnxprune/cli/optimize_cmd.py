@@ -1,0 +1,64 @@
+"""`onnxprune optimize`."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune import api
+from onnxprune.cli._common import show_progress, split_list
+from onnxprune.passes import PASSES, get_pass
+from onnxprune.pipeline import DEFAULT_PIPELINE
+from onnxprune.report import change, human, table, write_json
+
+
+def _pass_help() -> str:
+    return "\n".join(f"  {name}: {cls.summary()}" for name, cls in PASSES.items())
+
+
+@click.command("optimize", epilog="Passes:\n\n" + _pass_help().replace("\n", "\n\n"))
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
+@click.option("--passes", help=f"Comma-separated pass names (default: {','.join(DEFAULT_PIPELINE)}).")
+@click.option("--verify", is_flag=True, help="After each pass: ONNX checker, ONNX Runtime load, output parity.")
+@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Parity tolerance for --verify (max abs error / max |reference|).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.pass_context
+def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> None:
+    """Run the exact clean-up pipeline: outputs stay numerically equal."""
+    names = split_list(passes) or list(DEFAULT_PIPELINE)
+    for name in names:
+        get_pass(name)  # fail on an unknown name before any work
+    result = api.optimize(
+        model, output, passes=names, verify=verify, tolerance=tolerance, progress=show_progress(ctx)
+    )
+    rows = [
+        (
+            r.name,
+            "yes" if r.modified else "no",
+            r.nodes_after - r.nodes_before,
+            r.params_after - r.params_before,
+            f"{r.seconds * 1000:.0f} ms",
+            "; ".join(r.changes[:3]) + (f" (+{len(r.changes) - 3} more)" if len(r.changes) > 3 else ""),
+        )
+        for r in result.pipeline.records
+    ]
+    click.echo(table(["pass", "modified", "Δnodes", "Δparams", "time", "changes"], rows, align="llrrrl"))
+    b, a = result.before, result.after
+    click.echo("")
+    click.echo(
+        table(
+            ["", "before", "after", "change"],
+            [
+                ("nodes", b["nodes"], a["nodes"], change(b["nodes"], a["nodes"])),
+                ("parameters", f"{b['parameters']:,}", f"{a['parameters']:,}", change(b["parameters"], a["parameters"])),
+                ("MACs", human(b["macs"]), human(a["macs"]), change(b["macs"], a["macs"])),
+                ("weights", human(b["weights_bytes"], "B"), human(a["weights_bytes"], "B"), change(b["weights_bytes"], a["weights_bytes"])),
+            ],
+            align="lrrr",
+        )
+    )
+    if verify:
+        click.echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)")
+    click.echo(f"\nwrote {result.output}")
+    if report_path:
+        write_json(report_path, result.to_dict())
