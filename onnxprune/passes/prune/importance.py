@@ -1,0 +1,362 @@
+"""Channel importance criteria: a criterion maps a group to one score per channel.
+
+As in Torch-Pruning, a criterion is a small callable ``criterion(group) -> scores`` (higher =
+more important), not a configurable monolith. Data-driven criteria first collect statistics
+over the whole model in :meth:`Criterion.prepare` (one streamed ONNX Runtime pass over the
+data, :func:`collect_channel_stats`); weight criteria need nothing but the group.
+
+Scores of different layers live on different scales (fan-in, BatchNorm scale, activation
+range), so before a global ranking each group's scores are divided by the group's mean
+(:func:`normalize`). The mean rather than the max: a single outlier channel would squash
+every other score of its layer towards 0 under max-normalisation and make the whole layer
+look unimportant; under the mean a normalised score of 0.3 reads "30 % of this layer's
+average channel" in every layer. (Torch-Pruning's default normaliser is the mean, too.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from tqdm import tqdm
+
+from onnxprune import runtime
+from onnxprune.errors import DataError, UsageError
+from onnxprune.graphutils import attr, const_array
+from onnxprune.passes.cleanup import ShapeInference
+from onnxprune.passes.prune.group import Group, Role, Slot
+
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
+
+
+def normalize(scores: np.ndarray) -> np.ndarray:
+    """``scores / mean(scores)``; a group whose scores are all zero stays all zero."""
+    scores = np.asarray(scores, dtype=np.float64)
+    mean = float(scores.mean()) if scores.size else 0.0
+    return scores / mean if mean > 0 else np.zeros_like(scores)
+
+
+def per_channel(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
+    """Map per-index values along ``slot.axis`` to the group channels the slot covers.
+
+    Returns ``(channels, per-channel values)``; the ``slot.block`` indices of one channel
+    (features of a flattened channel) are summed, or averaged with ``reduce="mean"``.
+    """
+    hi = size if slot.hi is None else slot.hi
+    channels = np.arange(slot.lo, hi)
+    blocks = values[slot.indices(channels, size)].reshape(len(channels), slot.block)
+    return channels, blocks.mean(axis=1) if reduce == "mean" else blocks.sum(axis=1)
+
+
+def combine(size: int, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Average the per-channel values of several slots; channels no slot covers are NaN."""
+    total, count = np.zeros(size), np.zeros(size)
+    for channels, values in parts:
+        total[channels] += values
+        count[channels] += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def is_weight(slot: Slot) -> bool:
+    """A producer slot holding a weight (not a bias): Conv/Gemm input 1, a MatMul operand."""
+    node = slot.node
+    if node.op_type in WEIGHT_OPS:
+        return len(node.inputs) > 1 and node.inputs[1] is slot.value
+    return node.op_type == "MatMul"
+
+
+def batchnorm_after(node: ir.Node) -> ir.Node | None:
+    """The BatchNormalization that directly consumes ``node``'s output, if any."""
+    for user, index in node.outputs[0].uses():
+        if user.op_type == "BatchNormalization" and user.domain == "" and index == 0:
+            return user
+    return None
+
+
+def batchnorm_scale(bn: ir.Node) -> np.ndarray | None:
+    """|γ| / √(σ² + ε): the per-channel factor BatchNorm applies to its input."""
+    gamma, var = const_array(bn.inputs[1]), const_array(bn.inputs[4])
+    if gamma is None or var is None:
+        return None
+    return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + attr(bn, "epsilon", 1e-5))
+
+
+class Criterion:
+    """Scores the channels of a group; ``notes`` says, by group id, where it fell back."""
+
+    name = ""
+    needs_data = False
+
+    def __init__(self) -> None:
+        self.notes: dict[int, str] = {}
+
+    def prepare(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        """Called once with all the groups before any scoring (data-driven criteria collect here)."""
+
+    def __call__(self, group: Group) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Magnitude(Criterion):
+    """Norm of each channel's *effective* producer weights, averaged over the group's producers.
+
+    score(c) = mean over producers p of ‖s_p[c] · W_p[c, ...]‖  (p-norm, p = 1 or 2)
+
+    where ``s_p[c] = |γ_c| / √(σ²_c + ε)`` when a BatchNormalization directly follows the
+    producer (else 1): the weights the deployed, BN-folded model will have. Raw weights of a
+    Conv followed by BN have an arbitrary scale (BN undoes it), so without ``s`` the ranking
+    would depend on whether BN was folded before pruning; with it, it does not.
+    A residual group has several producers (one per branch); a Split group may have
+    producers covering only part of the channels: each channel averages those covering it.
+    """
+
+    def __init__(self, p: int) -> None:
+        super().__init__()
+        self.p = p
+        self.name = f"l{p}"
+
+    def __call__(self, group: Group) -> np.ndarray:
+        parts = []
+        for slot in group.by_role(Role.PRODUCER):
+            weight = const_array(slot.value) if is_weight(slot) else None
+            if weight is None:
+                continue
+            rows = np.moveaxis(weight.astype(np.float64), slot.axis, 0).reshape(weight.shape[slot.axis], -1)
+            powers = np.sum(np.abs(rows) ** self.p, axis=1)
+            bn = batchnorm_after(slot.node)
+            scale = batchnorm_scale(bn) if bn is not None else None
+            if scale is not None and scale.shape == powers.shape:
+                powers = powers * scale**self.p
+            channels, sums = per_channel(powers, slot, group.size)
+            parts.append((channels, sums ** (1.0 / self.p)))
+        scores = combine(group.size, parts)
+        if np.isnan(scores).any():
+            # Channels without a constant producer weight (should not happen for a prunable
+            # group): rank them as average so that they are neither kept nor dropped first.
+            self.notes[group.id] = "some channels have no constant producer weight"
+            fill = np.nanmean(scores) if not np.isnan(scores).all() else 1.0
+            scores = np.where(np.isnan(scores), fill, scores)
+        return scores
+
+
+class BatchNormScale(Criterion):
+    """|γ| of the BatchNormalizations carrying the group's channels (network slimming).
+
+    score(c) = mean over the group's BNs of |γ_c|. Groups without BatchNorm on every channel
+    fall back to the l1 criterion, with a note.
+    """
+
+    name = "bn"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fallback = Magnitude(1)
+
+    def __call__(self, group: Group) -> np.ndarray:
+        parts = []
+        for slot in group.by_role(Role.PARAM):
+            node = slot.node
+            if node.op_type == "BatchNormalization" and node.inputs[1] is slot.value:
+                gamma = const_array(slot.value)
+                if gamma is not None:
+                    parts.append(per_channel(np.abs(gamma.astype(np.float64)), slot, group.size, "mean"))
+        scores = combine(group.size, parts)
+        if not parts or np.isnan(scores).any():
+            self.notes[group.id] = "no BatchNorm on every channel: scored by l1"
+            return self.fallback(group)
+        return scores
+
+
+class Activation(Criterion):
+    """Statistics of each channel's activations on sample data (ONNX Runtime, streamed).
+
+    ``statistic="mean_abs"``: E|x_c| (channels that stay small contribute little);
+    ``statistic="nonzero"``: share of non-zero values, 1 − APoZ (Hu et al. 2016: channels
+    that a ReLU almost always zeroes are idle). Both are measured on the tensor the group's
+    consumers read. :attr:`stats` also holds the channel means, which the rewrite can fold
+    into consumer biases for the removed channels.
+    """
+
+    needs_data = True
+
+    def __init__(
+        self,
+        data: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
+        statistic: str = "mean_abs",
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        if statistic not in ("mean_abs", "nonzero"):
+            raise UsageError(f"unknown activation statistic '{statistic}' (mean_abs, nonzero)")
+        self.data = data
+        self.statistic = statistic
+        self.name = "activation" if statistic == "mean_abs" else "apoz"
+        self.progress = progress
+        self.stats: dict[int, ChannelStats] = {}
+
+    def prepare(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        if self.data is None:
+            raise UsageError(f"criterion '{self.name}' needs calibration data (--calib)")
+        self.stats = collect_channel_stats(model, groups, self.data(), progress=self.progress)
+
+    def __call__(self, group: Group) -> np.ndarray:
+        stats = self.stats.get(group.id)
+        if stats is None:
+            raise UsageError(f"criterion '{self.name}': no activation statistics for group '{group.name}'")
+        return stats.mean_abs if self.statistic == "mean_abs" else stats.nonzero
+
+
+CRITERIA: dict[str, str] = {
+    "l1": "L1 norm of each channel's producer weights (BN-aware)",
+    "l2": "L2 norm of each channel's producer weights (BN-aware)",
+    "bn": "|BatchNorm scale γ| of each channel (l1 where there is no BN)",
+    "activation": "mean |activation| of each channel on calibration data",
+    "apoz": "share of non-zero activations of each channel on calibration data (1 - APoZ)",
+}
+
+
+def get_criterion(
+    name: str,
+    data: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
+    progress: bool = False,
+) -> Criterion:
+    """The criterion called ``name``; ``data`` yields calibration batches (data-driven ones)."""
+    if name == "l1":
+        return Magnitude(1)
+    if name == "l2":
+        return Magnitude(2)
+    if name == "bn":
+        return BatchNormScale()
+    if name == "activation":
+        return Activation(data, "mean_abs", progress)
+    if name == "apoz":
+        return Activation(data, "nonzero", progress)
+    raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")
+
+
+# --- Streaming activation statistics ------------------------------------------------------
+
+# Bytes of extra outputs fetched per ONNX Runtime call; more tensors are fetched in several
+# calls per batch, so that a big model on a big batch does not hold all its activations at once.
+FETCH_BUDGET = 256 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class ChannelStats:
+    """Per-channel statistics of the activation a group's consumers read."""
+
+    mean_abs: np.ndarray  # E|x_c|
+    mean: np.ndarray  # E x_c (what a removed channel contributed on average)
+    nonzero: np.ndarray  # share of x_c != 0
+    samples: int
+
+
+class _Running:
+    """Running sums along one axis of one tensor: memory is O(channels), not O(samples)."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.abs = self.sum = self.nonzero = self.count = None
+
+    def update(self, x: np.ndarray) -> None:
+        rows = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
+        parts = (
+            np.abs(rows).sum(axis=1, dtype=np.float64),
+            rows.sum(axis=1, dtype=np.float64),
+            np.count_nonzero(rows, axis=1).astype(np.float64),
+            np.full(rows.shape[0], rows.shape[1], dtype=np.float64),
+        )
+        if self.abs is None:
+            self.abs, self.sum, self.nonzero, self.count = parts
+        else:
+            for total, part in zip((self.abs, self.sum, self.nonzero, self.count), parts):
+                total += part
+
+
+def hooked_slots(group: Group) -> list[Slot]:
+    """The ACTIVATION slots the group's consumers read (all of them if none is read directly)."""
+    consumers = {id(s.node) for s in group.by_role(Role.CONSUMER)}
+    activations = group.by_role(Role.ACTIVATION)
+    read = [s for s in activations if any(id(user) in consumers for user, _ in s.value.uses())]
+    return read or activations
+
+
+def collect_channel_stats(
+    model: ir.Model,
+    groups: Sequence[Group],
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    progress: bool = False,
+) -> dict[int, ChannelStats]:
+    """Run ONNX Runtime over ``batches`` exposing the groups' activations as extra outputs.
+
+    Only running per-channel sums are kept, so memory does not grow with the number of
+    samples. The model's outputs are restored afterwards.
+    """
+    slots = {g.id: hooked_slots(g) for g in groups if g.prunable}
+    values: dict[str, ir.Value] = {}
+    running: dict[str, _Running] = {}
+    for group_slots in slots.values():
+        for slot in group_slots:
+            values.setdefault(slot.value.name, slot.value)
+            running.setdefault(slot.value.name, _Running(slot.axis))
+    if not values:
+        return {}
+    if any(v.type is None for v in values.values()):
+        ShapeInference()(model)
+    inputs = set(runtime.input_specs(model))
+    added = [v for v in values.values() if not v.is_graph_output()]
+    model.graph.outputs.extend(added)
+    samples = 0
+    try:
+        with runtime.session(model) as sess:
+            for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
+                feeds = {k: v for k, v in feeds.items() if k in inputs}
+                batch = len(next(iter(feeds.values()))) if feeds else 1
+                for names in _fetch_chunks(list(values.values()), batch):
+                    try:
+                        arrays = sess.run(names, feeds)
+                    except Exception as exc:  # ORT's own error types
+                        raise DataError(f"calibration batch does not run: {str(exc).splitlines()[0]}") from None
+                    for name, array in zip(names, arrays):
+                        running[name].update(array)
+                    del arrays
+                samples += batch
+    finally:
+        for _ in added:
+            model.graph.outputs.pop()
+    if samples == 0:
+        raise DataError("calibration data is empty")
+    sizes = {g.id: g.size for g in groups}
+    return {gid: _group_stats(s, running, sizes[gid], samples) for gid, s in slots.items()}
+
+
+def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, samples: int) -> ChannelStats:
+    sums = {k: np.zeros(size) for k in ("abs", "sum", "nonzero", "count")}
+    for slot in slots:
+        r = running[slot.value.name]
+        for key in sums:
+            channels, per = per_channel(getattr(r, key), slot, size)
+            sums[key][channels] += per
+    count = np.maximum(sums["count"], 1)
+    return ChannelStats(sums["abs"] / count, sums["sum"] / count, sums["nonzero"] / count, samples)
+
+
+def _fetch_chunks(values: list[ir.Value], batch: int) -> list[list[str]]:
+    """Split the names to fetch so that one call's outputs stay under FETCH_BUDGET bytes."""
+    chunks: list[list[str]] = [[]]
+    used = 0
+    for value in values:
+        dims = [d if isinstance(d, int) else 1 for d in (value.shape or ())]
+        itemsize = value.dtype.itemsize if value.dtype is not None else 4
+        nbytes = math.prod(dims[1:]) * batch * itemsize
+        if chunks[-1] and used + nbytes > FETCH_BUDGET:
+            chunks.append([])
+            used = 0
+        chunks[-1].append(value.name)
+        used += nbytes
+    return chunks
