@@ -1,0 +1,245 @@
+"""The planner: which channels of which groups to remove.
+
+Input: the prunable groups and their normalised scores (:mod:`.importance`). Output: a
+:class:`PrunePlan`. Three ways to say how much:
+
+- a global ``ratio``: all channels of all candidate groups are ranked together and the
+  lowest ``ratio`` share is removed (layers that matter less lose more);
+- per-group ratios (``uniform``, or ``group_ratios`` by name pattern): each group removes
+  its own lowest ``ratio`` share;
+- a target (``target_macs=0.6`` keeps 60 % of the MACs, ``target_params``): bisection on the
+  ratio, each step costed by :class:`CostModel` without rewriting the model.
+
+Constraints applied to every group: at least ``min_channels`` (>= 1) kept, never all
+removed; the kept count rounded *up* to a multiple of ``round_to`` (hardware-friendly
+channel counts; rounding up keeps the result within the requested ratio); grouped
+convolutions keep the same count in each conv group. The ratio is therefore an upper bound
+on the share removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune.errors import UsageError
+from onnxprune.passes.cleanup import ShapeInference
+from onnxprune.passes.prune.group import Group, PrunePlan, Role
+from onnxprune.stats import MAC_OPS, node_macs
+
+
+@dataclasses.dataclass(eq=False)
+class Candidate:
+    """A prunable group with its normalised scores and the constraints on its kept count."""
+
+    group: Group
+    scores: np.ndarray
+    min_keep: int = 1
+    step: int = 1  # kept count is a multiple of step (or the whole group)
+    blocks: int = 1  # equal contiguous blocks (conv groups) that keep equal counts
+    ratio: float | None = None  # a per-group ratio (local ranking) instead of the global one
+
+    def kept_count(self, remove: int) -> int:
+        keep = max(self.group.size - remove, self.min_keep)
+        return min(self.group.size, math.ceil(keep / self.step) * self.step)
+
+    def keep(self, count: int) -> np.ndarray:
+        """The ``count`` best channels, sorted (the same number from each block)."""
+        size, per_block = self.group.size // self.blocks, count // self.blocks
+        kept = [
+            b * size + np.argsort(-self.scores[b * size : (b + 1) * size], kind="stable")[:per_block]
+            for b in range(self.blocks)
+        ]
+        return np.sort(np.concatenate(kept))
+
+
+def conv_blocks(group: Group) -> int:
+    """Equal blocks of channels that must keep equal counts (``Group.conv_groups`` from analysis)."""
+    return max(1, int(getattr(group, "conv_groups", 1) or 1))
+
+
+def make_candidates(
+    groups: Sequence[Group],
+    scores: Mapping[int, np.ndarray],
+    *,
+    min_channels: int = 1,
+    round_to: int = 1,
+    excluded: Iterable[int] = (),
+    group_ratios: Mapping[int, float] | None = None,
+) -> list[Candidate]:
+    """Candidates for every prunable, non-excluded group (``group_ratios``: id -> local ratio)."""
+    if min_channels < 1:
+        raise UsageError(f"min_channels must be at least 1 (given {min_channels})")
+    if round_to < 1:
+        raise UsageError(f"round_to must be at least 1 (given {round_to})")
+    excluded, group_ratios = set(excluded), dict(group_ratios or {})
+    result = []
+    for group in groups:
+        if not group.prunable or group.id in excluded or group.size < 2:
+            continue
+        blocks = conv_blocks(group)
+        step = math.lcm(round_to, blocks)
+        result.append(
+            Candidate(group, np.asarray(scores[group.id], dtype=np.float64), max(min_channels, 1),
+                      step, blocks, group_ratios.get(group.id))
+        )
+    return result
+
+
+def plan_at(candidates: Sequence[Candidate], ratio: float, *, uniform: bool = False) -> PrunePlan:
+    """The plan removing ``ratio`` of the candidates' channels (global ranking unless ``uniform``).
+
+    Candidates with their own ``ratio`` always use it, ranked within their group.
+    """
+    removal = {}
+    pooled = [c for c in candidates if c.ratio is None and not uniform]
+    for c in candidates:
+        if c not in pooled:
+            local = c.ratio if c.ratio is not None else ratio
+            removal[c.group.id] = int(local * c.group.size)
+    if pooled:
+        scores = np.concatenate([c.scores for c in pooled])
+        owner = np.concatenate([np.full(c.group.size, i) for i, c in enumerate(pooled)])
+        lowest = owner[np.argsort(scores, kind="stable")[: int(ratio * len(scores))]]
+        counts = np.bincount(lowest, minlength=len(pooled))
+        removal.update({c.group.id: int(n) for c, n in zip(pooled, counts)})
+    keep = {}
+    for c in candidates:
+        count = c.kept_count(removal[c.group.id])
+        if count < c.group.size:
+            keep[c.group.id] = c.keep(count)
+    return PrunePlan(keep)
+
+
+class CostModel:
+    """MACs and parameters of the model a plan would produce, without rewriting it.
+
+    Every slot of a constant (producer, param, consumer) loses ``len(slot.indices(removed))``
+    entries along its axis; a tensor pruned on several axes keeps the product of what each
+    axis keeps. The MACs of Conv/ConvTranspose/Gemm/MatMul are proportional to the number of
+    elements of their weight at fixed spatial size (stats.node_macs: out[1:]·W[1:], x[1:]·W[1:],
+    M·N·K), so each scales by its weight's kept share.
+    """
+
+    def __init__(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        self.slots: dict[int, list] = {}  # id(value) -> [(group, slot)]
+        self.values: dict[int, ir.Value] = {}
+        self.groups = list(groups)
+        for group in groups:
+            for slot in group.slots:
+                if slot.role is not Role.ACTIVATION and slot.value.const_value is not None:
+                    self.slots.setdefault(id(slot.value), []).append((group, slot))
+                    self.values[id(slot.value)] = slot.value
+        mac_nodes = [n for n in model.graph.all_nodes() if n.op_type in MAC_OPS and n.domain == ""]
+        if any(n.outputs[0].shape is None for n in mac_nodes):
+            ShapeInference()(model)  # MACs need the output shapes
+        self.node_macs: list[tuple[int, int]] = []  # (macs, id(weight)) of MAC nodes with pruned weights
+        self.macs = 0
+        for node in mac_nodes:
+            macs = node_macs(node)
+            if macs is None:
+                continue
+            self.macs += macs
+            weight = next((v for v in node.inputs[1:2] + node.inputs[:1] if v is not None and id(v) in self.slots), None)
+            if weight is not None:
+                self.node_macs.append((macs, id(weight)))
+        self.params = sum(
+            int(np.prod(v.const_value.shape.numpy())) for g in model.graphs() for v in g.initializers.values()
+            if v.const_value is not None
+        )
+
+    def kept_share(self, plan: PrunePlan) -> dict[int, float]:
+        """Kept share of the elements of every constant the plan touches (id(value) -> share)."""
+        removed = {g.id: plan.removed(g) for g in self.groups}
+        shares = {}
+        for key, pairs in self.slots.items():
+            cut: dict[int, np.ndarray] = {}
+            for group, slot in pairs:
+                if len(removed[group.id]):
+                    idx = slot.indices(removed[group.id], group.size)
+                    cut[slot.axis] = np.union1d(cut.get(slot.axis, idx[:0]), idx)
+            if cut:
+                dims = list(self.values[key].const_value.shape.numpy())
+                shares[key] = math.prod((d - len(cut.get(a, ()))) / d for a, d in enumerate(dims) if d)
+        return shares
+
+    def estimate(self, plan: PrunePlan) -> tuple[int, int]:
+        """(MACs, parameters) after the plan."""
+        shares = self.kept_share(plan)
+        macs = self.macs - sum(m * (1 - shares[w]) for m, w in self.node_macs if w in shares)
+        params = self.params - sum(
+            int(np.prod(self.values[k].const_value.shape.numpy())) * (1 - s) for k, s in shares.items()
+        )
+        return round(macs), round(params)
+
+
+def search_ratio(
+    candidates: Sequence[Candidate],
+    cost: CostModel,
+    *,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    uniform: bool = False,
+) -> tuple[float, PrunePlan]:
+    """The smallest ratio whose plan keeps at most the target share of MACs (or params).
+
+    Cost is monotone in the ratio (more removed never costs more), so bisection finds it.
+    """
+    if (target_macs is None) == (target_params is None):
+        raise UsageError("give exactly one of target_macs and target_params")
+    option, kind, target = (
+        ("target_macs", "MACs", target_macs) if target_macs is not None else ("target_params", "parameters", target_params)
+    )
+    if not 0 < target <= 1:
+        raise UsageError(f"{option} is the share to keep and must be in (0, 1] (given {target})")
+    base = cost.macs if kind == "MACs" else cost.params
+
+    def share(ratio: float) -> tuple[float, PrunePlan]:
+        plan = plan_at(candidates, ratio, uniform=uniform)
+        macs, params = cost.estimate(plan)
+        return (macs if kind == "MACs" else params) / max(base, 1), plan
+
+    best_share, best = share(1.0)
+    if best_share > target + 1e-9:
+        raise UsageError(
+            f"target {kind} {target:.0%} is out of reach: at most {1 - best_share:.1%} of the {kind} "
+            f"can be removed ({len(candidates)} prunable groups, the others are declined or excluded; "
+            f"each keeps at least its minimum channel count)"
+        )
+    lo, hi = 0.0, 1.0
+    share_lo, plan_lo = share(0.0)
+    if share_lo <= target + 1e-9:
+        return 0.0, plan_lo
+    for _ in range(40):  # enough to resolve one channel among millions
+        mid = (lo + hi) / 2
+        s, plan = share(mid)
+        if s <= target + 1e-9:
+            hi, best = mid, plan
+        else:
+            lo = mid
+    return hi, best
+
+
+def match_groups(
+    model: ir.Model, groups: Sequence[Group], patterns: Sequence[str], what: str = "exclusion"
+) -> dict[str, set[int]]:
+    """Group ids touching a node whose name matches each pattern (exact name or glob).
+
+    A pattern that matches no node of the model is an error (a typo would otherwise
+    silently prune the layer the user meant to keep).
+    """
+    names = [n.name for n in model.graph.all_nodes() if n.name]
+    result = {}
+    for pattern in patterns:
+        matched = {n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)}
+        if not matched:
+            raise UsageError(f"{what} '{pattern}' names no node of the model")
+        result[pattern] = {
+            g.id for g in groups if any(s.node.name in matched for s in g.slots)
+        }
+    return result
