@@ -1,0 +1,222 @@
+"""Where samples come from: in-memory arrays, .npy / .npz files, images, random data.
+
+A dataset is a sequence of *parts* (one file, one item of an iterable...). A part knows how
+many samples it holds and the shape/dtype of each array without reading the data, and
+reads only the rows asked for (``take``). .npy files and uncompressed .npz members
+(``np.savez``) are memory-mapped; a compressed member (``np.savez_compressed``) is
+decompressed whole when first used and dropped when the dataset moves to the next file.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from onnxprune.errors import DataError
+
+
+class Part:
+    """Rows of named arrays. ``bind`` decides whether the part is one sample or a batch."""
+
+    name: str  # what error messages call it: a file path, 'item 3'...
+    n: int = 0
+    single: bool = False  # the arrays lack the sample axis (one sample)
+
+    def keys(self) -> list[str]:
+        raise NotImplementedError
+
+    def raw_shape(self, key: str) -> tuple[int, ...] | None:
+        """Shape as stored, or None when only known after reading (images)."""
+        raise NotImplementedError
+
+    def dtype(self, key: str) -> np.dtype | None:
+        raise NotImplementedError
+
+    def _read(self, key: str) -> np.ndarray:
+        """The stored array (memory-mapped where possible)."""
+        raise NotImplementedError
+
+    def bind(self, keys: list[str], ranks: Mapping[str, int | None]) -> None:
+        """Count samples; ``keys`` are the data keys of the model inputs with their ranks."""
+        shapes = {k: self.raw_shape(k) for k in keys}
+        self.single = bool(shapes) and all(
+            ranks.get(k) is not None and len(s) == ranks[k] - 1 for k, s in shapes.items()
+        )
+        counts = {}
+        for key, shape in shapes.items():
+            if not self.single and len(shape) == 0:
+                raise DataError(f"{self.name}: '{key}' is a scalar, expected samples along the first axis")
+            counts[key] = 1 if self.single else shape[0]
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"'{k}': {n}" for k, n in counts.items())
+            raise DataError(f"{self.name}: inputs have different numbers of samples ({listed})")
+        self.n = next(iter(counts.values()), 0)
+
+    def shape(self, key: str) -> tuple[int, ...] | None:
+        shape = self.raw_shape(key)
+        return (1, *shape) if self.single and shape is not None else shape
+
+    def take(self, key: str, rows: np.ndarray) -> np.ndarray:
+        array = self._read(key)
+        if self.single:
+            return np.asarray(array)[None][rows]
+        return np.asarray(array[rows])
+
+    def whole(self, key: str) -> np.ndarray:
+        """All rows of ``key`` (for labels and extras, which are small)."""
+        array = np.asarray(self._read(key))
+        return array[None] if self.single or array.ndim == 0 else array
+
+    def release(self) -> None:
+        """Drop anything cached; called when the dataset moves on to another part."""
+
+
+class ArrayPart(Part):
+    """Arrays already in memory (one item of an iterable, or a dict of arrays)."""
+
+    def __init__(self, arrays: Mapping[str, object], name: str):
+        self.name = name
+        self.arrays = {}
+        for key, value in arrays.items():
+            try:
+                self.arrays[str(key)] = np.asarray(value)
+            except (ValueError, TypeError) as exc:
+                raise DataError(f"{name}: '{key}' is not an array ({exc})") from None
+            if self.arrays[str(key)].dtype.hasobject:
+                raise DataError(f"{name}: '{key}' is not a numeric array (ragged or objects)")
+
+    def keys(self):
+        return list(self.arrays)
+
+    def raw_shape(self, key):
+        return self.arrays[key].shape
+
+    def dtype(self, key):
+        return self.arrays[key].dtype
+
+    def _read(self, key):
+        return self.arrays[key]
+
+
+class NpyPart(Part):
+    """One .npy file holding the single input: one sample or a batch."""
+
+    def __init__(self, path: Path, key: str):
+        self.name = str(path)
+        self.key = key
+        try:
+            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+
+    def keys(self):
+        return [self.key]
+
+    def raw_shape(self, key):
+        return self.array.shape
+
+    def dtype(self, key):
+        return self.array.dtype
+
+    def _read(self, key):
+        return self.array
+
+
+class NpzPart(Part):
+    """One .npz archive: arrays keyed by name, read member by member."""
+
+    def __init__(self, path: Path):
+        self.name = str(path)
+        self.path = path
+        self.members = _npz_headers(path)  # key -> (shape, dtype, data offset or None)
+        self.loaded: dict[str, np.ndarray] = {}
+
+    def keys(self):
+        return list(self.members)
+
+    def raw_shape(self, key):
+        return self.members[key][0]
+
+    def dtype(self, key):
+        return self.members[key][1]
+
+    def _read(self, key):
+        if key not in self.loaded:
+            shape, dtype, offset = self.members[key]
+            if offset is not None:  # stored uncompressed: map it, read nothing yet
+                self.loaded[key] = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            else:
+                try:
+                    with np.load(self.path, allow_pickle=False) as archive:
+                        self.loaded[key] = archive[key]
+                except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                    raise DataError(f"{self.path}: cannot read array '{key}' ({exc})") from None
+        return self.loaded[key]
+
+    def release(self):
+        self.loaded.clear()
+
+
+class ImagePart(Part):
+    """One image file: one sample of the model's single input."""
+
+    def __init__(self, path: Path, key: str, preprocess, label: int | None = None):
+        self.name = str(path)
+        self.path = path
+        self.key = key
+        self.preprocess = preprocess
+        self.label = label
+
+    def keys(self):
+        return [self.key]
+
+    def raw_shape(self, key):
+        return None
+
+    def dtype(self, key):
+        return None
+
+    def bind(self, keys, ranks):
+        self.n, self.single = 1, True
+
+    def _read(self, key):
+        return self.preprocess(self.path)
+
+
+def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int | None]]:
+    """Shape, dtype and (for stored members) the byte offset of each array, without reading it."""
+    members = {}
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = read_header(member)
+                    header_len = member.tell()
+                if dtype.hasobject:
+                    raise DataError(f"{path}: array '{info.filename[:-4]}' holds Python objects (refused)")
+                offset = None
+                if info.compress_type == zipfile.ZIP_STORED and not fortran:
+                    raw.seek(info.header_offset)
+                    local = raw.read(30)
+                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    offset = info.header_offset + 30 + name_len + extra_len + header_len
+                elif fortran:
+                    offset = None  # np.load handles the transpose
+                members[info.filename[:-4]] = (tuple(shape), dtype, offset)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    if not members:
+        raise DataError(f"{path}: .npz file holds no arrays")
+    return members
