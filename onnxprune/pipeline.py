@@ -20,12 +20,19 @@ from onnxprune.passes import get_pass
 from onnxprune.passes.base import Pass
 from onnxprune.validate import check_model
 
-# The exact clean-up pipeline (`onnxprune optimize`). Order matters: constants are folded
-# before BatchNorm folding so that BN parameters computed in-graph become initializers, and
-# unused-removal runs after the folds that orphan weights.
+# The exact clean-up pipeline (`onnxprune optimize`). Order matters:
+# - eliminate-identity first: an Identity/Dropout between a Conv and its BN hides the pair;
+# - fold-constants next: BN parameters or scales computed in-graph become initializers;
+# - fold-batchnorm, then fold-affine: folding BN leaves Conv -> Mul/Add chains adjacent;
+# - batchnorm-to-affine after both: only the BNs no producer could absorb remain for it;
+# - remove-unused after the folds, which orphan the old BN parameters and weights;
+# - shape-inference last, to annotate the final graph (one run, not one per pass).
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "eliminate-identity",
     "fold-constants",
+    "fold-batchnorm",
+    "fold-affine",
+    "batchnorm-to-affine",
     "remove-unused",
     "shape-inference",
 )

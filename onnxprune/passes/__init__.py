@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from onnxprune.errors import UsageError
 from onnxprune.passes.base import Pass, PassResult
+from onnxprune.passes.batchnorm_to_affine import BatchNormToAffine
 from onnxprune.passes.cleanup import (
     EliminateIdentity,
     FoldConstants,
@@ -11,6 +12,8 @@ from onnxprune.passes.cleanup import (
     ShapeInference,
     TopologicalSort,
 )
+from onnxprune.passes.fold_affine import FoldAffine
+from onnxprune.passes.fold_batchnorm import FoldBatchNorm
 
 PASSES: dict[str, type[Pass]] = {
     cls.name: cls
@@ -20,6 +23,9 @@ PASSES: dict[str, type[Pass]] = {
         EliminateIdentity,
         RemoveUnused,
         TopologicalSort,
+        FoldBatchNorm,
+        FoldAffine,
+        BatchNormToAffine,
     )
 }
 
