@@ -10,6 +10,11 @@ after a Flatten).
 Every coupled dimension is a :class:`Slot`: "channel ``c`` of the group lives at indices
 ``offset + c*block ... offset + (c+1)*block - 1`` along ``axis`` of ``value``", for the group
 channels ``lo <= c < hi`` it covers (a Split branch covers only part of the group).
+
+Grouped convolutions add one constraint: a Conv with ``groups=g`` (1 < g < C) reads (and
+writes) its channels in ``g`` contiguous divisions, and its weight stays a dense tensor only
+if every division keeps the same number of channels. Such groups carry ``divisions=g`` and
+the planner must remove equally many channels from each division (:meth:`Group.division_counts`).
 """
 
 from __future__ import annotations
@@ -38,13 +43,35 @@ class Slot:
     block: int = 1
     lo: int = 0  # first group channel this slot covers
     hi: int | None = None  # one past the last (None: to the end of the group)
+    bias: bool = False  # a producer's bias (Conv B, Gemm C), as opposed to its weight
+    # A grouped Conv weight read along axis 1 (CONSUMER): its rows fall in ``groups`` blocks,
+    # block j reading only division j of the input channels. Axis 1 then holds the column
+    # *within* the division: ``indices`` gives those columns, ``positions`` the input channels.
+    groups: int = 1
 
-    def indices(self, channels: np.ndarray, group_size: int) -> np.ndarray:
-        """Tensor indices along ``axis`` for the given group channels (those this slot covers)."""
+    def positions(self, channels: np.ndarray, group_size: int) -> np.ndarray:
+        """Indices along ``axis`` of the (ungrouped) tensor for the group channels covered."""
         hi = group_size if self.hi is None else self.hi
+        channels = np.asarray(channels, dtype=np.int64)
         covered = channels[(channels >= self.lo) & (channels < hi)] - self.lo
         starts = self.offset + covered * self.block
         return (starts[:, None] + np.arange(self.block)[None, :]).reshape(-1)
+
+    def indices(self, channels: np.ndarray, group_size: int) -> np.ndarray:
+        """Tensor indices along ``axis`` for the given group channels (those this slot covers).
+
+        For a grouped Conv weight (``groups > 1``) these are columns within each division:
+        equal counts per division remove ``len(indices) / groups`` columns from every row block.
+        """
+        positions = self.positions(channels, group_size)
+        if self.groups == 1:
+            return positions
+        hi = group_size if self.hi is None else self.hi
+        return positions % ((hi - self.lo) * self.block // self.groups)
+
+    def removed_count(self, channels: np.ndarray, group_size: int) -> int:
+        """How many entries this slot's tensor loses along ``axis`` when ``channels`` go."""
+        return len(self.positions(channels, group_size)) // self.groups
 
 
 @dataclasses.dataclass(eq=False)
@@ -55,6 +82,11 @@ class Group:
     size: int  # number of channels
     slots: list[Slot] = dataclasses.field(default_factory=list)
     declined: str | None = None
+    divisions: int = 1  # grouped Conv: every one of these equal parts keeps as many channels
+
+    def division_counts(self, kept: np.ndarray) -> np.ndarray:
+        """Kept channels per division (all equal in a valid plan)."""
+        return np.bincount(np.asarray(kept) // (self.size // self.divisions), minlength=self.divisions)
 
     @property
     def name(self) -> str:
