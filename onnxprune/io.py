@@ -1,16 +1,24 @@
 """Loading and saving models safely.
 
-Loading goes through onnx-ir, which memory-maps external data instead of reading it, and
-refuses files that would make us read outside the model's folder. Saving is atomic: the
-model (and its external data) is written into a temporary folder beside the destination
-and renamed into place only once complete, so an interrupted run never leaves a
-half-written file, and the input model is never overwritten by accident.
+Loading parses the protobuf without its external data, checks what a hostile or broken
+file could use against us (tensor sizes that lie, external data outside the model's
+folder, symlinks or hard links out of it, duplicate tensor names, a cycle) and then
+hands the proto to onnx-ir, which memory-maps external data instead of reading it.
+Every refusal is a :class:`ModelLoadError` (or a subclass) with one line naming the file
+and the problem.
+
+Saving is atomic: the model (and its external data) is written into a temporary folder
+beside the destination and renamed into place only once complete, so an interrupted run
+never leaves a half-written file; the input model and the data files the model still
+reads are never overwritten.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,13 +26,17 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-from google.protobuf.message import DecodeError
 
-from onnxprune.errors import ModelLoadError, UnsafeModelError, UsageError
+from onnxprune import _protocheck
+from onnxprune.errors import InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which we save externally
+# Large tensors start at 64 KiB offsets in saved external data, so that ONNX Runtime can
+# memory-map them instead of copying (it needs offsets aligned to its mapping granularity).
+EXTERNAL_DATA_ALIGNMENT = 65536
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def iter_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
@@ -48,65 +60,134 @@ def weights_nbytes(model: ir.Model) -> int:
     return sum(t.nbytes for t in iter_tensors(model))
 
 
+def inline_nbytes(model: ir.Model) -> int:
+    """Bytes of the tensors held in memory (what serializing the model would copy)."""
+    return sum(t.nbytes for t in iter_tensors(model) if not isinstance(t, ir.ExternalTensor))
+
+
 def has_external_data(model: ir.Model) -> bool:
     return any(isinstance(t, ir.ExternalTensor) for t in iter_tensors(model))
 
 
-def _check_external_data(model: ir.Model, path: Path) -> None:
-    """Refuse external-data locations outside the model's folder, and missing/short files."""
-    base = path.parent.resolve()
-    for tensor in iter_tensors(model):
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
-        location = str(tensor.location)
-        if os.path.isabs(location) or location.startswith(("/", "\\")):
-            raise UnsafeModelError(
-                f"{path}: tensor '{tensor.name}' has external data at absolute path "
-                f"'{location}'; only paths inside the model's folder are allowed"
-            )
-        target = (base / location).resolve()  # resolves '..' and symlinks
-        if target != base and base not in target.parents:
-            raise UnsafeModelError(
-                f"{path}: tensor '{tensor.name}' has external data '{location}' that "
-                f"resolves outside the model's folder ({target})"
-            )
-        if not target.is_file():
-            raise ModelLoadError(
-                f"{path}: external data file '{location}' of tensor '{tensor.name}' is missing"
-            )
-        size = target.stat().st_size
-        end = (tensor.offset or 0) + tensor.length if tensor.length is not None else None
-        if (tensor.offset or 0) > size or (end is not None and end > size):
-            raise ModelLoadError(
-                f"{path}: external data file '{location}' is too short for tensor "
-                f"'{tensor.name}' (needs bytes up to {end}, file has {size})"
-            )
+def external_files(model: ir.Model) -> set[Path]:
+    """The resolved paths of every external data file the model reads."""
+    return {
+        Path(t.path).resolve() for t in iter_tensors(model) if isinstance(t, ir.ExternalTensor)
+    }
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load an ONNX model; raise :class:`ModelLoadError` with a one-line reason on failure."""
+    """Load an ONNX model; raise :class:`ModelLoadError` with a one-line reason on failure.
+
+    A graph with a cycle, or names produced twice, raises :class:`InvalidModelError`.
+    Nodes stored out of topological order are sorted (the format requires the order).
+    """
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if not path.is_file():
-        raise ModelLoadError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise ModelLoadError(f"{path}: file is empty")
+    _check_model_file(path)
     try:
         proto = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, UnicodeDecodeError) as exc:
+    except MemoryError:
+        raise
+    except Exception as exc:  # protobuf/onnx raise DecodeError, RuntimeError, ValueError...
+        hint = _protocheck.sniff_format(path)
         raise ModelLoadError(
-            f"{path}: not a valid ONNX model (protobuf parse failed: {exc})"
+            f"{path}: not a valid ONNX model ({hint or f'protobuf parse failed: {_one_line(exc)}'})"
         ) from None
-    if not proto.HasField("graph") or (not proto.graph.node and not proto.graph.output):
-        raise ModelLoadError(f"{path}: not an ONNX model (no graph found; truncated or wrong file?)")
+    if not proto.HasField("graph") or not (proto.graph.node or proto.graph.output):
+        hint = _protocheck.sniff_format(path) or "truncated or not an ONNX file?"
+        raise ModelLoadError(f"{path}: not an ONNX model (no graph found; {hint})")
+    problem = _protocheck.find_problem(proto)
+    if problem is not None:
+        kind, message = problem
+        raise (InvalidModelError if kind == "graph" else ModelLoadError)(f"{path}: {message}")
     try:
         model = ir.serde.deserialize_model(proto)
+    except MemoryError:
+        raise
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
-        raise ModelLoadError(f"{path}: malformed ONNX model ({type(exc).__name__}: {exc})") from None
+        raise ModelLoadError(f"{path}: malformed ONNX model ({_one_line(exc)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_data(model, path)
+    _protocheck.sort_if_needed(model, str(path))
     return model
+
+
+def _check_model_file(path: Path) -> None:
+    try:
+        if not path.exists():
+            raise ModelLoadError(f"{path}: no such file")
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: not a regular file")
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if size == 0:
+        raise ModelLoadError(f"{path}: file is empty")
+    if size > PROTOBUF_LIMIT:
+        raise ModelLoadError(
+            f"{path}: file is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit; an ONNX model "
+            "this large must keep its weights in external data files"
+        )
+
+
+def _check_external_data(model: ir.Model, path: Path) -> None:
+    """Refuse external data outside the model's folder (via '..', absolute paths, symlinks
+    or hard links) and missing or short files, before anything reads them."""
+    base = path.parent.resolve()
+    sizes: dict[str, int] = {}
+    for tensor in iter_tensors(model):
+        if not isinstance(tensor, ir.ExternalTensor):
+            continue
+        where = f"{path}: tensor '{tensor.name}'"
+        location = str(tensor.location)
+        if not location or "\0" in location:
+            raise ModelLoadError(f"{where} has an invalid external data location {location!r}")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(location):
+            raise UnsafeModelError(
+                f"{where} has external data at absolute path '{location}'; only paths inside "
+                "the model's folder are allowed"
+            )
+        lexical = Path(os.path.normpath(base / location))
+        target = (base / location).resolve()  # resolves '..' and symlinks
+        for candidate, how in ((lexical, ""), (target, " through a symlink")):
+            if candidate != base and base not in candidate.parents:
+                raise UnsafeModelError(
+                    f"{where} has external data '{location}' that resolves{how} outside the "
+                    f"model's folder ({candidate}); copy the data next to the model"
+                )
+        if location not in sizes:
+            sizes[location] = _external_file_size(where, location, target)
+        offset, length = tensor.offset or 0, tensor.length
+        if offset < 0 or (length is not None and length < 0):
+            raise ModelLoadError(f"{where} has a negative external data offset or length")
+        if length is not None and length != tensor.nbytes:
+            raise ModelLoadError(
+                f"{where}: external data length {length} does not match its type and shape "
+                f"({tensor.dtype}, {list(tensor.shape)}: {tensor.nbytes} bytes)"
+            )
+        end = offset + tensor.nbytes
+        if end > sizes[location]:
+            raise ModelLoadError(
+                f"{where}: external data file '{location}' is too short (needs bytes up to "
+                f"{end}, file has {sizes[location]})"
+            )
+
+
+def _external_file_size(where: str, location: str, target: Path) -> int:
+    try:
+        stat = target.stat()
+    except OSError:
+        raise ModelLoadError(f"{where}: external data file '{location}' is missing") from None
+    if not target.is_file():
+        raise ModelLoadError(f"{where}: external data '{location}' is not a regular file")
+    if stat.st_nlink > 1:  # onnx-ir refuses these too, later and less clearly
+        raise UnsafeModelError(
+            f"{where}: external data file '{location}' has {stat.st_nlink} hard links; "
+            "refusing it (a hard link can expose a file from outside the model's folder)"
+        )
+    return stat.st_size
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -121,14 +202,19 @@ def check_output_path(
 ) -> Path:
     """Fail early (before any work) on an output path we would refuse to write."""
     path = Path(path)
-    if input_path is not None and not overwrite_input and _same_file(path, Path(input_path)):
-        raise UsageError(
-            f"refusing to overwrite the input model {input_path}; choose another output path"
-        )
+    if input_path is not None and not overwrite_input:
+        for target in (path, path.with_name(path.name + ".data")):
+            if _same_file(target, Path(input_path)):
+                raise UsageError(
+                    f"refusing to overwrite the input model {input_path}; choose another output path"
+                )
     if path.is_dir():
         raise UsageError(f"{path}: output path is a folder")
-    if not path.parent.exists():
-        raise UsageError(f"{path.parent}: output folder does not exist")
+    parent = path.parent
+    if not parent.exists():
+        raise UsageError(f"{parent}: output folder does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{parent}: output folder is not writable")
     return path
 
 
@@ -145,23 +231,43 @@ def save_model(
     ``external_data=None`` chooses automatically: external data when the weights would push
     the protobuf near its 2 GiB limit or the model already had external data. The external
     data file is ``<name>.data`` beside the model. ``input_path`` is the model the run read;
-    writing onto it is refused unless ``overwrite_input`` is set.
+    writing onto it, or onto a data file the model reads, is refused unless
+    ``overwrite_input`` is set. External tensors are copied file to file by the kernel
+    (onnx-ir uses ``copy_file_range``), so saving costs no memory for unchanged weights.
     """
     path = check_output_path(path, input_path, overwrite_input=overwrite_input)
+    nbytes = weights_nbytes(model)
     if external_data is None:
-        external_data = has_external_data(model) or weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+        external_data = has_external_data(model) or nbytes > EXTERNAL_DATA_THRESHOLD
+    elif not external_data and nbytes > EXTERNAL_DATA_THRESHOLD:
+        raise UsageError(
+            f"{path}: {nbytes / 2**30:.1f} GiB of weights cannot be stored in one protobuf "
+            "file (2 GiB limit); save with external data"
+        )
     data_name = path.name + ".data"
-
-    with _staging_dir(path.parent) as tmp:
-        staged = tmp / path.name
-        if external_data:
-            ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024)
-        else:
-            ir.save(model, staged)
-        # Data first: a model file on disk must never point at data that is not there yet.
-        if (tmp / data_name).exists():
-            os.replace(tmp / data_name, path.parent / data_name)
-        os.replace(staged, path)
+    if not overwrite_input:
+        sources = external_files(model)
+        for target in (path, path.parent / data_name):
+            if any(_same_file(target, source) for source in sources):
+                raise UsageError(
+                    f"refusing to write {target}: the model still reads its weights from that "
+                    "file; choose another output name"
+                )
+    try:
+        with _staging_dir(path.parent) as tmp:
+            staged = tmp / path.name
+            if external_data:
+                ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024,
+                        alignment=EXTERNAL_DATA_ALIGNMENT)
+            else:
+                ir.save(model, staged)
+            # Data first: a model file on disk must never point at data that is not there yet.
+            if (tmp / data_name).exists():
+                os.replace(tmp / data_name, path.parent / data_name)
+            os.replace(staged, path)
+    except OSError as exc:
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
+        raise UsageError(f"{path}: could not write the model ({reason}); nothing was written") from None
     return path
 
 
@@ -187,3 +293,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

@@ -1,13 +1,15 @@
 """ONNX Runtime sessions and sample inputs.
 
-Sessions are created from serialized bytes when the model is small and from a file with
-external data when it is not (protobuf bytes cannot exceed 2 GiB).
+Sessions are created from serialized bytes when that copies little (external data stays
+on disk and is read by ONNX Runtime from its folder) and from a temporary file with
+external data otherwise (protobuf bytes cannot exceed 2 GiB).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -17,8 +19,18 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onnxprune.errors import DataError, InvalidModelError, UsageError
-from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, save_model, weights_nbytes
+from onnxprune.errors import (
+    DataError,
+    InvalidModelError,
+    OnnxPruneError,
+    UnsupportedError,
+    UsageError,
+)
+from onnxprune.io import inline_nbytes, iter_tensors, save_model, weights_nbytes
+
+# In-memory weights up to this size are handed to ONNX Runtime as serialized bytes (fast);
+# beyond it, through a temporary file (serializing would hold two more copies in memory).
+SESSION_BYTES_LIMIT = 512 * 2**20
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -52,34 +64,68 @@ def session(
     intra_op_threads: int | None = None,
     optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 ) -> Iterator[ort.InferenceSession]:
-    """An InferenceSession for an in-memory model or a model file."""
+    """An InferenceSession for an in-memory model or a model file.
+
+    Load errors become :class:`InvalidModelError`, or :class:`UnsupportedError` when the
+    provider has no kernel for an op/type (e.g. bfloat16 on CPU).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = optimization_level
     options.log_severity_level = 3
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
     providers = [resolve_provider(p) for p in providers]
-    tmpdir = None
-    try:
-        if isinstance(model, ir.Model):
-            if has_external_data(model) or weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD:
-                tmpdir = tempfile.mkdtemp(prefix="onnxprune-session-")
-                source: str | bytes = str(save_model(model, Path(tmpdir) / "model.onnx"))
-            else:
-                source = ir.to_proto(model).SerializeToString()
-        else:
-            source = str(model)
+    name = model.graph.name if isinstance(model, ir.Model) else str(model)
+    with _session_source(model, options) as source:
         try:
             sess = ort.InferenceSession(source, sess_options=options, providers=providers)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/etc. types
-            name = getattr(model, "graph", None) and model.graph.name or str(model)
-            raise InvalidModelError(
-                f"ONNX Runtime cannot load model '{name}': {str(exc).splitlines()[0]}"
-            ) from None
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
+            raise _ort_error(exc, f"ONNX Runtime cannot load model '{name}'") from None
         yield sess
+
+
+@contextlib.contextmanager
+def _session_source(model: ir.Model | str | os.PathLike, options: ort.SessionOptions) -> Iterator[str | bytes]:
+    """What to hand ONNX Runtime without copying more weights than needed.
+
+    A path is passed as it is. An in-memory model is serialized to bytes when that copies
+    little (its external tensors stay references, resolved in their folder through
+    ``session.model_external_initializers_file_folder_path``); otherwise it is saved into
+    a temporary folder (in-memory tensors written out, external ones copied by the kernel)
+    and loaded from there, since protobuf bytes cannot exceed 2 GiB.
+    """
+    if not isinstance(model, ir.Model):
+        yield str(model)
+        return
+    if weights_nbytes(model) > SESSION_BYTES_LIMIT:
+        # Prepacking would keep a second, repacked copy of every MatMul/Gemm weight.
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    folders = {Path(str(t.base_dir)).resolve() for t in iter_tensors(model) if isinstance(t, ir.ExternalTensor)}
+    if inline_nbytes(model) <= SESSION_BYTES_LIMIT and len(folders) <= 1:
+        if folders:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(folders.pop())
+            )
+        yield ir.to_proto(model).SerializeToString()
+        return
+    tmpdir = tempfile.mkdtemp(prefix="onnxprune-session-")
+    try:
+        yield str(save_model(model, Path(tmpdir) / "model.onnx", external_data=True))
     finally:
-        if tmpdir:
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _ort_error(exc: Exception, what: str) -> OnnxPruneError:
+    """One line from an ONNX Runtime exception, as the matching project error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kind = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : ", text)
+    detail = text[kind.end():] if kind else text
+    status = kind.group(1) if kind else ""
+    if status == "NOT_IMPLEMENTED":
+        return UnsupportedError(f"{what}: {detail}")
+    if status == "INVALID_ARGUMENT" and "input" in detail.lower():
+        return DataError(f"{what}: {detail}")
+    return InvalidModelError(f"{what}: {detail}")
 
 
 def run(
@@ -91,7 +137,15 @@ def run(
     """Run the model once and return its outputs by name."""
     with session(model, providers) as sess:
         names = list(output_names) if output_names else [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, dict(feeds))))
+        return dict(zip(names, run_session(sess, names, feeds)))
+
+
+def run_session(sess: ort.InferenceSession, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list:
+    """``sess.run`` with ORT's errors turned into project errors (bad feeds: DataError)."""
+    try:
+        return sess.run(list(names) if names is not None else None, dict(feeds))
+    except Exception as exc:
+        raise _ort_error(exc, "ONNX Runtime failed to run the model") from None
 
 
 def input_specs(model: ir.Model) -> dict[str, tuple[tuple[int | str | None, ...], np.dtype]]:

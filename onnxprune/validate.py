@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import onnx
 import onnx_ir as ir
 
+from onnxprune._protocheck import find_cycle
 from onnxprune.errors import InvalidModelError
-from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, save_model, weights_nbytes
 
 # Domains ONNX Runtime implements; any other domain must come with a model-local function.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
                  "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.contrib"}
+CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
 
 
 def check_model(model: ir.Model, *, full: bool = False) -> None:
     """Run the ONNX checker; raise :class:`InvalidModelError` with its first line on failure.
 
-    Large models are checked from a temporary file (protobuf bytes cannot exceed 2 GiB).
+    onnx-ir's CheckerPass serializes the model with its large initializers turned into
+    graph inputs, so this costs no copy of the weights and works past protobuf's 2 GiB
+    (the data itself is checked when a model is loaded, see ``onnxprune.io``).
     """
     try:
-        if has_external_data(model) or weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD:
-            with tempfile.TemporaryDirectory(prefix="onnxprune-check-") as tmp:
-                path = save_model(model, Path(tmp) / "model.onnx", external_data=True)
-                onnx.checker.check_model(str(path), full_check=full)
-        else:
-            onnx.checker.check_model(ir.to_proto(model), full_check=full)
+        ir.passes.common.CheckerPass(full_check=full)(model)
     except onnx.checker.ValidationError as exc:
         raise InvalidModelError(f"ONNX checker: {_first_line(exc)}") from None
     except onnx.shape_inference.InferenceError as exc:
@@ -37,47 +32,47 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
 def check_structure(model: ir.Model, source: str = "model") -> None:
     """Problems the passes cannot work around: unknown domains, dangling inputs, cycles."""
     local_functions = {f.domain for f in model.functions.values()}
-    for node in model.graph.all_nodes():
-        if node.domain not in KNOWN_DOMAINS and node.domain not in local_functions:
+    for graph in model.graphs():
+        for node in graph:
+            if node.domain not in KNOWN_DOMAINS and node.domain not in local_functions:
+                raise InvalidModelError(
+                    f"{source}: node '{node.name}' uses op '{node.op_type}' from unknown domain "
+                    f"'{node.domain}' (no implementation in ONNX Runtime or in the model)"
+                )
+        _check_dangling(graph, source)
+        cyclic = find_cycle(graph)
+        if cyclic is not None:
             raise InvalidModelError(
-                f"{source}: node '{node.name}' uses op '{node.op_type}' from unknown domain "
-                f"'{node.domain}' (no implementation in ONNX Runtime or in the model)"
+                f"{source}: the graph has a cycle through node '{cyclic.name}' ({cyclic.op_type})"
             )
-    _check_cycles_and_dangling(model.graph, source)
 
 
-def _check_cycles_and_dangling(graph: ir.Graph, source: str) -> None:
-    state: dict[int, int] = {}  # node id -> 1 visiting, 2 done
-    nodes = list(graph)
-    for node in nodes:
+def _check_dangling(graph: ir.Graph, source: str) -> None:
+    for node in graph:
         for value in node.inputs:
-            if value is None:
-                continue
-            if value.producer() is None and not (value.is_graph_input() or value.is_initializer()):
+            if value is not None and not _defined(value):
                 raise InvalidModelError(
                     f"{source}: input '{value.name}' of node '{node.name}' ({node.op_type}) "
                     "is produced by no node, graph input or initializer"
                 )
-    for root in nodes:  # iterative DFS over predecessors
-        if state.get(id(root)) == 2:
-            continue
-        stack = [(root, iter(root.predecessors()))]
-        state[id(root)] = 1
-        while stack:
-            node, preds = stack[-1]
-            nxt = next(preds, None)
-            if nxt is None:
-                state[id(node)] = 2
-                stack.pop()
-            elif state.get(id(nxt)) == 1:
-                raise InvalidModelError(
-                    f"{source}: the graph has a cycle through node '{nxt.name}' ({nxt.op_type})"
-                )
-            elif state.get(id(nxt)) is None and nxt.graph is graph:
-                state[id(nxt)] = 1
-                stack.append((nxt, iter(nxt.predecessors())))
+    for value in graph.outputs:
+        if not _defined(value):
+            raise InvalidModelError(
+                f"{source}: graph output '{value.name}' is produced by no node, input or initializer"
+            )
 
 
-def _first_line(exc: Exception) -> str:
+def _defined(value: ir.Value) -> bool:
+    # A subgraph may read values of its enclosing graphs: those have a producer or are
+    # inputs/initializers of the graph that owns them.
+    return value.producer() is not None or value.is_graph_input() or value.is_initializer()
+
+
+def control_flow_nodes(model: ir.Model) -> list[ir.Node]:
+    """If/Loop/Scan nodes anywhere in the model (their bodies are subgraphs)."""
+    return [n for n in model.graph.all_nodes() if n.domain in ("", "ai.onnx") and n.op_type in CONTROL_FLOW_OPS]
+
+
+def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
