@@ -1,0 +1,299 @@
+"""The comparator: one pass over the data runs the reference and the candidate on every
+requested execution provider and compares them pairwise.
+
+With providers ``[cpu, cuda]`` the comparisons are: reference@cpu vs candidate@cpu,
+reference@cuda vs candidate@cuda, reference@cpu vs candidate@cuda (all judged), and
+reference@cpu vs reference@cuda (the providers' own drift, for context). Unlike
+Polygraphy's ``run``, which needs one invocation per provider set, every session is opened
+once and each batch goes through all of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from tqdm import tqdm
+
+from onnxprune import runtime
+from onnxprune.errors import DataError, UsageError
+from onnxprune.parity import layerwise as lw
+from onnxprune.parity.inputs import make_feed
+from onnxprune.parity.metrics import OutputStats
+from onnxprune.parity.result import CheckResult
+from onnxprune.parity.tolerances import Tolerances, is_quantized
+
+ModelLike = ir.Model | str | os.PathLike
+DEFAULT_PROVIDERS = ("cpu", "cuda")
+_SHORT = {full: short for short, full in runtime.PROVIDER_ALIASES.items()}
+
+
+def short_name(provider: str) -> str:
+    return _SHORT.get(provider, provider)
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    model: str  # "reference" or "candidate"
+    provider: str  # full ONNX Runtime name
+
+    def __str__(self) -> str:
+        return f"{self.model}@{short_name(self.provider)}"
+
+
+@dataclasses.dataclass
+class Comparison:
+    reference: Endpoint
+    candidate: Endpoint
+    judged: bool
+    stats: dict[str, OutputStats]
+
+    @property
+    def name(self) -> str:
+        return f"{self.reference} vs {self.candidate}"
+
+    def update(self, outputs: Mapping[Endpoint, dict], labels: np.ndarray | None) -> None:
+        ref, cand = outputs[self.reference], outputs[self.candidate]
+        for name, stats in self.stats.items():
+            if ref[name].shape != cand[name].shape:
+                raise UsageError(
+                    f"output '{name}' has shape {list(ref[name].shape)} in the reference but "
+                    f"{list(cand[name].shape)} in the candidate ({self.name})"
+                )
+            stats.update(ref[name], cand[name], labels)
+
+    def summary(self, tolerances: Tolerances) -> dict:
+        outputs = {}
+        for name, stats in self.stats.items():
+            data = stats.summary()
+            data["failures"] = tolerances.judge(name, data) if self.judged else []
+            data["passed"] = not data["failures"]
+            outputs[name] = data
+        return {
+            "name": self.name,
+            "reference": dataclasses.asdict(self.reference),
+            "candidate": dataclasses.asdict(self.candidate),
+            "judged": self.judged,
+            "passed": all(o["passed"] for o in outputs.values()),
+            "outputs": outputs,
+        }
+
+
+def plan_comparisons(providers: Sequence[str]) -> list[tuple[Endpoint, Endpoint, bool]]:
+    """(reference endpoint, candidate endpoint, judged) for the given working providers."""
+    plan = [(Endpoint("reference", p), Endpoint("candidate", p), True) for p in providers]
+    base = providers[0]
+    for other in providers[1:]:
+        plan.append((Endpoint("reference", base), Endpoint("candidate", other), True))
+        plan.append((Endpoint("reference", base), Endpoint("reference", other), False))
+    return plan
+
+
+def select_providers(requested: Sequence[str] | None, require: bool) -> tuple[list[str], list[dict]]:
+    """Resolve names (unknown -> UsageError); split into installed ones and unavailable ones."""
+    names = list(requested) if requested else list(DEFAULT_PROVIDERS)
+    wanted = list(dict.fromkeys(runtime.resolve_provider(n) for n in names))
+    available = set(runtime.available_providers())
+    used = [p for p in wanted if p in available]
+    unavailable = [
+        {"provider": p, "reason": "not available in this onnxruntime build "
+         f"({', '.join(sorted(available))}); for CUDA: pip install onnxruntime-gpu"}
+        for p in wanted if p not in available
+    ]
+    if requested is None:  # the default asks for what exists, quietly
+        unavailable = []
+    _require(unavailable, require)
+    if not used:
+        raise UsageError(f"none of the requested execution providers is available: {', '.join(wanted)}")
+    return used, unavailable
+
+
+def _require(unavailable: list[dict], require: bool) -> None:
+    if require and unavailable:
+        first = unavailable[0]
+        raise UsageError(f"required execution provider {first['provider']} unusable: {first['reason']}")
+
+
+def check_compatible(reference: ir.Model, candidate: ir.Model) -> None:
+    """Same input names/dtypes/shapes and same output names/dtypes/shapes, or a UsageError."""
+    for kind, ref_values, cand_values in (
+        ("input", _graph_inputs(reference), _graph_inputs(candidate)),
+        ("output", list(reference.graph.outputs), list(candidate.graph.outputs)),
+    ):
+        ref = {v.name: v for v in ref_values}
+        cand = {v.name: v for v in cand_values}
+        if set(ref) != set(cand):
+            only_ref = sorted(set(ref) - set(cand))
+            only_cand = sorted(set(cand) - set(ref))
+            raise UsageError(
+                f"the models' {kind}s differ by name: only in the reference {only_ref}, "
+                f"only in the candidate {only_cand}"
+            )
+        for name, r in ref.items():
+            c = cand[name]
+            if r.dtype is not None and c.dtype is not None and r.dtype != c.dtype:
+                raise UsageError(f"{kind} '{name}': reference is {r.dtype}, candidate is {c.dtype}")
+            if not _shapes_compatible(r.shape, c.shape):
+                raise UsageError(
+                    f"{kind} '{name}': reference shape {_fmt(r.shape)} vs candidate shape {_fmt(c.shape)}"
+                )
+
+
+def _graph_inputs(model: ir.Model) -> list[ir.Value]:
+    return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+
+def _shapes_compatible(a: ir.Shape | None, b: ir.Shape | None) -> bool:
+    if a is None or b is None:
+        return True
+    if len(a) != len(b):
+        return False
+    return all(not (isinstance(x, int) and isinstance(y, int)) or x == y for x, y in zip(a, b))
+
+
+def _fmt(shape: ir.Shape | None) -> str:
+    return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def resolve_tolerances(tolerances: Tolerances | str, reference: ir.Model, candidate: ir.Model) -> Tolerances:
+    if isinstance(tolerances, Tolerances):
+        return tolerances
+    if tolerances == "auto":
+        quantized_only = is_quantized(n.op_type for n in candidate.graph.all_nodes()) and not is_quantized(
+            n.op_type for n in reference.graph.all_nodes()
+        )
+        tolerances = "int8" if quantized_only else "exact"
+    return Tolerances.from_preset(tolerances)
+
+
+def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, names: list[str] | None = None) -> dict:
+    names = names or [o.name for o in session.get_outputs()]
+    try:
+        return dict(zip(names, session.run(names, dict(feeds))))
+    except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException
+        raise DataError(f"{endpoint}: ONNX Runtime rejected the data: {str(exc).splitlines()[0]}") from None
+
+
+def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], providers: list[str]):
+    """{Endpoint: session}; a provider ONNX Runtime falls back from (e.g. CUDA libraries
+    missing) is dropped and returned as unavailable."""
+    sessions, unavailable = {}, []
+    for provider in providers:
+        chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+        opened = {}
+        for role, model in models.items():
+            sess = stack.enter_context(runtime.session(model, chain))
+            opened[Endpoint(role, provider)] = sess
+        if any(provider not in s.get_providers() for s in opened.values()):
+            unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it "
+                                "(fell back to CPU; are the CUDA/cuDNN libraries installed?)"})
+            continue
+        sessions.update(opened)
+    return sessions, unavailable
+
+
+def check(
+    reference: ModelLike,
+    candidate: ModelLike,
+    data=None,
+    *,
+    providers: Sequence[str] | None = None,
+    require_providers: bool = False,
+    tolerances: Tolerances | str = "auto",
+    labels: str | np.ndarray | None = None,
+    samples: int | None = None,
+    batch_size: int = 32,
+    layerwise: bool = False,
+    channel_map: Mapping[str, tuple[int, Sequence[int]]] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> CheckResult:
+    """Compare ``candidate`` against ``reference`` on the same inputs; truthy when parity holds.
+
+    ``data``: None (random inputs, exact comparisons only), a path or Dataset
+    (onnxprune.calibration), ``{input: array}`` or an iterable of such batches; ``labels``
+    a key in the data or an array aligned with the samples. ``providers``: short or full ONNX
+    Runtime names (default: every available one of cpu/cuda). ``tolerances``: a
+    :class:`Tolerances` or a preset name (``auto``: int8 when only the candidate is
+    quantized, else exact). ``layerwise``: also localise the error per intermediate tensor
+    (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
+    channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
+    :meth:`CheckResult.raise_on_failure`).
+    """
+    from onnxprune.api import as_model  # api imports pipeline, which imports parity
+
+    start = time.perf_counter()
+    ref_model, ref_path = as_model(reference)
+    cand_model, cand_path = as_model(candidate)
+    check_compatible(ref_model, cand_model)
+    tolerances = resolve_tolerances(tolerances, ref_model, cand_model)
+    _check_named_tolerances(tolerances, ref_model, layerwise)
+    used, unavailable = select_providers(providers, require_providers)
+    feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels, seed=seed)
+    notes = list(feed.notes)
+    if feed.synthetic and tolerances.atol is None:
+        notes.append(f"preset '{tolerances.preset}' judges cosine/SQNR/top-1 on random inputs: pass --data")
+
+    with contextlib.ExitStack() as stack:
+        sessions, failed = open_sessions(stack, {"reference": ref_model, "candidate": cand_model}, used)
+        unavailable += failed
+        _require(failed, require_providers)
+        used = [p for p in used if Endpoint("reference", p) in sessions]
+        if not used:
+            raise UsageError("no requested execution provider could be initialised: "
+                             + "; ".join(f"{u['provider']}: {u['reason']}" for u in failed))
+        names = [o.name for o in ref_model.graph.outputs]
+        comparisons = [
+            Comparison(r, c, judged, {n: OutputStats(tolerances.atol_for(n), tolerances.rtol_for(n),
+                                                      top_k=tolerances.top_k, seed=seed) for n in names})
+            for r, c, judged in plan_comparisons(used)
+        ]
+        for feeds, batch_labels in tqdm(feed, total=feed.num_batches, desc="check", unit="batch",
+                                        disable=not progress, leave=False):
+            outputs = {e: run_session(s, feeds, e, names) for e, s in sessions.items()}
+            for comparison in comparisons:
+                comparison.update(outputs, batch_labels)
+    summaries = [c.summary(tolerances) for c in comparisons]
+    failures = [f"{s['name']}: output '{name}': {reason}"
+                for s in summaries if s["judged"]
+                for name, o in s["outputs"].items() for reason in o["failures"]]
+    if feed.labelled and not any(o["accuracy_reference"] is not None for s in summaries for o in s["outputs"].values()):
+        notes.append("labels given, but no output is classifier-like ([batch, classes]): no accuracy")
+    notes += [f"execution provider {u['provider']} skipped: {u['reason']}" for u in unavailable]
+
+    layer_report = None
+    if layerwise:
+        first_failed = next((s for s in summaries if s["judged"] and not s["passed"]), summaries[0])
+        layer_report = lw.localise(
+            ref_model, cand_model, feed, tolerances,
+            first_failed["reference"]["provider"], first_failed["candidate"]["provider"],
+            channel_map=channel_map, progress=progress,
+        )
+    return CheckResult(
+        passed=not failures,
+        reference=str(ref_path) if ref_path else ref_model.graph.name or "reference",
+        candidate=str(cand_path) if cand_path else cand_model.graph.name or "candidate",
+        data=feed.to_dict(),
+        providers={"requested": [runtime.resolve_provider(p) for p in providers or DEFAULT_PROVIDERS],
+                   "used": used, "unavailable": unavailable},
+        tolerances=tolerances,
+        comparisons=summaries,
+        failures=failures,
+        notes=notes,
+        layerwise=layer_report,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _check_named_tolerances(tolerances: Tolerances, reference: ir.Model, layerwise: bool) -> None:
+    outputs = {v.name for v in reference.graph.outputs}
+    known = outputs | ({o.name for n in reference.graph.all_nodes() for o in n.outputs} if layerwise else set())
+    unknown = sorted(tolerances.named() - known)
+    if unknown:
+        raise UsageError(f"tolerance given for {unknown}, which name no output of the reference "
+                         f"(outputs: {sorted(outputs)})")

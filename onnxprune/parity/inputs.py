@@ -1,0 +1,117 @@
+"""The batches a parity check runs on: a dataset, plain arrays, or random inputs.
+
+A :class:`Feed` can be iterated more than once (the layer-wise pass reads the data again)
+and yields ``(feeds, labels)`` per batch, never the whole dataset at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune import runtime
+from onnxprune.calibration.data import Dataset, open_dataset
+from onnxprune.errors import DataError, UsageError
+
+RANDOM_SAMPLES = 16  # without data: enough to exercise every output, cheap to run
+Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
+
+
+@dataclasses.dataclass
+class Feed:
+    description: str
+    samples: int
+    batch_size: int
+    synthetic: bool
+    labelled: bool
+    _batches: Callable[[], Iterator[Batch]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self._batches()
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.samples // self.batch_size)
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.description,
+            "samples": self.samples,
+            "batch_size": self.batch_size,
+            "synthetic": self.synthetic,
+            "labels": self.labelled,
+        }
+
+
+def make_feed(
+    data,
+    model: ir.Model,
+    *,
+    samples: int | None = None,
+    batch_size: int = 32,
+    labels: str | np.ndarray | None = None,
+    seed: int = 0,
+) -> Feed:
+    """Batches from ``data``: None (random), a path or Dataset (onnxprune.calibration), a
+    mapping ``{input name: array}`` (first axis = samples) or an iterable of such dicts."""
+    if samples is not None and samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    if data is None:
+        if labels is not None:
+            raise UsageError("labels need --data: random inputs have no labels")
+        return _random_feed(model, samples or RANDOM_SAMPLES, batch_size, seed)
+    return _dataset_feed(data, model, samples, batch_size, labels)
+
+
+def _random_feed(model: ir.Model, samples: int, batch_size: int, seed: int) -> Feed:
+    first_dims = {shape[0] for shape, _ in runtime.input_specs(model).values() if shape}
+    batch_size = next((d for d in first_dims if isinstance(d, int)), batch_size)
+
+    def batches() -> Iterator[Batch]:
+        for i, start in enumerate(range(0, samples, batch_size)):
+            size = min(batch_size, samples - start)
+            yield runtime.random_inputs(model, batch=size, seed=seed + i), None
+
+    note = ("no --data: random standard-normal inputs; this only makes sense for exact "
+            "comparisons (value ranges, top-1 and accuracy mean nothing on noise)")
+    return Feed(f"random (seed {seed})", samples, batch_size, True, False, batches, [note])
+
+
+def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, labels) -> Feed:
+    """``data`` opened with onnxprune.calibration's ``open_dataset`` (which validates it
+    against the model), or a Dataset already open."""
+    label_array = np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray) else None
+    notes = []
+    if isinstance(data, Dataset):
+        dataset = data
+    else:
+        with warnings.catch_warnings(record=True) as caught:  # e.g. samples dropped: a note
+            warnings.simplefilter("always")
+            dataset = open_dataset(data, model, limit=samples, labels=labels if isinstance(labels, str) else None)
+        notes = [str(w.message) for w in caught]
+    if label_array is None and labels is not None:
+        label_array = dataset.labels
+    n = len(dataset) if samples is None else min(len(dataset), samples)
+    if label_array is not None and len(label_array) < n:
+        raise DataError(f"labels have {len(label_array)} entries but the data has {n} samples")
+    batch_size = dataset.fixed_batch or batch_size
+
+    def batches() -> Iterator[Batch]:
+        offset = 0
+        for feeds in dataset.batches(batch_size):
+            size = min(len(next(iter(feeds.values()))), n - offset)
+            if size <= 0:
+                return
+            yield ({k: v[:size] for k, v in feeds.items()},
+                   None if label_array is None else label_array[offset : offset + size])
+            offset += size
+
+    return Feed(f"{dataset.name} ({len(dataset)} samples)", n, batch_size, False,
+                label_array is not None, batches, notes)

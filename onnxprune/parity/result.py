@@ -1,0 +1,108 @@
+"""The result of a parity check and its JSON schema.
+
+``CheckResult.to_dict()`` (and ``onnxprune check --json FILE``) has this schema; keys are
+only ever added, a change of meaning bumps ``schema_version``. Non-finite statistics are
+written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs are equal
+(infinite SQNR); statistics that do not apply (top-k of a non-classifier output) are null.
+
+.. code-block:: text
+
+    schema_version   1
+    passed           bool: every judged comparison holds
+    reference        model path (or graph name of an in-memory model)
+    candidate        likewise
+    data             {source, samples, batch_size, synthetic, labels}
+    providers        {requested: [names], used: [names], unavailable: [{provider, reason}]}
+    tolerances       {preset, atol, rtol, stat, per_output_atol, per_output_rtol, min_cosine,
+                      min_sqnr, min_top1, min_topk, top_k, max_accuracy_drop}
+    comparisons      [{name, reference: {model, provider}, candidate: {model, provider},
+                       judged, passed, outputs: {OUTPUT: STATS + {passed, failures: [str]}}}]
+                     judged=false: the reference against itself across providers (the
+                     providers' own drift, shown for context, never failing the check)
+    failures         [str]: one line per failing output of a judged comparison
+    notes            [str]: what the user should know (random inputs, missing providers...)
+    layerwise        null, or {reference_provider, candidate_provider, samples,
+                      tensors: [{name, node, op_type, status, reference_shape,
+                                 candidate_shape, passed, failures, STATS}],
+                      first_failures: [tensor names], matched, unmatched}
+                     status: compared | surviving-channels | shape-differs
+    seconds          wall time of the check
+
+    STATS            elements, samples, max_abs, mean_abs, p50_abs, p99_abs, max_rel,
+                     mean_rel, p99_rel, mean_abs_reference, cosine, cosine_min, sqnr_db,
+                     mismatches, mismatch_fraction, nonfinite_mismatches, top1_agreement,
+                     topk_agreement, top_k, accuracy_reference, accuracy_candidate,
+                     accuracy_drop  (see onnxprune.parity.metrics for the definitions)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from onnxprune.errors import ParityError
+from onnxprune.parity.tolerances import Tolerances
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """Truthy when parity holds (like Polygraphy's comparison results)."""
+
+    passed: bool
+    reference: str
+    candidate: str
+    data: dict
+    providers: dict
+    tolerances: Tolerances
+    comparisons: list[dict]
+    failures: list[str]
+    notes: list[str]
+    layerwise: dict | None = None
+    seconds: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def output(self, name: str, comparison: int = 0) -> dict:
+        """Statistics of output ``name`` in the ``comparison``-th comparison (0: same provider)."""
+        return self.comparisons[comparison]["outputs"][name]
+
+    def to_dict(self) -> dict:
+        return _finite_or_none({
+            "schema_version": SCHEMA_VERSION,
+            "passed": self.passed,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "data": self.data,
+            "providers": self.providers,
+            "tolerances": self.tolerances.to_dict(),
+            "comparisons": self.comparisons,
+            "failures": self.failures,
+            "notes": self.notes,
+            "layerwise": self.layerwise,
+            "seconds": self.seconds,
+        })
+
+    def raise_on_failure(self) -> CheckResult:
+        """Raise :class:`ParityError` (exit code 1) naming the first failure; else return self."""
+        if not self.passed:
+            more = f" (+{len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+            raise ParityError(f"parity failed: {self.failures[0]}{more}")
+        return self
+
+    def __str__(self) -> str:
+        from onnxprune.parity.render import render
+
+        return render(self)
+
+
+def _finite_or_none(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
