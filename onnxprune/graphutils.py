@@ -47,11 +47,16 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     raise AssertionError("unreachable")
 
 
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    """C-contiguous copy if needed; unlike np.ascontiguousarray, keeps 0-d scalars 0-d."""
+    return np.require(array, requirements="C")
+
+
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, *, exact: bool = False) -> ir.Value:
     """Register ``array`` as a new initializer (name made unique unless ``exact``)."""
     if not exact:
         name = unique_name(graph, name)
-    tensor = ir.tensor(np.ascontiguousarray(array), name=name)
+    tensor = ir.tensor(_contiguous(array), name=name)
     value = ir.Value(
         name=name, shape=ir.Shape(array.shape), type=ir.TensorType(tensor.dtype), const_value=tensor
     )
@@ -61,7 +66,7 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, *, exact: boo
 
 def set_initializer(value: ir.Value, array: np.ndarray) -> None:
     """Replace the data of an initializer value in place (shape may change)."""
-    value.const_value = ir.tensor(np.ascontiguousarray(array), name=value.name)
+    value.const_value = ir.tensor(_contiguous(array), name=value.name)
     value.shape = ir.Shape(array.shape)
 
 
