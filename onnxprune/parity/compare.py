@@ -160,15 +160,20 @@ def _fmt(shape: ir.Shape | None) -> str:
     return "?" if shape is None else "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def resolve_tolerances(tolerances: Tolerances | str, reference: ir.Model, candidate: ir.Model) -> Tolerances:
+def resolve_tolerances(
+    tolerances: Tolerances | str, reference: ir.Model, candidate: ir.Model, criteria: Mapping | None = None
+) -> Tolerances:
+    """A Tolerances from a preset name (``auto``: int8 when only the candidate is quantized,
+    else exact), with ``criteria`` (Tolerances fields; None values ignored) overriding it."""
+    criteria = {k: v for k, v in (criteria or {}).items() if v is not None}
     if isinstance(tolerances, Tolerances):
-        return tolerances
+        return dataclasses.replace(tolerances, **criteria) if criteria else tolerances
     if tolerances == "auto":
         quantized_only = is_quantized(n.op_type for n in candidate.graph.all_nodes()) and not is_quantized(
             n.op_type for n in reference.graph.all_nodes()
         )
         tolerances = "int8" if quantized_only else "exact"
-    return Tolerances.from_preset(tolerances)
+    return Tolerances.from_preset(tolerances, **criteria)
 
 
 def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, names: list[str] | None = None) -> dict:
@@ -205,11 +210,13 @@ def check(
     providers: Sequence[str] | None = None,
     require_providers: bool = False,
     tolerances: Tolerances | str = "auto",
+    criteria: Mapping | None = None,
     labels: str | np.ndarray | None = None,
     samples: int | None = None,
     batch_size: int = 32,
     layerwise: bool = False,
     channel_map: Mapping[str, tuple[int, Sequence[int]]] | None = None,
+    preprocess=None,
     seed: int = 0,
     progress: bool = False,
 ) -> CheckResult:
@@ -220,7 +227,8 @@ def check(
     a key in the data or an array aligned with the samples. ``providers``: short or full ONNX
     Runtime names (default: every available one of cpu/cuda). ``tolerances``: a
     :class:`Tolerances` or a preset name (``auto``: int8 when only the candidate is
-    quantized, else exact). ``layerwise``: also localise the error per intermediate tensor
+    quantized, else exact); ``criteria``: Tolerances fields overriding it (``{"min_top1":
+    0.99, "per_output_atol": {"logits": 1e-2}}``). ``layerwise``: also localise the error per intermediate tensor
     (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
     channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
     :meth:`CheckResult.raise_on_failure`).
@@ -231,10 +239,11 @@ def check(
     ref_model, ref_path = as_model(reference)
     cand_model, cand_path = as_model(candidate)
     check_compatible(ref_model, cand_model)
-    tolerances = resolve_tolerances(tolerances, ref_model, cand_model)
+    tolerances = resolve_tolerances(tolerances, ref_model, cand_model, criteria)
     _check_named_tolerances(tolerances, ref_model, layerwise)
     used, unavailable = select_providers(providers, require_providers)
-    feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels, seed=seed)
+    feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels,
+                     preprocess=preprocess, seed=seed)
     notes = list(feed.notes)
     if feed.synthetic and tolerances.atol is None:
         notes.append(f"preset '{tolerances.preset}' judges cosine/SQNR/top-1 on random inputs: pass --data")

@@ -55,6 +55,7 @@ def make_feed(
     samples: int | None = None,
     batch_size: int = 32,
     labels: str | np.ndarray | None = None,
+    preprocess=None,
     seed: int = 0,
 ) -> Feed:
     """Batches from ``data``: None (random), a path or Dataset (onnxprune.calibration), a
@@ -67,7 +68,7 @@ def make_feed(
         if labels is not None:
             raise UsageError("labels need --data: random inputs have no labels")
         return _random_feed(model, samples or RANDOM_SAMPLES, batch_size, seed)
-    return _dataset_feed(data, model, samples, batch_size, labels)
+    return _dataset_feed(data, model, samples, batch_size, labels, preprocess)
 
 
 def _random_feed(model: ir.Model, samples: int, batch_size: int, seed: int) -> Feed:
@@ -84,7 +85,7 @@ def _random_feed(model: ir.Model, samples: int, batch_size: int, seed: int) -> F
     return Feed(f"random (seed {seed})", samples, batch_size, True, False, batches, [note])
 
 
-def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, labels) -> Feed:
+def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, labels, preprocess) -> Feed:
     """``data`` opened with onnxprune.calibration's ``open_dataset`` (which validates it
     against the model), or a Dataset already open."""
     label_array = np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray) else None
@@ -94,7 +95,8 @@ def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, l
     else:
         with warnings.catch_warnings(record=True) as caught:  # e.g. samples dropped: a note
             warnings.simplefilter("always")
-            dataset = open_dataset(data, model, limit=samples, labels=labels if isinstance(labels, str) else None)
+            dataset = open_dataset(data, model, limit=samples, preprocess=preprocess,
+                                   labels=labels if isinstance(labels, str) else None)
         notes = [str(w.message) for w in caught]
     if label_array is None and labels is not None:
         label_array = dataset.labels
