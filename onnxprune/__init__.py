@@ -8,6 +8,7 @@ from onnxprune.api import OptimizeResult, inspect, optimize
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
+from onnxprune.parity import CheckResult, Tolerances, check
 
 __version__ = "0.1.0"
 
