@@ -66,6 +66,8 @@ class RulePass(Pass):
                             reasons.append(f"{rule.name}: {reason}")
                             continue
                         changes.append(rule.rewrite(match))
+                        if reasons:  # say why the earlier (preferred) rules did not apply
+                            logger.debug("%s: %s, as %s", self.name, changes[-1], "; ".join(reasons))
                         declined.pop(key, None)
                         progress = True
                         break
