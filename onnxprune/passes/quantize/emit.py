@@ -1,0 +1,291 @@
+"""QDQ emission: QuantizeLinear/DequantizeLinear pairs, int8 weights, int32 biases.
+
+A quantized activation T becomes ``T_prequant → QuantizeLinear → DequantizeLinear → T``: the
+DequantizeLinear output keeps the tensor's name, so outputs, parity checks and layer-wise
+comparisons still find it. A tensor produced by a float node (or a graph input) keeps its
+float value for float readers; only INT8 readers get the dequantized copy. Constant operands
+(the other side of an Add, say) are stored quantized, behind a DequantizeLinear only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune.errors import DataError, UsageError
+from onnxprune.graphutils import add_initializer, attr, const_array
+from onnxprune.passes.quantize import qparams as qp
+from onnxprune.passes.quantize.config import QuantConfig
+from onnxprune.passes.quantize.rules import ABSORBABLE, COMPUTE, SHARED_PARAMS, Plan, weight_axis
+
+IR_TYPES = {np.dtype(np.int8): ir.DataType.INT8, np.dtype(np.uint8): ir.DataType.UINT8,
+            np.dtype(np.int32): ir.DataType.INT32}
+
+
+@dataclasses.dataclass
+class Emitted:
+    """What the emission did, for the pass result and the report."""
+
+    activations: int = 0  # tensors with a QuantizeLinear/DequantizeLinear pair
+    weights: int = 0  # weight tensors stored as int8
+    biases: int = 0  # bias tensors stored as int32
+    absorbed: int = 0  # Relu/Clip folded into a quantization range
+    changes: list[str] = dataclasses.field(default_factory=list)
+
+
+def range_of(value: ir.Value, ranges: Mapping[str, object]) -> tuple[float, float]:
+    """[min, max] of a tensor: from its data if constant, else from the calibration table."""
+    array = const_array(value)
+    if array is not None:
+        return float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    entry = ranges.get(value.name)
+    if entry is None:
+        raise UsageError(
+            f"calibration table has no range for tensor '{value.name}' (made for another model, "
+            "or before pruning/clean-up? calibrate this model)"
+        )
+    lo, hi = (entry.min, entry.max) if hasattr(entry, "min") else entry
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise DataError(f"calibration range of tensor '{value.name}' is invalid: [{lo}, {hi}]")
+    return lo, hi
+
+
+def clip_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """The interval a Relu/Clip keeps, or None when the bounds are not constants."""
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    lo, hi = attr(node, "min", -math.inf), attr(node, "max", math.inf)  # opset < 11
+    for index in (1, 2):
+        if len(node.inputs) > index and node.inputs[index] is not None:
+            bound = const_array(node.inputs[index])
+            if bound is None:
+                return None
+            if index == 1:
+                lo = float(bound)
+            else:
+                hi = float(bound)
+    return lo, hi
+
+
+def absorbable(params: qp.QParams, bounds: tuple[float, float]) -> bool:
+    """Can QuantizeLinear(x) replace QuantizeLinear(clip(x, lo, hi))?
+
+    Q saturates to [(qmin - z) s, (qmax - z) s]; when that interval lies inside [lo, hi], clipping
+    first changes nothing: every x below lo rounds to qmin or lower either way, likewise above.
+    With asymmetric ranges [0, b] after Relu, z = qmin and the identity holds exactly.
+    """
+    low, high = params.representable()
+    return bounds[0] <= low and high <= bounds[1]
+
+
+class Emitter:
+    """Rewrites the main graph of ``model`` according to a :class:`Plan`."""
+
+    def __init__(self, model: ir.Model, config: QuantConfig, ranges: Mapping[str, object]) -> None:
+        self.graph = model.graph
+        self.config = config
+        self.ranges = ranges
+        self.params: dict[int, qp.QParams] = {}  # id(value) -> activation params
+        self._param_values: dict[int, tuple[ir.Value, ir.Value]] = {}  # id(params) -> scale, zp
+        self._taken = {v.name for v in self.graph.inputs} | set(self.graph.initializers)
+        self._taken.update(o.name for node in self.graph for o in node.outputs)
+        self.done = Emitted()
+
+    def _name(self, base: str) -> str:
+        name = base
+        for i in itertools.count(1):
+            if name not in self._taken:
+                break
+            name = f"{base}_{i}"
+        self._taken.add(name)
+        return name
+
+    def _initializer(self, base: str, array: np.ndarray) -> ir.Value:
+        value = add_initializer(self.graph, self._name(base), array, exact=True)
+        return value
+
+    def _activation_params(self, value: ir.Value) -> qp.QParams:
+        if id(value) not in self.params:
+            lo, hi = range_of(value, self.ranges)
+            self.params[id(value)] = qp.activation_qparams(
+                lo, hi, self.config.activation_dtype, self.config.symmetric
+            )
+        return self.params[id(value)]
+
+    # -- activations -------------------------------------------------------------------------
+
+    def absorb_activations(self, the_plan: Plan) -> None:
+        """Fold a Relu/Clip that alone reads a quantized node's output into that output's range."""
+        for node in the_plan.compute:
+            output = node.outputs[0]
+            users = output.consumers()
+            if len(users) != 1 or output.is_graph_output() or len(output.uses()) != 1:
+                continue
+            act = users[0]
+            if act.op_type not in ABSORBABLE or act.domain != "" or act.inputs[0] is not output:
+                continue
+            if self.config.excludes(act.name or "", act.op_type):
+                continue
+            bounds = clip_bounds(act)
+            result = act.outputs[0]
+            if bounds is None:
+                continue
+            lo, hi = range_of(result, self.ranges)
+            params = qp.activation_qparams(lo, hi, self.config.activation_dtype, self.config.symmetric)
+            if not absorbable(params, bounds):
+                continue
+            name = result.name
+            ir.convenience.replace_all_uses_with(result, output, replace_graph_outputs=True)
+            self.graph.remove(act, safe=True)
+            output.name = name
+            self.params[id(output)] = params
+            self.done.absorbed += 1
+            self.done.changes.append(f"{act.name or name}: {act.op_type} folded into the int8 range of {node.name}")
+
+    def assign_params(self, the_plan: Plan) -> None:
+        """Scale/zero point of every quantized tensor; data-movement outputs share their input's."""
+        for node in self.graph:  # topological order: a shared input is assigned before use
+            if node.op_type in SHARED_PARAMS and node in self._shared:
+                source = self._activation_params(node.inputs[0])
+                for output in node.outputs:
+                    self.params[id(output)] = source
+            elif node in self._compute:
+                for index in the_plan.quantized_inputs(node):
+                    self._activation_params(node.inputs[index])
+                for output in node.outputs:
+                    self._activation_params(output)
+
+    def _scale_zero(self, params: qp.QParams, base: str) -> tuple[ir.Value, ir.Value]:
+        key = id(params)
+        if key not in self._param_values:
+            self._param_values[key] = (
+                self._initializer(f"{base}_scale", params.scale),
+                self._initializer(f"{base}_zero_point", params.zero_point),
+            )
+        return self._param_values[key]
+
+    def _dequantize(self, quantized: ir.Value, scale: ir.Value, zero: ir.Value, name: str,
+                    shape: ir.Shape | None, axis: int | None = None) -> ir.Value:
+        out = ir.Value(name=name, type=ir.TensorType(ir.DataType.FLOAT), shape=shape)
+        attrs = [ir.AttrInt64("axis", axis)] if axis is not None else []
+        self.graph.append(ir.Node("", "DequantizeLinear", [quantized, scale, zero], attrs,
+                                  outputs=[out], name=self._name(f"{name}_DequantizeLinear")))
+        return out
+
+    def emit_activations(self, the_plan: Plan) -> None:
+        readers: dict[int, list[tuple[ir.Node, int]]] = {}
+        for node in the_plan.nodes:
+            for index in the_plan.quantized_inputs(node):
+                readers.setdefault(id(node.inputs[index]), []).append((node, index))
+        values = {id(v): v for n in the_plan.nodes for v in (*n.inputs, *n.outputs) if v is not None}
+        for key, params in list(self.params.items()):
+            value = values.get(key)
+            if value is None:
+                continue
+            self.done.activations += 1
+            base = value.name
+            scale, zero = self._scale_zero(params, base)
+            qtype = IR_TYPES[params.zero_point.dtype]
+            array = const_array(value)
+            if array is not None:  # a constant operand: store it quantized
+                stored = self._initializer(f"{base}_quantized", qp.quantize(array, params, params.zero_point.dtype))
+                dq = self._dequantize(stored, scale, zero, self._name(f"{base}_dequantized"), value.shape)
+                for node, index in readers.get(key, []):
+                    node.replace_input_with(index, dq)
+                continue
+            quantized = ir.Value(name=self._name(f"{base}_quantized"), type=ir.TensorType(qtype), shape=value.shape)
+            producer = value.producer()
+            if producer is not None and (producer in self._compute or producer in self._shared):
+                # Every reader (and the graph output) sees the dequantized tensor, under its name.
+                value.name = self._name(f"{base}_prequant")
+                dq = self._dequantize(quantized, scale, zero, base, value.shape)
+                ir.convenience.replace_all_uses_with(value, dq, replace_graph_outputs=True)
+            else:
+                dq = self._dequantize(quantized, scale, zero, self._name(f"{base}_dequantized"), value.shape)
+                for node, index in readers.get(key, []):
+                    node.replace_input_with(index, dq)
+            self.graph.append(ir.Node("", "QuantizeLinear", [value, scale, zero], outputs=[quantized],
+                                      name=self._name(f"{base}_QuantizeLinear")))
+
+    # -- weights and biases ------------------------------------------------------------------
+
+    def emit_weights(self, node: ir.Node, input_params: qp.QParams) -> str:
+        rule = COMPUTE[node.op_type]
+        weight_value = node.inputs[rule.weight]
+        weight = const_array(weight_value).astype(np.float32)
+        axis = weight_axis(node, weight.ndim) if self.config.per_channel and weight.ndim > 1 else None
+        wparams = qp.weight_qparams(weight, axis, self.config.weight_qmax)
+        bias_value, bias = self._bias(node, rule)
+        if bias is not None:
+            wparams = qp.fit_weight_to_bias(wparams, self._channel_bias(node, bias, wparams), input_params.scale)
+        base = weight_value.name or f"{node.name}_weight"
+        stored = self._initializer(f"{base}_quantized", qp.quantize(weight, wparams, np.int8))
+        scale = self._initializer(f"{base}_scale", wparams.scale)
+        zero = self._initializer(f"{base}_zero_point", wparams.zero_point)
+        node.replace_input_with(rule.weight, self._dequantize(
+            stored, scale, zero, self._name(f"{base}_dequantized"), weight_value.shape, wparams.axis))
+        self.done.weights += 1
+        kind = f"per-channel ({wparams.scale.size} scales)" if axis is not None else "per-tensor"
+        if bias is None:
+            return f"{node.name}: {node.op_type} in INT8, {kind} int8 weights"
+        bparams = qp.bias_qparams(input_params.scale, wparams)
+        if node.op_type == "ConvTranspose" and wparams.axis is not None:  # scales repeat per group
+            groups = bias.size // wparams.scale.size
+            bparams = qp.QParams(np.tile(bparams.scale, groups), np.zeros(bias.size, np.int32), 0)
+        bbase = bias_value.name or f"{node.name}_bias"
+        node.replace_input_with(rule.bias, self._dequantize(
+            self._initializer(f"{bbase}_quantized", qp.quantize(bias, bparams, np.int32)),
+            self._initializer(f"{bbase}_scale", bparams.scale),
+            self._initializer(f"{bbase}_zero_point", bparams.zero_point),
+            self._name(f"{bbase}_dequantized"), ir.Shape(bias.shape), bparams.axis))
+        self.done.biases += 1
+        return f"{node.name}: {node.op_type} in INT8, {kind} int8 weights, int32 bias"
+
+    def _bias(self, node: ir.Node, rule) -> tuple[ir.Value | None, np.ndarray | None]:
+        """The bias as a vector over output channels, when it can be stored as int32."""
+        if rule.bias is None or len(node.inputs) <= rule.bias or node.inputs[rule.bias] is None:
+            return None, None
+        value = node.inputs[rule.bias]
+        bias = const_array(value).astype(np.float32)
+        if node.op_type == "Gemm":
+            if attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
+                return None, None  # QGemm's int32 bias assumes alpha = beta = 1: keep C float
+            weight = const_array(node.inputs[rule.weight])
+            columns = weight.shape[0] if attr(node, "transB", 0) else weight.shape[1]
+            if bias.size == 1:
+                bias = np.full(columns, bias.reshape(()), np.float32)
+            elif bias.size == columns and bias.shape[-1] == columns:
+                bias = bias.reshape(columns)
+            else:
+                return None, None  # a per-row bias [M, N]: keep it float
+        return value, bias
+
+    def _channel_bias(self, node: ir.Node, bias: np.ndarray, wparams: qp.QParams) -> np.ndarray:
+        """|bias| reduced to the weight-scale layout (per tensor: the largest; grouped ConvTranspose: per column)."""
+        if wparams.axis is None:
+            return np.abs(bias).max(initial=0.0).reshape(())
+        return np.abs(bias).reshape(-1, wparams.scale.size).max(axis=0)
+
+    # -- driver ------------------------------------------------------------------------------
+
+    def run(self, the_plan: Plan) -> Emitted:
+        self._compute = set(the_plan.compute)
+        self._shared = set(the_plan.shared)
+        self.absorb_activations(the_plan)
+        self.assign_params(the_plan)
+        for node in the_plan.compute:
+            rule = COMPUTE[node.op_type]
+            if rule.weight is not None:
+                self.done.changes.append(self.emit_weights(node, self.params[id(node.inputs[0])]))
+            else:
+                self.done.changes.append(f"{node.name}: {node.op_type} in INT8")
+        for node in the_plan.shared:
+            self.done.changes.append(f"{node.name}: {node.op_type} moves int8 data (shared scale)")
+        self.emit_activations(the_plan)
+        return self.done

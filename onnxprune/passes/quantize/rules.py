@@ -1,0 +1,184 @@
+"""Node placement: which nodes run in INT8, which tensors get QuantizeLinear/DequantizeLinear.
+
+The rules follow what ONNX Runtime's CPU execution provider fuses into integer kernels
+(its QDQ selectors): a node runs in INT8 when every float input comes out of a
+DequantizeLinear and its output goes into a QuantizeLinear.
+
+* **Compute ops** get QDQ on their activation inputs and on their output, each with its own
+  calibrated range: Conv (→ QLinearConv), Gemm (→ QGemm), MatMul with a constant operand
+  (→ QLinearMatMul), Add/Mul (→ QLinearAdd/Mul), Concat, AveragePool, GlobalAveragePool,
+  Sigmoid, LeakyRelu. ConvTranspose is quantized too (int8 weights, accelerated by GPU EPs)
+  although the CPU EP runs it in float.
+* **Data-movement ops** (MaxPool, Reshape, Flatten, Transpose, Squeeze, Unsqueeze, Resize,
+  Split) reuse their input's scale and zero point on their outputs, so runtimes drop the
+  surrounding Q/DQ and move int8 data; they are quantized only where their input already is.
+* **Relu/Clip** right after a quantized node are folded into its output's quantization range
+  when that is exact (see ``emit.absorbable``).
+* Everything else (LayerNormalization, Softmax, Gelu, Div, Sqrt, reductions...) stays float:
+  8-bit there costs accuracy and CPU kernels do not exist. So do excluded nodes and op types.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import onnx_ir as ir
+
+from onnxprune.graphutils import attr, const_array
+from onnxprune.passes.quantize.config import QuantConfig
+
+FLOAT = ir.DataType.FLOAT
+
+
+@dataclasses.dataclass(frozen=True)
+class OpRule:
+    """How one op type is quantized: which inputs are activations, weight and bias."""
+
+    activations: tuple[int, ...] | None = (0,)  # None: every input
+    weight: int | None = None
+    bias: int | None = None
+
+
+COMPUTE: dict[str, OpRule] = {
+    "Conv": OpRule((0,), weight=1, bias=2),
+    "ConvTranspose": OpRule((0,), weight=1, bias=2),
+    "Gemm": OpRule((0,), weight=1, bias=2),
+    "MatMul": OpRule((0,), weight=1),
+    "Add": OpRule(None),
+    "Mul": OpRule(None),
+    "Concat": OpRule(None),
+    "AveragePool": OpRule(),
+    "GlobalAveragePool": OpRule(),
+    "Sigmoid": OpRule(),
+    "LeakyRelu": OpRule(),
+}
+SHARED_PARAMS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Split"}
+ABSORBABLE = {"Relu", "Clip"}
+QUANTIZABLE = set(COMPUTE) | SHARED_PARAMS
+
+
+def weight_axis(node: ir.Node, rank: int) -> int:
+    """The output-channel axis of a node's weight: one scale per output channel.
+
+    Conv W [M, C/g, k...] → 0; ConvTranspose W [C, M/g, k...] → 1; Gemm B [K, N] → 1 or with
+    transB B [N, K] → 0; MatMul B [..., K, N] → last.
+    """
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        return 0 if attr(node, "transB", 0) else 1
+    return rank - 1
+
+
+def _is_float(value: ir.Value | None) -> bool:
+    if value is None:
+        return False
+    if value.dtype is not None:
+        return value.dtype == FLOAT
+    array = const_array(value)
+    return array is not None and array.dtype.kind == "f" and array.dtype.itemsize == 4
+
+
+@dataclasses.dataclass
+class Plan:
+    """The nodes that run in INT8 and, for each, the input slots that get a DequantizeLinear."""
+
+    compute: list[ir.Node] = dataclasses.field(default_factory=list)
+    shared: list[ir.Node] = dataclasses.field(default_factory=list)
+    declined: dict[str, str] = dataclasses.field(default_factory=dict)  # node → why it stays float
+
+    def quantized_inputs(self, node: ir.Node) -> list[int]:
+        """Input slots of ``node`` that read dequantized activations (weights/bias excluded)."""
+        if node.op_type in SHARED_PARAMS:
+            return [0]
+        rule = COMPUTE[node.op_type]
+        slots = range(len(node.inputs)) if rule.activations is None else rule.activations
+        return [i for i in slots if i < len(node.inputs) and _is_float(node.inputs[i])]
+
+    @property
+    def nodes(self) -> list[ir.Node]:
+        return [*self.compute, *self.shared]
+
+
+def _decline_reason(node: ir.Node) -> str | None:
+    """Why a compute node cannot be quantized, or None if it can."""
+    rule = COMPUTE[node.op_type]
+    floats = [v for v in node.inputs if v is not None]
+    if node.op_type != "Concat" and not all(_is_float(v) for v in floats[:2]):
+        return "inputs are not float32"
+    if not all(_is_float(o) for o in node.outputs):
+        return "outputs are not float32"
+    if rule.weight is not None:
+        weight = node.inputs[rule.weight] if len(node.inputs) > rule.weight else None
+        if const_array(weight) is None:
+            return "weight is not a constant (activation x activation products stay float)"
+        if rule.bias is not None and len(node.inputs) > rule.bias and node.inputs[rule.bias] is not None:
+            if const_array(node.inputs[rule.bias]) is None:
+                return "bias is not a constant"
+        if node.op_type == "MatMul" and const_array(node.inputs[0]) is not None:
+            return "both operands are constants (fold constants first)"
+    if node.op_type == "Concat" and not all(_is_float(v) for v in floats):
+        return "inputs are not float32"
+    if node.op_type in ("Add", "Mul") and all(const_array(v) is not None for v in floats):
+        return "all inputs are constants (fold constants first)"
+    return None
+
+
+def plan(model: ir.Model, config: QuantConfig) -> Plan:
+    """Choose the nodes of the main graph that run in INT8 (subgraphs stay float)."""
+    result = Plan()
+    for node in model.graph:
+        if node.domain != "" or node.op_type not in COMPUTE:
+            continue
+        if config.excludes(node.name or "", node.op_type):
+            result.declined[node.name or node.outputs[0].name] = "excluded"
+            continue
+        reason = _decline_reason(node)
+        if reason:
+            result.declined[node.name or node.outputs[0].name] = reason
+        else:
+            result.compute.append(node)
+    quantized = {id(v) for n in result.compute for v in (*n.outputs, *n.inputs) if v is not None}
+    quantized.update(id(v) for v in _activation_outputs(result.compute))  # folded Relu/Clip
+    for node in model.graph:  # topological: data-movement chains follow their input
+        if node.domain != "" or node.op_type not in SHARED_PARAMS:
+            continue
+        if config.excludes(node.name or "", node.op_type) or not node.inputs or id(node.inputs[0]) not in quantized:
+            continue
+        used_outputs = [o for o in node.outputs if o.uses() or o.is_graph_output()]
+        if node.op_type == "MaxPool" and len(used_outputs) > 1 or not all(_is_float(o) for o in used_outputs):
+            continue  # MaxPool indices, or not float
+        result.shared.append(node)
+        quantized.update(id(o) for o in node.outputs)
+    return result
+
+
+def activation_values(model: ir.Model, config: QuantConfig, the_plan: Plan | None = None) -> list[ir.Value]:
+    """Every non-constant float tensor quantization needs a calibrated range for.
+
+    Inputs and outputs of compute nodes, plus the outputs of Relu/Clip that follow them (their
+    range may replace the producer's when the activation is folded).
+    """
+    the_plan = the_plan or plan(model, config)
+    seen: dict[int, ir.Value] = {}
+    for node in the_plan.compute:
+        values = [node.inputs[i] for i in the_plan.quantized_inputs(node)] + list(node.outputs)
+        for value in values:
+            if value is not None and const_array(value) is None:
+                seen.setdefault(id(value), value)
+    for value in _activation_outputs(the_plan.compute):
+        seen.setdefault(id(value), value)
+    return list(seen.values())
+
+
+def _activation_outputs(compute: list[ir.Node]) -> list[ir.Value]:
+    """Outputs of Relu/Clip reading a compute node's output: candidates for folding."""
+    return [
+        user.outputs[0]
+        for node in compute
+        for output in node.outputs
+        for user in output.consumers()
+        if user.op_type in ABSORBABLE and user.domain == ""
+    ]
