@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -186,3 +187,27 @@ def random_inputs(
         else:
             raise DataError(f"cannot make random data for input '{name}' of type {dtype}")
     return feeds
+
+
+def latency_ms(
+    model: ir.Model | str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    runs: int = 10,
+    warmup: int = 2,
+    threads: int = 1,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> float:
+    """Median wall time of one ``sess.run`` in milliseconds, with a fixed thread count.
+
+    Fixed threads (default 1) keep numbers comparable between runs on a shared machine.
+    """
+    with session(model, providers, intra_op_threads=threads) as sess:
+        for _ in range(warmup):
+            run_session(sess, None, feeds)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            run_session(sess, None, feeds)
+            times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)
