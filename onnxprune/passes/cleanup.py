@@ -70,10 +70,21 @@ class EliminateIdentity(Pass):
                     node.resize_outputs(1)
                     changes.append(f"{node.name}: Dropout is an identity at inference")
         before = _count_identities(model)
-        common.IdentityEliminationPass()(model)
+        _IdentityElimination()(model)
         if removed := before - _count_identities(model):
             changes.append(f"{removed} Identity nodes removed")
         return PassResult(model, bool(changes), changes)
+
+
+class _IdentityElimination(common.IdentityEliminationPass):
+    """onnx-ir's pass, minus one case it gets wrong (1.1.0): ``y = Identity(x)`` where both
+    are graph outputs; it renames ``x`` to ``y`` and one graph output disappears."""
+
+    def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
+        source = node.inputs[0] if len(node.inputs) == 1 else None
+        if source is not None and source.is_graph_output() and node.outputs[0].is_graph_output():
+            return False
+        return super()._try_eliminate_identity_node(node)
 
 
 def _count_identities(model: ir.Model) -> int:
