@@ -1,0 +1,88 @@
+"""Statistics of all calibrated tensors, and the step from statistics to a table."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from onnxprune.calibration.calibrators import HISTOGRAM_METHODS, METHODS, compute_range
+from onnxprune.calibration.histogram import TensorStats
+from onnxprune.calibration.table import CalibrationTable, TensorRange
+from onnxprune.errors import UsageError
+
+
+class Statistics:
+    """{tensor name: TensorStats} plus the number of samples they were collected on."""
+
+    def __init__(self, tensors: dict[str, TensorStats], samples: int = 0):
+        self.tensors = tensors
+        self.samples = samples
+        self.skipped: dict[str, str] = {}  # name -> why it is not in the table
+
+    def update(self, name: str, array: np.ndarray) -> None:
+        if name in self.skipped:
+            return
+        if array.dtype.kind != "f":
+            self._skip(name, f"not a float tensor ({array.dtype})")
+            return
+        self.tensors[name].update(array)
+
+    def update_range(self, name: str, low: np.ndarray, high: np.ndarray, count: int) -> None:
+        """A batch reduced inside the model to (min, max, number of values)."""
+        if name in self.skipped:
+            return
+        if np.asarray(low).dtype.kind != "f":
+            self._skip(name, f"not a float tensor ({np.asarray(low).dtype})")
+            return
+        stats = self.tensors[name]
+        if not (np.isfinite(low) and np.isfinite(high)):
+            stats.nonfinite += 1  # whole batches: the values themselves never left ORT
+            return
+        if count:
+            stats.update_range(float(low), float(high), count=int(count))
+
+    def _skip(self, name: str, why: str) -> None:
+        self.skipped[name] = why
+        self.tensors.pop(name, None)
+
+    def merge(self, other: Statistics) -> Statistics:
+        """Statistics of both datasets together (in place, returns self)."""
+        for name, stats in other.tensors.items():
+            if name in self.tensors:
+                self.tensors[name].merge(stats)
+            elif name not in self.skipped:
+                self.tensors[name] = stats.copy()
+        self.skipped.update(other.skipped)
+        for name in other.skipped:
+            self.tensors.pop(name, None)
+        self.samples += other.samples
+        return self
+
+    def finish(self) -> Statistics:
+        """Drop tensors that never saw a finite value; warn about NaN/Inf."""
+        for name, stats in list(self.tensors.items()):
+            if stats.count == 0:
+                self._skip(name, "no finite values" if stats.nonfinite else "no values (empty tensor)")
+            elif stats.nonfinite:
+                warnings.warn(
+                    f"tensor '{name}' produced NaN/Inf on the calibration data; ignored them",
+                    stacklevel=3,
+                )
+        return self
+
+    def compute(self, method: str = "minmax", **options) -> CalibrationTable:
+        """Ranges by ``method`` (options: percentile=99.99, symmetric=False)."""
+        if method not in METHODS:
+            raise UsageError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
+        if method in HISTOGRAM_METHODS and not all(s.histogram for s in self.tensors.values()):
+            raise UsageError(f"method '{method}' needs histograms; collect with histogram=True")
+        ranges = {n: TensorRange(*compute_range(s, method, **options)) for n, s in self.tensors.items()}
+        return CalibrationTable(
+            ranges,
+            method=method,
+            samples=self.samples,
+            options=dict(options),
+            summary={n: s.summary() for n, s in self.tensors.items()},
+            skipped=dict(self.skipped),
+        )
