@@ -72,7 +72,7 @@ def toy_groups(model: ir.Model) -> list[Group]:
         return Slot(role, nodes[node], v[value], axis, **kw)
 
     g0 = Group(0, 4, [
-        slot(Role.PRODUCER, "c1", "W1", 0), slot(Role.PRODUCER, "c1", "B1", 0),
+        slot(Role.PRODUCER, "c1", "W1", 0), slot(Role.PRODUCER, "c1", "B1", 0, bias=True),
         *(slot(Role.PARAM, "bn1", p, 0) for p in ("gamma", "beta", "mean", "var")),
         slot(Role.ACTIVATION, "c1", "c1", 1), slot(Role.ACTIVATION, "bn1", "bn1", 1),
         slot(Role.ACTIVATION, "relu1", "r1", 1), slot(Role.CONSUMER, "c2", "W2", 1),

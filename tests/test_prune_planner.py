@@ -71,7 +71,7 @@ def test_kept_counts_round_up_to_a_multiple():
 
 
 def test_grouped_conv_keeps_equal_counts_per_conv_group():
-    groups = [bare(0, 8, conv_groups=2)]
+    groups = [bare(0, 8, divisions=2)]
     scores = {0: np.array([5, 4, 3, 2, 9, 8, 7, 6.0])}
     # Globally the 3 lowest are all in the first half; the constraint splits the cut.
     plan = plan_at(make_candidates(groups, scores), 0.3)

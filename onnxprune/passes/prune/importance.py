@@ -47,7 +47,7 @@ def per_channel(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") 
     """
     hi = size if slot.hi is None else slot.hi
     channels = np.arange(slot.lo, hi)
-    blocks = values[slot.indices(channels, size)].reshape(len(channels), slot.block)
+    blocks = values[slot.positions(channels, size)].reshape(len(channels), slot.block)
     return channels, blocks.mean(axis=1) if reduce == "mean" else blocks.sum(axis=1)
 
 
@@ -64,6 +64,8 @@ def combine(size: int, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.nda
 def is_weight(slot: Slot) -> bool:
     """A producer slot holding a weight (not a bias): Conv/Gemm input 1, a MatMul operand."""
     node = slot.node
+    if slot.bias:
+        return False
     if node.op_type in WEIGHT_OPS:
         return len(node.inputs) > 1 and node.inputs[1] is slot.value
     return node.op_type == "MatMul"

@@ -41,7 +41,7 @@ class Candidate:
     scores: np.ndarray
     min_keep: int = 1
     step: int = 1  # kept count is a multiple of step (or the whole group)
-    blocks: int = 1  # equal contiguous blocks (conv groups) that keep equal counts
+    blocks: int = 1  # equal contiguous divisions (grouped Conv) that keep equal counts
     ratio: float | None = None  # a per-group ratio (local ranking) instead of the global one
 
     def kept_count(self, remove: int) -> int:
@@ -56,11 +56,6 @@ class Candidate:
             for b in range(self.blocks)
         ]
         return np.sort(np.concatenate(kept))
-
-
-def conv_blocks(group: Group) -> int:
-    """Equal blocks of channels that must keep equal counts (``Group.conv_groups`` from analysis)."""
-    return max(1, int(getattr(group, "conv_groups", 1) or 1))
 
 
 def make_candidates(
@@ -82,7 +77,7 @@ def make_candidates(
     for group in groups:
         if not group.prunable or group.id in excluded or group.size < 2:
             continue
-        blocks = conv_blocks(group)
+        blocks = max(1, group.divisions)
         step = math.lcm(round_to, blocks)
         result.append(
             Candidate(group, np.asarray(scores[group.id], dtype=np.float64), max(min_channels, 1),
@@ -154,7 +149,11 @@ class CostModel:
         )
 
     def kept_share(self, plan: PrunePlan) -> dict[int, float]:
-        """Kept share of the elements of every constant the plan touches (id(value) -> share)."""
+        """Kept share of the elements of every constant the plan touches (id(value) -> share).
+
+        Removed indices are united per axis: slots that cut the same entries count once, and
+        a grouped Conv weight's per-division columns (``Slot.indices``) come out right.
+        """
         removed = {g.id: plan.removed(g) for g in self.groups}
         shares = {}
         for key, pairs in self.slots.items():
