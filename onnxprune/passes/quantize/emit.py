@@ -31,6 +31,7 @@ IR_TYPES = {np.dtype(np.int8): ir.DataType.INT8, np.dtype(np.uint8): ir.DataType
 class Emitted:
     """What the emission did, for the pass result and the report."""
 
+    nodes: int = 0  # nodes that run in INT8 (compute and data movement)
     activations: int = 0  # tensors with a QuantizeLinear/DequantizeLinear pair
     weights: int = 0  # weight tensors stored as int8
     biases: int = 0  # bias tensors stored as int32
@@ -44,6 +45,9 @@ def range_of(value: ir.Value, ranges: Mapping[str, object]) -> tuple[float, floa
     if array is not None:
         return float(array.min(initial=0.0)), float(array.max(initial=0.0))
     entry = ranges.get(value.name)
+    skipped = getattr(ranges, "skipped", {}).get(value.name)
+    if entry is None and skipped:
+        raise DataError(f"no calibration range for tensor '{value.name}': {skipped}")
     if entry is None:
         raise UsageError(
             f"calibration table has no range for tensor '{value.name}' (made for another model, "
@@ -277,6 +281,7 @@ class Emitter:
     def run(self, the_plan: Plan) -> Emitted:
         self._compute = set(the_plan.compute)
         self._shared = set(the_plan.shared)
+        self.done.nodes = len(the_plan.nodes)
         self.absorb_activations(the_plan)
         self.assign_params(the_plan)
         for node in the_plan.compute:

@@ -12,7 +12,7 @@ from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.passes.quantize.emit import Emitted, Emitter
-from onnxprune.passes.quantize.rules import COMPUTE, activation_values, plan
+from onnxprune.passes.quantize.rules import COMPUTE, Plan, activation_values, plan
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
 
@@ -45,6 +45,7 @@ class QuantizePass(Pass):
         self.config = config or QuantConfig()
         self.calibrator = calibrator
         self.emitted: Emitted | None = None
+        self.plan: Plan | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         # Checked here, not in requires(): onnx-ir would wrap our one-line error in its own.
@@ -56,7 +57,7 @@ class QuantizePass(Pass):
                 "first, e.g. onnx.version_converter.convert_version(model, 17)"
             )
         common.TopologicalSortPass()(model)
-        the_plan = plan(model, self.config)
+        the_plan = self.plan = plan(model, self.config)
         if not the_plan.compute:
             raise UnsupportedError(_nothing_to_quantize(model, the_plan.declined))
         ranges = self.ranges

@@ -1,0 +1,84 @@
+"""`onnxprune quantize`."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune.cli._common import show_progress, split_list
+from onnxprune.passes.quantize.api import METHODS, quantize
+from onnxprune.report import change, human, table, write_json
+
+EPILOG = """Examples:
+
+  onnxprune quantize model.onnx -o model.int8.onnx --calib calib.npz --method entropy --samples 500
+
+  onnxprune quantize model.onnx -o model.int8.onnx --calib images/ --preprocess "resize=256,crop=224,scale=1/255"
+
+  onnxprune quantize model.onnx -o model.int8.onnx --table ranges.json --exclude Softmax,/head/Gemm
+
+Defaults suit ONNX Runtime's CPU execution provider (uint8 asymmetric activations, per-channel
+int8 weights). For TensorRT use --activation-type int8 --symmetric; on x86 CPUs without VNNI
+add --reduce-range.
+"""
+
+
+@click.command("quantize", epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the INT8 model.")
+@click.option("--calib", help="Calibration data: .npz, folder of .npy/.npz or images.")
+@click.option("--table", "table_path", type=click.Path(dir_okay=False), help="Reuse a saved calibration table (JSON) instead of --calib.")
+@click.option("--synthetic", is_flag=True, help="Calibrate on random inputs (ranges will be wrong; for smoke tests only).")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="How ranges are chosen from the observed values.")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="For --method percentile.")
+@click.option("--samples", type=int, help="Calibrate on at most this many samples.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per ONNX Runtime run during calibration.")
+@click.option("--preprocess", help="Image preprocessing, e.g. 'resize=256,crop=224,scale=1/255,mean=...,std=...'.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="One weight scale per output channel, or per tensor.")
+@click.option("--symmetric/--asymmetric", default=False, show_default=True, help="Activation ranges centred on 0, or min..max.")
+@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True, help="8-bit type of activations.")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights (x86 CPUs without VNNI can saturate with 8).")
+@click.option("--exclude", multiple=True, help="Node names or op types to keep float (comma list, repeatable).")
+@click.option("--save-table", type=click.Path(dir_okay=False), help="Save the calibration table (JSON) for reuse with --table.")
+@click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
+@click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime CPU before and after.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.pass_context
+def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
+                 preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
+                 no_clean, no_latency, report_path) -> None:
+    """Static INT8 quantization (QDQ format), calibrated on sample data."""
+    result = quantize(
+        model, output, calib=calib, table=table_path, method=method, samples=samples, batch_size=batch_size,
+        percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
+        symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
+        exclude=[item for text in exclude for item in split_list(text)], clean=not no_clean,
+        save_table=save_table, latency=not no_latency, progress=show_progress(ctx),
+    )
+    click.echo(summary(result))
+    if report_path:
+        write_json(report_path, result.to_dict())
+
+
+def summary(result) -> str:
+    """What `onnxprune quantize` prints: calibration, a before/after table, nodes left float."""
+    calib = result.calibration
+    source = (f"{calib.get('method')} on {calib.get('samples')} samples of {calib.get('source')}"
+              if "method" in calib else f"table {calib.get('source')} ({calib.get('tensors')} tensors)")
+    rows = [
+        ("nodes in INT8", 0, result.nodes_int8, f"{len(result.declined)} quantizable left float"),
+        ("tensors quantized", 0, result.activations, f"{result.absorbed} Relu/Clip folded into ranges"),
+        ("int8 weights / int32 biases", "0 / 0", f"{result.weights} / {result.biases}", ""),
+        ("weights size", human(result.size_before, "B"), human(result.size_after, "B"),
+         change(result.size_before, result.size_after)),
+    ]
+    if result.latency_before_ms is not None:
+        rows.append(("ORT CPU latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
+                     f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
+    lines = [f"calibration: {source}", "", table(["", "before", "after", "change"], rows, align="lrrl")]
+    if result.declined:
+        shown = list(result.declined.items())[:5]
+        lines.append("left float: " + "; ".join(f"{node} ({why})" for node, why in shown)
+                     + (f" (+{len(result.declined) - 5} more)" if len(result.declined) > 5 else ""))
+    if result.output:
+        lines += ["", f"wrote {result.output}"]
+    return "\n".join(lines)
