@@ -273,7 +273,7 @@ def _single_input(specs: dict[str, InputSpec] | None, what: str) -> str:
 
 
 def _match_inputs(part: Part, specs, labels: str | None) -> dict[str, str]:
-    """Model input name -> data key. A single-input model takes a lone array of any name."""
+    """Model input name -> data key (a single-input model also takes an unnamed 'arr_0')."""
     keys = part.keys()
     if labels is not None and labels not in keys:
         raise DataError(f"{part.name}: labels '{labels}' not found (data has: {_listed(keys)})")
@@ -282,9 +282,8 @@ def _match_inputs(part: Part, specs, labels: str | None) -> dict[str, str]:
     if labels is not None and labels in specs:
         raise DataError(f"labels '{labels}' is a model input; name the array holding the labels")
     missing = [name for name in specs if name not in keys]
-    candidates = [k for k in keys if k != labels]
-    if missing and len(specs) == 1 and len(candidates) == 1:
-        return {missing[0]: candidates[0]}
+    if missing and len(specs) == 1 and "arr_0" in keys:  # np.savez(path, array): unnamed
+        return {missing[0]: "arr_0"}
     if missing:
         raise DataError(f"{part.name}: model input '{missing[0]}' is missing (data has: {_listed(keys)})")
     return {name: name for name in specs}
