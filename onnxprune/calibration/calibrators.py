@@ -171,6 +171,8 @@ def mse(stats: TensorStats, symmetric: bool = False, levels: int = 256, rounds: 
 
 def compute_range(stats: TensorStats, method: str, **options) -> tuple[float, float]:
     """Dispatch by method name; ``options`` go to the method (percentile=, symmetric=...)."""
+    if method in METHODS and stats.min == stats.max:  # constant tensor: nothing to choose
+        return stats.min, stats.max
     if method == "minmax":
         return minmax(stats)
     if method == "percentile":
