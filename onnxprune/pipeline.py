@@ -6,6 +6,7 @@ The default pass order lives here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -16,19 +17,24 @@ from tqdm import tqdm
 from onnxprune import runtime
 from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError
 from onnxprune.graphutils import node_count, param_count
+from onnxprune.parity.metrics import OutputStats
+from onnxprune.parity.tolerances import Tolerances
 from onnxprune.passes import get_pass
 from onnxprune.passes.base import Pass
 from onnxprune.validate import check_model
 
 # The exact clean-up pipeline (`onnxprune optimize`). Order matters:
 # - eliminate-identity first: an Identity/Dropout between a Conv and its BN hides the pair;
+# - shape-inference before fold-constants: exporters leave intermediate shapes out, and
+#   without them Shape -> Gather -> Reshape chains do not fold (the run would not be idempotent);
 # - fold-constants next: BN parameters or scales computed in-graph become initializers;
 # - fold-batchnorm, then fold-affine: folding BN leaves Conv -> Mul/Add chains adjacent;
 # - batchnorm-to-affine after both: only the BNs no producer could absorb remain for it;
 # - remove-unused after the folds, which orphan the old BN parameters and weights;
-# - shape-inference last, to annotate the final graph (one run, not one per pass).
+# - shape-inference last, to annotate the values the rewrites created.
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "eliminate-identity",
+    "shape-inference",
     "fold-constants",
     "fold-batchnorm",
     "fold-affine",
@@ -68,7 +74,9 @@ class Verifier:
     """Checks, after a pass, that the model is valid, loads in ONNX Runtime and keeps parity.
 
     Reference outputs are computed once, from the model as it was before the first pass.
-    ``tolerance`` bounds max|candidate - reference| / max|reference| per output.
+    ``tolerance`` bounds max|candidate - reference| / max|reference| per output: the
+    parity checker's statistics (onnxprune.parity) with a per-output ``atol`` of
+    ``tolerance * max|reference|`` on every element.
     """
 
     def __init__(
@@ -79,6 +87,8 @@ class Verifier:
         self.feeds = list(feeds) if feeds is not None else None
         self.tolerance = tolerance
         self._reference: list[dict[str, np.ndarray]] = []
+        self._scale: dict[str, float] = {}
+        self.tolerances: Tolerances | None = None
 
     def prepare(self, model: ir.Model) -> None:
         if self.feeds is None:
@@ -86,36 +96,51 @@ class Verifier:
         with runtime.session(model) as sess:
             names = [o.name for o in sess.get_outputs()]
             self._reference = [dict(zip(names, sess.run(names, dict(f)))) for f in self.feeds]
+        self._scale = {name: max([1e-12] + [_finite_max_abs(r[name]) for r in self._reference]) for name in names}
+        self.tolerances = Tolerances(
+            atol=0.0, rtol=0.0, preset="verify",
+            per_output_atol={name: self.tolerance * scale for name, scale in self._scale.items()},
+        )
 
     def __call__(self, model: ir.Model, pass_name: str) -> dict:
         try:
             check_model(model)
         except InvalidModelError as exc:
             raise InvalidModelError(f"after pass '{pass_name}': {exc}") from None
-        worst: dict[str, float] = {}
+        stats = {name: OutputStats(self.tolerances.atol_for(name), 0.0, quantiles=False) for name in self._scale}
         with runtime.session(model) as sess:
+            missing = set(self._scale) - {o.name for o in sess.get_outputs()}
+            if missing:
+                raise ParityError(f"pass '{pass_name}' removed or renamed output(s) {sorted(missing)}")
             for feeds, reference in zip(self.feeds, self._reference):
                 outputs = dict(zip(reference, sess.run(list(reference), dict(feeds))))
                 for name, ref in reference.items():
-                    err = _normalized_error(ref, outputs[name])
-                    worst[name] = max(worst.get(name, 0.0), err)
-        for name, err in worst.items():
-            if not err <= self.tolerance:
+                    if outputs[name].shape != ref.shape:
+                        raise ParityError(
+                            f"pass '{pass_name}' changed the shape of output '{name}' from "
+                            f"{list(ref.shape)} to {list(outputs[name].shape)}"
+                        )
+                    stats[name].update(ref, outputs[name])
+        summaries = {name: s.summary() for name, s in stats.items()}
+        worst = {
+            name: math.inf if s["nonfinite_mismatches"] else s["max_abs"] / self._scale[name]
+            for name, s in summaries.items()
+        }
+        for name, summary in summaries.items():
+            if self.tolerances.judge(name, summary):
                 raise ParityError(
-                    f"pass '{pass_name}' broke parity: output '{name}' differs by {err:.3g} "
+                    f"pass '{pass_name}' broke parity: output '{name}' differs by {worst[name]:.3g} "
                     f"(max abs error / max |reference|; tolerance {self.tolerance:g})"
                 )
-        return {"max_normalized_error": worst}
+        return {
+            "max_normalized_error": worst,
+            "sqnr_db": {n: s["sqnr_db"] if math.isfinite(s["sqnr_db"]) else None for n, s in summaries.items()},
+        }
 
 
-def _normalized_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    if reference.shape != candidate.shape:
-        return float("inf")
-    if reference.size == 0:
-        return 0.0
-    ref = reference.astype(np.float64)
-    scale = max(float(np.max(np.abs(ref))), 1e-12)
-    return float(np.max(np.abs(ref - candidate.astype(np.float64)))) / scale
+def _finite_max_abs(array: np.ndarray) -> float:
+    values = np.abs(np.asarray(array, dtype=np.float64))
+    return float(np.max(values[np.isfinite(values)], initial=0.0))
 
 
 def run_pipeline(
