@@ -83,6 +83,7 @@ class Group:
     slots: list[Slot] = dataclasses.field(default_factory=list)
     declined: str | None = None
     divisions: int = 1  # grouped Conv: every one of these equal parts keeps as many channels
+    origin: ir.Node | None = None  # the layer whose output channels started the group
 
     def division_counts(self, kept: np.ndarray) -> np.ndarray:
         """Kept channels per division (all equal in a valid plan)."""
@@ -90,8 +91,8 @@ class Group:
 
     @property
     def name(self) -> str:
-        """A readable name: the first producer node (the group's root)."""
-        root = self.root
+        """A readable name: the layer that roots the group (else its first producer node)."""
+        root = self.origin or self.root
         return root.name if root is not None and root.name else f"group{self.id}"
 
     @property
