@@ -51,12 +51,13 @@ def node_macs(node: ir.Node) -> int | None:
         if x is None or w is None:
             return None
         return math.prod(x[1:]) * math.prod(w[1:])
-    # Gemm / MatMul: every output element is a dot product over K.
+    # Gemm / MatMul: every output element is a dot product over K. The first output dim is
+    # the batch (like Conv's N above), so a model exported at batch 8 is not counted 8 times.
     a = _weight_dims(node.inputs[0])
     if out is None or not a:
         return None
     k = a[0] if node.op_type == "Gemm" and attr(node, "transA", 0) else a[-1]
-    return math.prod(out) * k
+    return math.prod(out[1:] if len(out) > 1 else out) * k
 
 
 def layer_macs(model: ir.Model) -> list[LayerMacs]:
