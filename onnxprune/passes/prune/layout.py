@@ -1,0 +1,182 @@
+"""Rules for ops that move channels to other positions: Concat, Split, Slice, Reshape, Flatten.
+
+Concat places each input's channels at an offset; Split and Slice take a range back out.
+Reshape and Flatten keep the row-major order of elements, so a channel stays a contiguous
+run: after ``[N, C, H, W] -> [N, C*H*W]`` channel ``c`` is the block of features
+``c*H*W ... (c+1)*H*W - 1``. In general, let the channel axis ``a`` of the source shape
+``d`` and an axis ``b`` of the target shape ``e`` have equal tail sizes
+``prod(d[a:]) == prod(e[b:])`` (the same elements, in the same order). An index ``i`` along
+``a`` covers the flat tail range ``[i*T, (i+1)*T)`` with ``T = prod(d[a+1:])``, which is
+the run of indices ``[i*T/T', (i+1)*T/T')`` along ``b``, ``T' = prod(e[b+1:])``: block and
+offset scale by ``T/T'``, and the mapping holds exactly when those stay integers. When it
+does not (``[N, C, H, W] -> [N, g, C/g, H, W]``, channel shuffle or attention heads) one
+channel would be split across indices, and the group is declined.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import onnx_ir as ir
+
+from onnxprune.graphutils import attr, const_array
+from onnxprune.passes.prune.rules import Decline, Dim, _only_first, desc, dims, ints, rank, size
+
+
+def concat(node, side, index, dim, ctx):
+    out = node.outputs[0]
+    axis = attr(node, "axis") % rank(out)
+    if dim.axis != axis:  # concatenated along another axis: every input shares the channels
+        return [dim.moved(v, dim.axis) for v in (*node.inputs, out) if v is not dim.value]
+    sizes = [size(v, axis) for v in node.inputs]
+    starts = [0, *itertools.accumulate(sizes)]
+    if side == "in":
+        return [dim.moved(out, axis, starts[index])]
+    parts = (dim.within(v, axis, starts[i], starts[i + 1]) for i, v in enumerate(node.inputs))
+    return [p for p in parts if p is not None]
+
+
+def split_sizes(node: ir.Node, length: int) -> list[int]:
+    """The sizes of Split's outputs along its axis (explicit, or equal parts)."""
+    sizes = ints(node, "split", 1)
+    if sizes is None:
+        count = len(node.outputs)
+        part = -(-length // count)
+        sizes = [part] * (count - 1) + [length - part * (count - 1)]
+    return sizes
+
+
+def split(node, side, index, dim, ctx):
+    source = node.inputs[0]
+    if side == "in" and index != 0:
+        raise Decline(f"channels reach input {index} of {desc(node)}: not supported")
+    axis = attr(node, "axis", 0) % rank(source)
+    if dim.axis != axis:
+        return [dim.moved(v, dim.axis) for v in (source, *node.outputs) if v is not dim.value]
+    starts = [0, *itertools.accumulate(split_sizes(node, size(source, axis)))]
+    if side == "out":
+        return [dim.moved(source, axis, starts[index])]
+    parts = (dim.within(v, axis, starts[i], starts[i + 1]) for i, v in enumerate(node.outputs))
+    return [p for p in parts if p is not None]
+
+
+def slice_bounds(node: ir.Node, axis: int) -> tuple[int, int] | None:
+    """``(start, stop)`` of a Slice along ``axis`` of its input (None: axis not sliced)."""
+    data = node.inputs[0]
+    r = rank(data)
+    starts = ints(node, "starts", 1)
+    axes = ints(node, "axes", 3)
+    axes = [a % r for a in axes] if axes is not None else list(range(len(starts or ())))
+    if axis not in axes:
+        return None
+    k = axes.index(axis)
+    ends, steps = ints(node, "ends", 2), ints(node, "steps", 4)
+    if steps is not None and steps[k] != 1:
+        raise Decline(f"{desc(node)} slices the channels with step {steps[k]}")
+    length = size(data, axis)
+
+    def clamp(v: int) -> int:
+        return min(max(v + length if v < 0 else v, 0), length)
+
+    return clamp(starts[k]), clamp(ends[k])
+
+
+def slice_(node, side, index, dim, ctx):
+    _only_first(node, side, index, dim)
+    data, out = node.inputs[0], node.outputs[0]
+    bounds = slice_bounds(node, dim.axis)
+    if bounds is None:
+        return [dim.moved(out if side == "in" else data, dim.axis)]
+    if side == "out":
+        return [dim.moved(data, dim.axis, bounds[0])]
+    part = dim.within(out, dim.axis, *bounds)
+    return [part] if part is not None else []
+
+
+def _remap(node: ir.Node, side: str, dim: Dim, source: list, target: list) -> Dim:
+    """Map ``dim`` across a reshape from ``source`` dims to ``target`` dims (module docstring)."""
+    frm, to = (source, target) if side == "in" else (target, source)
+    other = node.outputs[0] if side == "in" else node.inputs[0]
+    tail = frm[dim.axis:]
+    if None in tail:
+        raise Decline(f"the shape of '{dim.value.name}' at {desc(node)} is not static")
+    total, inner = math.prod(tail), math.prod(tail[1:])
+    acc, axis = 1, None
+    for b in range(len(to) - 1, -1, -1):
+        if to[b] is None:
+            break
+        acc *= to[b]
+        if acc == total:
+            axis = b
+            break
+        if acc > total:
+            break
+    mapped = None if axis is None else dim.scaled(other, axis, inner, math.prod(to[axis + 1:]))
+    if mapped is None:
+        shuffle = any(u.op_type == "Transpose" for u, _ in node.outputs[0].uses())
+        kind = " (channel shuffle)" if shuffle else ""
+        raise Decline(f"{desc(node)} splits or merges the channel axis{kind}: channel order is not kept")
+    return mapped
+
+
+def flatten(node, side, index, dim, ctx):
+    _only_first(node, side, index, dim)
+    source = dims(node.inputs[0])
+    if source is None:
+        raise Decline(f"the rank of '{node.inputs[0].name}' is unknown")
+    k = attr(node, "axis", 1)
+    k = k + len(source) if k < 0 else k
+    if (side == "in" and dim.axis < k) or (side == "out" and dim.axis == 0):
+        raise Decline(f"{desc(node)} merges the channels into the outer dimension")
+    inner = source[k:]
+    target = [None, None if None in inner else math.prod(inner)]
+    return [_remap(node, side, dim, source, target)]
+
+
+def reshape(node, side, index, dim, ctx):
+    _only_first(node, side, index, dim)
+    source, target = dims(node.inputs[0]), dims(node.outputs[0])
+    if source is None or target is None:
+        raise Decline(f"the shapes around {desc(node)} are unknown (run shape inference)")
+    mapped = _remap(node, side, dim, source, target)
+    target_entry(node, mapped.axis if side == "in" else dim.axis)  # declines when not updatable
+    return [mapped]
+
+
+def _piece(value: ir.Value):
+    """A 1-D constant, looking through Unsqueeze (torch exports shapes as Unsqueeze(scalar))."""
+    array = const_array(value)
+    producer = value.producer()
+    if array is None and producer is not None and producer.op_type == "Unsqueeze":
+        array = const_array(producer.inputs[0])
+    return None if array is None else array.reshape(-1)
+
+
+def target_entry(node: ir.Node, axis: int) -> tuple[ir.Node, int, int] | None:
+    """Where Reshape ``node`` states the size of output ``axis``: (node, input, position).
+
+    None when the entry is -1 (inferred, nothing to update). The shape may be a constant
+    or a Concat of 1-D constants and runtime pieces (``x.view(x.size(0), -1)``).
+    """
+    shape_value = node.inputs[1]
+    array = const_array(shape_value)
+    if array is not None:
+        return None if int(array[axis]) == -1 else (node, 1, axis)
+    producer = shape_value.producer()
+    if producer is not None and producer.op_type == "Concat" and len(shape_value.uses()) == 1:
+        position = axis
+        for i, piece in enumerate(producer.inputs):
+            count = size(piece, 0)
+            if position < count:
+                values = _piece(piece)
+                if values is None:
+                    break
+                return None if int(values[position]) == -1 else (producer, i, position)
+            position -= count
+    raise Decline(f"the target shape of {desc(node)} is computed at runtime")
+
+
+def piece_values(holder: ir.Node, index: int):
+    """The constant values held at ``holder.inputs[index]`` (see :func:`target_entry`)."""
+    return _piece(holder.inputs[index])
