@@ -12,11 +12,11 @@ import onnx_ir as ir
 
 from onnxprune import runtime, stats
 from onnxprune.api import as_model
-from onnxprune.errors import UsageError
+from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.io import check_output_path, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
 from onnxprune.passes.quantize.detect import check_not_quantized
-from onnxprune.passes.quantize.quantize_pass import QuantizePass
+from onnxprune.passes.quantize.quantize_pass import QuantizePass, nothing_to_quantize
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -131,6 +131,8 @@ def quantize(
     passes = [*DEFAULT_PIPELINE, quantize_pass] if clean else [quantize_pass]
     result = run_pipeline(loaded, passes, progress=progress)
     emitted = quantize_pass.emitted
+    if emitted is None:
+        raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     latency_after = runtime.latency_ms(result.model, feeds) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
         (used_tables[0] if used_tables else _as_table(ranges)).save(save_table)

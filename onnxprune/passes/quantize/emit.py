@@ -80,12 +80,17 @@ def clip_bounds(node: ir.Node) -> tuple[float, float] | None:
 def absorbable(params: qp.QParams, bounds: tuple[float, float]) -> bool:
     """Can QuantizeLinear(x) replace QuantizeLinear(clip(x, lo, hi))?
 
-    Q saturates to [(qmin - z) s, (qmax - z) s]; when that interval lies inside [lo, hi], clipping
-    first changes nothing: every x below lo rounds to qmin or lower either way, likewise above.
-    With asymmetric ranges [0, b] after Relu, z = qmin and the identity holds exactly.
+    Q is monotonic and saturates at qmin/qmax. Clipping changes x only below lo or above hi;
+    when Q(lo) is already qmin and Q(hi) already qmax, every such x quantizes to the same
+    level with or without the clip. With the asymmetric range [0, b] of a Relu output, z = qmin
+    and Q(0) = qmin; for ReLU6, b <= 6 and Q(6) = qmax.
     """
-    low, high = params.representable()
-    return bounds[0] <= low and high <= bounds[1]
+    dtype = params.zero_point.dtype
+    info = np.iinfo(dtype)
+    lo, hi = bounds
+    low_ok = lo == -math.inf or int(qp.quantize(np.array([lo], np.float32), params, dtype)[0]) == info.min
+    high_ok = hi == math.inf or int(qp.quantize(np.array([hi], np.float32), params, dtype)[0]) == info.max
+    return low_ok and high_ok
 
 
 class Emitter:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from onnxprune.errors import UnsupportedError
+from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.detect import check_not_quantized
@@ -25,7 +25,8 @@ class QuantizePass(Pass):
 
     Ranges come from ``ranges`` ({tensor: (min, max)} or a CalibrationTable) or, when the pass
     runs, from ``calibrator(model, tensor_names)`` — so a model pruned earlier in the same
-    pipeline is calibrated as it is by then. ``emitted`` holds the counts of the last run.
+    pipeline is calibrated as it is by then. ``plan`` and ``emitted`` describe the last run;
+    a model with nothing to quantize is left as it is (modified False, ``emitted`` None).
     """
 
     name = "quantize"
@@ -57,19 +58,38 @@ class QuantizePass(Pass):
                 "first, e.g. onnx.version_converter.convert_version(model, 17)"
             )
         common.TopologicalSortPass()(model)
+        _ensure_types(model)
         the_plan = self.plan = plan(model, self.config)
+        self.emitted = None
         if not the_plan.compute:
-            raise UnsupportedError(_nothing_to_quantize(model, the_plan.declined))
-        ranges = self.ranges
-        if ranges is None:
-            ranges = self.calibrator(model, [v.name for v in activation_values(model, self.config, the_plan)])
+            return PassResult(model, False, [])  # quantize() turns this into an error
+        needed = [v.name for v in activation_values(model, self.config, the_plan)]
+        ranges = self.ranges if self.ranges is not None else self.calibrator(model, needed)
+        _check_ranges(ranges, needed)
         self.emitted = Emitter(model, self.config, ranges).run(the_plan)
         common.RemoveUnusedNodesPass()(model)
         common.TopologicalSortPass()(model)
         return PassResult(model, True, self.emitted.changes)
 
 
-def _nothing_to_quantize(model: ir.Model, declined: Mapping[str, str]) -> str:
+def _check_ranges(ranges: Mapping[str, object], needed: list[str]) -> None:
+    missing = [name for name in needed if name not in ranges and name not in getattr(ranges, "skipped", {})]
+    if missing:
+        shown = ", ".join(f"'{m}'" for m in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise UsageError(
+            f"calibration table has no range for {len(missing)} of the {len(needed)} tensors to quantize "
+            f"({shown}): made for another model, or before clean-up/pruning? calibrate this model"
+        )
+
+
+def _ensure_types(model: ir.Model) -> None:
+    """Placement needs element types (only float32 is quantized); infer them if any are missing."""
+    if any(o.dtype is None for node in model.graph for o in node.outputs if o.name):
+        common.ShapeInferencePass(strict_mode=False)(model)
+
+
+def nothing_to_quantize(model: ir.Model, declined: Mapping[str, str]) -> str:
+    """Why a model has nothing to quantize, in one line."""
     if declined:
         node, reason = next(iter(declined.items()))
         return (
