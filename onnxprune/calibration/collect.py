@@ -40,9 +40,10 @@ from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, weights_nby
 from onnxprune.runtime import session
 
 DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of exposed tensors per run
-# Basic optimisations (constant folding, redundant nodes) keep exposed values as they are;
-# ORT_ENABLE_ALL's CPU layout transforms would add reorders around every exposed output.
-_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+# No graph optimisation, as ONNX Runtime's own calibrators: fusions (Conv+BatchNorm...) apply
+# or not depending on which values are exposed, which would make a tensor's values depend on
+# what else is calibrated with it. Unoptimised, they are the same in every pass.
+_LEVEL = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
 _REDUCTIONS = (("ReduceMin", "__onnxprune_min"), ("ReduceMax", "__onnxprune_max"), ("Size", "__onnxprune_size"))
 
 

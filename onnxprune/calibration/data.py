@@ -121,6 +121,11 @@ class Dataset:
         if previous is not None:
             previous.release()
 
+    def ort_reader(self, batch_size: int = 1) -> _OrtReader:
+        """This data as ONNX Runtime's ``CalibrationDataReader`` (``get_next()``), e.g. for
+        ``onnxruntime.quantization.quantize_static``, which reads one batch per call."""
+        return _OrtReader(self, batch_size)
+
     @property
     def labels(self) -> np.ndarray | None:
         """Labels aligned with the samples as ``batches`` yields them (None without labels)."""
@@ -322,6 +327,23 @@ def _concat(group: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 def _listed(names: Iterable[str]) -> str:
     names = list(names)
     return ", ".join(f"'{n}'" for n in names) if names else "nothing"
+
+
+class _OrtReader:
+    """Duck-typed ``onnxruntime.quantization.CalibrationDataReader`` over a dataset."""
+
+    def __init__(self, dataset: Dataset, batch_size: int):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        self._batches = self.dataset.batches(self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // (self.dataset.fixed_batch or self.batch_size))
 
 
 class _SyntheticPart(Part):

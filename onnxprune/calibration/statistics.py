@@ -61,14 +61,15 @@ class Statistics:
 
     def finish(self) -> Statistics:
         """Drop tensors that never saw a finite value; warn about NaN/Inf."""
+        dirty = []
         for name, stats in list(self.tensors.items()):
             if stats.count == 0:
                 self._skip(name, "no finite values" if stats.nonfinite else "no values (empty tensor)")
             elif stats.nonfinite:
-                warnings.warn(
-                    f"tensor '{name}' produced NaN/Inf on the calibration data; ignored them",
-                    stacklevel=3,
-                )
+                dirty.append(name)
+        if dirty:
+            listed = ", ".join(f"'{n}'" for n in dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
+            warnings.warn(f"tensor {listed} produced NaN/Inf on the calibration data; ignored those values", stacklevel=3)
         return self
 
     def compute(self, method: str = "minmax", **options) -> CalibrationTable:
