@@ -67,7 +67,7 @@ class Tiny:
         return self.op("BatchNormalization", [x, *params], name=name, **attrs)
 
     def proto(self, *outputs: str) -> onnx.ModelProto:
-        outs = [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs]
+        outs = [onnx.ValueInfoProto(name=o) for o in outputs]  # type and shape inferred below
         graph = helper.make_graph(self.nodes, "tiny", self.inputs, outs, self.inits)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 8
