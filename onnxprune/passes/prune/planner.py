@@ -8,7 +8,8 @@ Input: the prunable groups and their normalised scores (:mod:`.importance`). Out
 - per-group ratios (``uniform``, or ``group_ratios`` by name pattern): each group removes
   its own lowest ``ratio`` share;
 - a target (``target_macs=0.6`` keeps 60 % of the MACs, ``target_params``): bisection on the
-  ratio, each step costed by :class:`CostModel` without rewriting the model.
+  ratio, each step costed by :class:`CostModel` without rewriting the model, then
+  :func:`give_back` restores the rounding steps the target does not need.
 
 Constraints applied to every group: at least ``min_channels`` (>= 1) kept, never all
 removed; the kept count rounded *up* to a multiple of ``round_to`` (hardware-friendly
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -187,7 +188,8 @@ def search_ratio(
 ) -> tuple[float, PrunePlan]:
     """The smallest ratio whose plan keeps at most the target share of MACs (or params).
 
-    Cost is monotone in the ratio (more removed never costs more), so bisection finds it.
+    Cost is monotone in the ratio (more removed never costs more), so bisection finds it;
+    :func:`give_back` then trims the overshoot of rounded kept counts.
     """
     if (target_macs is None) == (target_params is None):
         raise UsageError("give exactly one of target_macs and target_params")
@@ -198,30 +200,60 @@ def search_ratio(
         raise UsageError(f"{option} is the share to keep and must be in (0, 1] (given {target})")
     base = cost.macs if kind == "MACs" else cost.params
 
-    def share(ratio: float) -> tuple[float, PrunePlan]:
-        plan = plan_at(candidates, ratio, uniform=uniform)
+    def share(plan: PrunePlan) -> float:
         macs, params = cost.estimate(plan)
-        return (macs if kind == "MACs" else params) / max(base, 1), plan
+        return (macs if kind == "MACs" else params) / max(base, 1)
 
-    best_share, best = share(1.0)
-    if best_share > target + 1e-9:
+    def fits(plan: PrunePlan) -> bool:
+        return share(plan) <= target + 1e-9
+
+    deepest = plan_at(candidates, 1.0, uniform=uniform)
+    if not fits(deepest):
         raise UsageError(
-            f"target {kind} {target:.0%} is out of reach: at most {1 - best_share:.1%} of the {kind} "
+            f"target {kind} {target:.0%} is out of reach: at most {1 - share(deepest):.1%} of the {kind} "
             f"can be removed ({len(candidates)} prunable groups, the others are declined or excluded; "
             f"each keeps at least its minimum channel count)"
         )
-    lo, hi = 0.0, 1.0
-    share_lo, plan_lo = share(0.0)
-    if share_lo <= target + 1e-9:
-        return 0.0, plan_lo
+    if fits(plan_at(candidates, 0.0, uniform=uniform)):
+        return 0.0, plan_at(candidates, 0.0, uniform=uniform)
+    lo, hi, best = 0.0, 1.0, deepest
     for _ in range(40):  # enough to resolve one channel among millions
         mid = (lo + hi) / 2
-        s, plan = share(mid)
-        if s <= target + 1e-9:
+        plan = plan_at(candidates, mid, uniform=uniform)
+        if fits(plan):
             hi, best = mid, plan
         else:
             lo = mid
-    return hi, best
+    return hi, give_back(candidates, best, fits)
+
+
+def give_back(candidates: Sequence[Candidate], plan: PrunePlan, fits: Callable[[PrunePlan], bool]) -> PrunePlan:
+    """Restore whole steps of removed channels, best-scored first, while the plan still ``fits``.
+
+    Bisection stops at the first ratio whose plan fits the target; with kept counts rounded
+    to ``round_to``, the group that crossed it may have dropped a whole step (8 channels of a
+    64-channel layer is 12 % of two layers' MACs) and overshot. Giving back the steps that
+    still fit brings the result close to the target without breaking it.
+    """
+    keep = dict(plan.keep)
+    while True:
+        options = []
+        for c in candidates:
+            kept = keep.get(c.group.id)
+            if kept is None:
+                continue
+            removed = np.sort(np.delete(c.scores, kept))[::-1]
+            count = min(c.group.size, len(kept) + c.step)
+            options.append((float(removed[: count - len(kept)].mean()), c, count))
+        for _, c, count in sorted(options, key=lambda o: -o[0]):
+            trial = {**keep, c.group.id: c.keep(count)}
+            if count >= c.group.size:
+                del trial[c.group.id]
+            if fits(PrunePlan(trial)):
+                keep = trial
+                break
+        else:
+            return PrunePlan(keep)
 
 
 def match_groups(

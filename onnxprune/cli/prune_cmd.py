@@ -1,0 +1,125 @@
+"""`onnxprune prune`."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune.cli._common import show_progress, split_list
+from onnxprune.errors import UsageError
+from onnxprune.io import check_output_path
+from onnxprune.passes.prune import CRITERIA, PruneReport, PruneResult, prune
+from onnxprune.passes.prune.api import DEFAULT_ROUND_TO
+from onnxprune.report import change, human, table, write_json
+
+
+def _criteria_help() -> str:
+    return "\n\n".join(f"  {name}: {text}" for name, text in CRITERIA.items())
+
+
+def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
+    ratios = {}
+    for item in values:
+        pattern, sep, ratio = item.rpartition("=")
+        try:
+            ratios[pattern] = float(ratio)
+        except ValueError:
+            sep = ""
+        if not sep or not pattern:
+            raise UsageError(f"--group-ratio '{item}': expected PATTERN=RATIO, e.g. 'layer1*=0.5'")
+    return ratios
+
+
+@click.command("prune", epilog="Criteria:\n\n" + _criteria_help())
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the pruned model (not needed with --dry-run).")
+@click.option("--ratio", type=float, help="Share of channels to remove, in [0, 1), ranked across all layers.")
+@click.option("--target-macs", type=float, help="Share of MACs to keep, e.g. 0.6 (the ratio is searched).")
+@click.option("--target-params", type=float, help="Share of parameters to keep (the ratio is searched).")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default="l1", show_default=True, help="Channel importance.")
+@click.option("--uniform", is_flag=True, help="Apply the ratio within each layer instead of ranking globally.")
+@click.option("--group-ratio", multiple=True, metavar="PATTERN=RATIO", help="Own ratio for the groups of matching nodes (repeatable).")
+@click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this (fast kernels); 1: exact ranking.")
+@click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
+@click.option("--exclude", multiple=True, metavar="NODES", help="Node names or globs to leave untouched (repeatable or comma list).")
+@click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
+@click.option("--calib-limit", type=int, help="Use at most this many calibration samples.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
+@click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
+@click.option("--compensate/--no-compensate", default=True, show_default=True, help="With --calib, fold removed channels' mean into the next bias.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
+@click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
+@click.option("--all-groups", is_flag=True, help="List every group, also those left whole.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.pass_context
+def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
+              min_channels, exclude, calib, calib_limit, batch_size, fold, compensate, dry_run, latency_runs,
+              threads, all_groups, report_path) -> None:
+    """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
+    if output is None and not dry_run:
+        raise UsageError("-o/--output is required (or use --dry-run)")
+    if report_path:
+        check_output_path(report_path, model)
+    result = prune(
+        model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
+        target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
+        min_channels=min_channels, exclude=[p for item in exclude for p in split_list(item)], calib=calib,
+        calib_limit=calib_limit, batch_size=batch_size, fold=fold, compensate=compensate, dry_run=dry_run,
+        latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
+    )
+    click.echo(format_groups(result.report, all_groups))
+    click.echo("")
+    click.echo(format_summary(result))
+    if dry_run:
+        click.echo("\ndry run: nothing written")
+    else:
+        click.echo(f"\nwrote {result.output}")
+    if report_path:
+        write_json(report_path, result.to_dict())
+
+
+def format_groups(report: PruneReport, all_groups: bool = False) -> str:
+    rows = []
+    for g in report.groups:
+        if not all_groups and g.status == "kept" and not g.reason:
+            continue
+        s = g.scores
+        rows.append((
+            g.name, g.status, f"{g.channels} → {g.kept}",
+            f"{(g.channels - g.kept) / g.channels:.0%}" if g.channels else "",
+            f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f}" if s else "",
+            f"{s['max_removed']:.2f}" if s and s["max_removed"] is not None else "",
+            g.reason or "",
+        ))
+    hidden = len(report.groups) - len(rows)
+    text = table(["group", "status", "channels", "removed", "score min/med/max", "max removed", "note"], rows, align="llrrrrl")
+    ratio = f"ratio {report.ratio:.3f}" + (f" (searched for target {report.target})" if report.target else "")
+    lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]
+    if hidden:
+        lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")
+    return "\n".join(lines)
+
+
+def format_summary(result: PruneResult) -> str:
+    b, a = result.before, result.after
+    ch = result.report.channels
+    rows = [
+        ("channels (all groups)", ch[0], ch[1], change(*ch)),
+        ("MACs", human(b["macs"]), human(a["macs"]), change(b["macs"], a["macs"])),
+        ("parameters", f"{b['parameters']:,}", f"{a['parameters']:,}", change(b["parameters"], a["parameters"])),
+    ]
+    if not result.dry_run:
+        rows += [
+            ("weights", human(b["weights_bytes"], "B"), human(a["weights_bytes"], "B"), change(b["weights_bytes"], a["weights_bytes"])),
+            ("nodes", b["nodes"], a["nodes"], change(b["nodes"], a["nodes"])),
+        ]
+    if result.latency_ms:
+        lat = result.latency_ms
+        rows.append((f"latency (ORT CPU, {lat['threads']} thread, median)", f"{lat['before']:.3f} ms",
+                     f"{lat['after']:.3f} ms", change(lat["before"], lat["after"])))
+    headers = ["", "before", "after (estimated)" if result.dry_run else "after", "change"]
+    text = table(headers, rows, align="lrrr")
+    if result.fold:
+        folded = sum(r.params_before - r.params_after for r in result.fold.records)
+        text += f"\n(after: pruned, then folded; folding alone removed {folded:,} parameters)"
+    return text

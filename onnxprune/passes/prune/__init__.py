@@ -1,0 +1,244 @@
+"""Structured channel pruning: :class:`PrunePass` and its report.
+
+The pass chains the pieces: :func:`analysis.analyze` finds the groups of coupled channels, a
+criterion (:mod:`.importance`) scores them, the planner (:mod:`.planner`) picks what to remove,
+:func:`rewrite.apply_plan` slices the tensors, and the result is checked (ONNX checker, ONNX
+Runtime run, output shapes unchanged) before the pass returns: a pruned model that does not
+pass is a bug, reported as such, never handed on. The ``prune()`` API is in :mod:`.api`
+(re-exported here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+from tqdm import tqdm
+
+from onnxprune import runtime
+from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.passes.base import Pass, PassResult
+from onnxprune.passes.prune.analysis import analyze
+from onnxprune.passes.prune.group import Group, PrunePlan
+from onnxprune.passes.prune.importance import CRITERIA, Criterion, collect_channel_stats, get_criterion, normalize
+from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
+from onnxprune.passes.prune.rewrite import apply_plan
+from onnxprune.validate import check_model
+
+Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+
+
+@dataclasses.dataclass
+class GroupReport:
+    """One group's line in the report."""
+
+    id: int
+    name: str
+    channels: int
+    kept: int
+    status: str  # "pruned", "kept", "declined", "excluded"
+    reason: str | None = None  # why declined / excluded, or the criterion's fallback note
+    scores: dict | None = None  # normalised score summary: min/median/max, best removed
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PruneReport:
+    criterion: str
+    ratio: float  # the global (or uniform) ratio used, found by search for a target
+    target: dict | None
+    groups: list[GroupReport]
+    macs: tuple[int, int]  # before, after (estimated on the graph the pass saw)
+    params: tuple[int, int]
+    changes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def channels(self) -> tuple[int, int]:
+        return sum(g.channels for g in self.groups), sum(g.kept for g in self.groups)
+
+    def to_dict(self) -> dict:
+        return {
+            "criterion": self.criterion,
+            "ratio": self.ratio,
+            "target": self.target,
+            "channels": {"before": self.channels[0], "after": self.channels[1]},
+            "estimated": {
+                "macs": {"before": self.macs[0], "after": self.macs[1]},
+                "parameters": {"before": self.params[0], "after": self.params[1]},
+            },
+            "groups": [g.to_dict() for g in self.groups],
+            "changes": self.changes,
+        }
+
+
+@dataclasses.dataclass
+class PrunePassResult(PassResult):
+    report: PruneReport | None = None
+    plan: PrunePlan | None = None
+
+
+def check_ratio(ratio: float, what: str = "ratio") -> float:
+    if not 0 <= ratio < 1:
+        raise UsageError(f"{what} is the share of channels to remove and must be in [0, 1) (given {ratio})")
+    return float(ratio)
+
+
+class PrunePass(Pass):
+    """Remove whole channels with the lowest importance (changes the outputs: not exact).
+
+    How much: ``ratio`` (global ranking, or per group with ``uniform``), ``group_ratios``
+    ({node name or glob: ratio}, ranked within the matching groups), or a target share of
+    MACs/parameters to keep (``target_macs``/``target_params``; the ratio is searched).
+    ``calibration`` (a callable returning fresh batches) feeds data-driven criteria and,
+    with ``compensate``, the per-channel means folded into the next layer's bias for the
+    removed channels. ``dry_run`` plans and reports without changing the model.
+    """
+
+    name = "prune"
+    exact = False
+
+    def __init__(
+        self,
+        criterion: str | Criterion = "l1",
+        ratio: float | None = None,
+        *,
+        target_macs: float | None = None,
+        target_params: float | None = None,
+        uniform: bool = False,
+        group_ratios: Mapping[str, float] | None = None,
+        round_to: int = 1,
+        min_channels: int = 1,
+        exclude: Sequence[str] = (),
+        calibration: Batches | None = None,
+        compensate: bool = True,
+        dry_run: bool = False,
+        verify: bool = True,
+        progress: bool = False,
+    ) -> None:
+        super().__init__()
+        given = [x is not None for x in (ratio, target_macs, target_params)]
+        if sum(given) > 1:
+            raise UsageError("give only one of ratio, target_macs and target_params")
+        if sum(given) == 0 and not group_ratios:
+            raise UsageError("say how much to prune: ratio, target_macs, target_params or group ratios")
+        self.ratio = check_ratio(ratio) if ratio is not None else 0.0
+        self.group_ratios = {k: check_ratio(v, f"ratio of '{k}'") for k, v in (group_ratios or {}).items()}
+        self.target_macs, self.target_params = target_macs, target_params
+        self.criterion = get_criterion(criterion, calibration, progress) if isinstance(criterion, str) else criterion
+        if self.criterion.needs_data and calibration is None:
+            raise UsageError(f"criterion '{self.criterion.name}' needs calibration data (--calib)")
+        self.uniform, self.round_to, self.min_channels = uniform, round_to, min_channels
+        self.exclude = list(exclude)
+        self.calibration, self.compensate = calibration, compensate
+        self.dry_run, self.verify, self.progress = dry_run, verify, progress
+        make_candidates([], {}, min_channels=min_channels, round_to=round_to)  # validates them now
+
+    def call(self, model: ir.Model) -> PrunePassResult:
+        with tqdm(total=4, desc="prune", unit="step", disable=not self.progress, leave=False) as bar:
+            return self._run(model, bar)
+
+    def _run(self, model: ir.Model, bar: tqdm) -> PrunePassResult:
+        bar.set_postfix_str("analysis")
+        groups = analyze(model)
+        bar.update()
+        bar.set_postfix_str(f"scores ({self.criterion.name})")
+        excluded = self._matched(model, groups, self.exclude, "exclusion")
+        local = {}
+        for pattern, ratio in self.group_ratios.items():
+            local.update(dict.fromkeys(match_groups(model, groups, [pattern], "group ratio")[pattern], ratio))
+        active = [g for g in groups if g.prunable and g.id not in excluded and g.size > 1]
+        self.criterion.prepare(model, active)
+        raw = {g.id: np.asarray(self.criterion(g), dtype=np.float64) for g in active}
+        scores = {gid: normalize(s) for gid, s in raw.items()}
+        bar.update()
+        bar.set_postfix_str("plan")
+        candidates = make_candidates(
+            active, scores, min_channels=self.min_channels, round_to=self.round_to, group_ratios=local
+        )
+        cost = CostModel(model, groups)
+        ratio, target = self.ratio, None
+        if self.target_macs is not None or self.target_params is not None:
+            ratio, plan = search_ratio(
+                candidates, cost, target_macs=self.target_macs, target_params=self.target_params, uniform=self.uniform
+            )
+            target = {"macs": self.target_macs} if self.target_macs is not None else {"params": self.target_params}
+        else:
+            plan = plan_at(candidates, ratio, uniform=self.uniform)
+        macs, params = cost.estimate(plan)
+        report = PruneReport(
+            self.criterion.name, ratio, target, self._rows(groups, excluded, scores, plan),
+            (cost.macs, macs), (cost.params, params),
+        )
+        bar.update()
+        if self.dry_run or not plan.keep:
+            return PrunePassResult(model, False, [], report, plan)
+        bar.set_postfix_str("rewrite")
+        reference = self._output_shapes(model) if self.verify else None
+        report.changes = apply_plan(model, groups, plan, channel_constants=self._channel_means(model, groups, plan))
+        if self.verify:
+            self._check(model, reference)
+        bar.update()
+        return PrunePassResult(model, True, list(report.changes), report, plan)
+
+    @staticmethod
+    def _matched(model: ir.Model, groups: list[Group], patterns: Sequence[str], what: str) -> set[int]:
+        return set().union(*match_groups(model, groups, patterns, what).values()) if patterns else set()
+
+    def _rows(self, groups, excluded, scores, plan) -> list[GroupReport]:
+        rows = []
+        for g in groups:
+            if not g.prunable:
+                rows.append(GroupReport(g.id, g.name, g.size, g.size, "declined", g.declined))
+                continue
+            if g.id in excluded:
+                rows.append(GroupReport(g.id, g.name, g.size, g.size, "excluded", "excluded by --exclude"))
+                continue
+            kept = plan.keep.get(g.id)
+            row = GroupReport(g.id, g.name, g.size, g.size if kept is None else len(kept), "kept" if kept is None else "pruned")
+            row.reason = self.criterion.notes.get(g.id)
+            if g.id in scores:
+                s, removed = scores[g.id], plan.removed(g)
+                row.scores = {
+                    "min": float(s.min()), "median": float(np.median(s)), "max": float(s.max()),
+                    "max_removed": float(s[removed].max()) if len(removed) else None,
+                }
+            elif g.size < 2:
+                row.reason = "a single channel"
+            rows.append(row)
+        return rows
+
+    def _channel_means(self, model, groups, plan) -> dict[int, np.ndarray] | None:
+        """Mean of each channel on the calibration data, for the removed channels' bias folding."""
+        if not self.compensate or self.calibration is None:
+            return None
+        stats = getattr(self.criterion, "stats", None)  # already collected by a data-driven criterion
+        pruned = [g for g in groups if g.id in plan.keep]
+        if not stats or any(g.id not in stats for g in pruned):
+            stats = collect_channel_stats(model, pruned, self.calibration(), progress=self.progress)
+        return {g.id: stats[g.id].mean for g in pruned}
+
+    @staticmethod
+    def _output_shapes(model: ir.Model) -> tuple[dict, dict[str, tuple]]:
+        feeds = runtime.random_inputs(model, batch=2)
+        return feeds, {k: v.shape for k, v in runtime.run(model, feeds).items()}
+
+    @staticmethod
+    def _check(model: ir.Model, reference: tuple[dict, dict[str, tuple]]) -> None:
+        feeds, shapes = reference
+        try:
+            check_model(model)
+            outputs = runtime.run(model, feeds)
+        except OnnxPruneError as exc:
+            raise RuntimeError(f"pruning produced an invalid model ({exc}); this is a bug in onnxprune") from None
+        changed = {k: (shapes[k], v.shape) for k, v in outputs.items() if shapes.get(k) != v.shape}
+        if changed:
+            raise RuntimeError(f"pruning changed output shapes {changed}; this is a bug in onnxprune")
+
+
+from onnxprune.passes.prune.api import PruneResult, prune  # noqa: E402  (api uses PrunePass)
+
+__all__ = ["CRITERIA", "GroupReport", "PrunePass", "PrunePassResult", "PruneReport", "PruneResult", "prune"]

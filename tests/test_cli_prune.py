@@ -1,0 +1,144 @@
+"""`onnxprune prune` and the prune() API / PrunePass on the shipped digits model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from onnxprune import load_model, runtime, stats
+from onnxprune.cli import cli
+from onnxprune.errors import UsageError
+from onnxprune.passes.prune import PrunePass, prune
+from onnxprune.pipeline import run_pipeline
+from onnxprune.validate import check_model
+
+DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
+
+
+@pytest.fixture()
+def model(tmp_path) -> Path:
+    path = tmp_path / "digits.onnx"
+    shutil.copy(DIGITS / "digits.onnx", path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, ["-q", "prune", *map(str, args)])
+
+
+def test_prune_writes_a_smaller_valid_model_and_a_report(model, tmp_path):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = invoke(model, "-o", out, "--ratio", "0.3", "--criterion", "l1", "--report", report, "--latency-runs", "3")
+    assert result.exit_code == 0, result.output
+    assert "MACs" in result.output and "latency" in result.output and "wrote" in result.output
+    pruned = load_model(out)
+    check_model(pruned)
+    data = json.loads(report.read_text())
+    assert data["after"]["macs"] < data["before"]["macs"]
+    assert data["after"]["parameters"] < data["before"]["parameters"]
+    assert data["latency_ms"]["before"] > 0 and data["latency_ms"]["after"] > 0
+    assert data["criterion"] == "l1" and data["groups"]
+    assert {g["status"] for g in data["groups"]} <= {"pruned", "kept", "declined", "excluded"}
+    assert any(g["status"] == "pruned" and g["kept"] < g["channels"] for g in data["groups"])
+    # BatchNorm folded after pruning (fold is on by default).
+    assert "BatchNormalization" not in stats.summarize(pruned)["ops"]
+    feeds = {"input": np.load(DIGITS / "eval.npz")["input"][:4]}
+    assert runtime.run(pruned, feeds)["logits"].shape == (4, 10)
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(model, tmp_path):
+    result = invoke(model, "--target-macs", "0.6", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "dry run: nothing written" in result.output and "estimated" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.onnx"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ratio", "1.0"], "[0, 1)"),
+        (["--ratio", "-0.1"], "[0, 1)"),
+        (["--target-macs", "0.001"], "out of reach"),
+        (["--target-macs", "0"], "(0, 1]"),
+        (["--ratio", "0.3", "--exclude", "no_such_conv"], "'no_such_conv' names no node"),
+        (["--ratio", "0.3", "--criterion", "activation"], "needs calibration data"),
+        (["--ratio", "0.3", "--target-macs", "0.5"], "only one of"),
+        ([], "say how much"),
+        (["--ratio", "0.3", "--round-to", "0"], "round_to"),
+        (["--ratio", "0.3", "--group-ratio", "conv"], "PATTERN=RATIO"),
+    ],
+)
+def test_bad_options_exit_2_and_write_nothing(model, tmp_path, args, message):
+    out = tmp_path / "out.onnx"
+    result = invoke(model, "-o", out, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_calibration_data_that_does_not_fit_is_exit_2(model, tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((4, 1, 9, 9), np.float32))
+    out = tmp_path / "out.onnx"
+    result = invoke(model, "-o", out, "--ratio", "0.3", "--criterion", "activation", "--calib", bad)
+    assert result.exit_code == 2, result.output
+    assert "input" in result.output and not out.exists()
+
+
+def test_refuses_to_overwrite_the_input(model):
+    result = invoke(model, "-o", model, "--ratio", "0.3")
+    assert result.exit_code == 2 and "overwrite" in result.output
+
+
+def test_exclusions_round_to_and_target(model, tmp_path):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    first_conv = next(n.name for n in load_model(model).graph if n.op_type == "Conv")
+    result = invoke(
+        model, "-o", out, "--target-macs", "0.7", "--round-to", "8", "--exclude", f"{first_conv},nothing*",
+        "--report", report, "--latency-runs", "0",
+    )
+    # 'nothing*' matches no node: the whole command fails before writing.
+    assert result.exit_code == 2 and not out.exists()
+    result = invoke(
+        model, "-o", out, "--target-macs", "0.7", "--round-to", "8", "--exclude", first_conv,
+        "--report", report, "--latency-runs", "0",
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["after"]["macs"] <= 0.7 * data["before"]["macs"]
+    assert any(g["status"] == "excluded" for g in data["groups"])
+    for g in data["groups"]:
+        if g["status"] == "pruned":
+            assert g["kept"] % 8 == 0
+
+
+def test_api_in_memory_and_pass_composes_in_a_pipeline(model):
+    loaded = load_model(model)
+    result = prune(loaded, ratio=0.25, latency_runs=0)
+    assert result.output is None and result.after["macs"] < result.before["macs"]
+    # As a pass in a pipeline: prune, then the exact folds.
+    pipeline = run_pipeline(load_model(model), [PrunePass("l2", 0.25), "fold-batchnorm", "remove-unused"])
+    assert [r.name for r in pipeline.records][0] == "prune" and pipeline.records[0].modified
+    assert pipeline.records[0].params_after < pipeline.records[0].params_before
+
+
+def test_nothing_to_remove_leaves_the_model_unmodified_and_runs_are_deterministic(model):
+    loaded = load_model(model)
+    before = stats.summarize(loaded)["parameters"]
+    result = PrunePass("l1", 0.0)(loaded)
+    assert not result.modified and stats.summarize(loaded)["parameters"] == before
+    assert not PrunePass("l1", 0.5, dry_run=True)(loaded).modified
+    a, b = PrunePass("l1", 0.4)(load_model(model)), PrunePass("l1", 0.4)(load_model(model))
+    assert {k: v.tolist() for k, v in a.plan.keep.items()} == {k: v.tolist() for k, v in b.plan.keep.items()}
+
+
+def test_pass_options_are_checked_when_built():
+    with pytest.raises(UsageError, match="min_channels"):
+        PrunePass("l1", 0.3, min_channels=0)
+    with pytest.raises(UsageError, match="unknown criterion"):
+        PrunePass("magic", 0.3)
