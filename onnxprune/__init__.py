@@ -10,6 +10,7 @@ from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.passes.quantize.api import QuantizeResult, quantize
+from onnxprune.passes.prune import PruneResult, prune
 
 __version__ = "0.1.0"
 
