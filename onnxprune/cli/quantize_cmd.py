@@ -8,12 +8,10 @@ from onnxprune.cli._common import show_progress, split_list
 from onnxprune.passes.quantize.api import METHODS, quantize
 from onnxprune.report import change, human, table, write_json
 
-EPILOG = """Examples:
-
+EPILOG = """\b
+Examples:
   onnxprune quantize model.onnx -o model.int8.onnx --calib calib.npz --method entropy --samples 500
-
   onnxprune quantize model.onnx -o model.int8.onnx --calib images/ --preprocess "resize=256,crop=224,scale=1/255"
-
   onnxprune quantize model.onnx -o model.int8.onnx --table ranges.json --exclude Softmax,/head/Gemm
 
 Defaults suit ONNX Runtime's CPU execution provider (uint8 asymmetric activations, per-channel
@@ -65,8 +63,8 @@ def summary(result) -> str:
     source = (f"{calib.get('method')} on {calib.get('samples')} samples of {calib.get('source')}"
               if "method" in calib else f"table {calib.get('source')} ({calib.get('tensors')} tensors)")
     rows = [
-        ("nodes in INT8", 0, result.nodes_int8, f"{len(result.declined)} quantizable left float"),
-        ("tensors quantized", 0, result.activations, f"{result.absorbed} Relu/Clip folded into ranges"),
+        ("nodes in INT8", 0, result.nodes_int8, f"{len(result.declined)} left float" if result.declined else ""),
+        ("tensors quantized", 0, result.activations, f"{result.absorbed} Relu/Clip folded" if result.absorbed else ""),
         ("int8 weights / int32 biases", "0 / 0", f"{result.weights} / {result.biases}", ""),
         ("weights size", human(result.size_before, "B"), human(result.size_after, "B"),
          change(result.size_before, result.size_after)),
@@ -74,7 +72,7 @@ def summary(result) -> str:
     if result.latency_before_ms is not None:
         rows.append(("ORT CPU latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
                      f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
-    lines = [f"calibration: {source}", "", table(["", "before", "after", "change"], rows, align="lrrl")]
+    lines = [f"calibration: {source}", "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
     if result.declined:
         shown = list(result.declined.items())[:5]
         lines.append("left float: " + "; ".join(f"{node} ({why})" for node, why in shown)
