@@ -160,14 +160,18 @@ class _Walk:
             self.reasons.append(reason)
 
     def visit(self, dim: Dim) -> None:
+        """Walk ``dim`` unless already known; the same indices mapped to other channels
+        (a tensor tied to itself shifted, e.g. ``Add(x, Concat(...x...))``) decline."""
         known = self.seen.setdefault((id(dim.value), dim.axis), [])
-        if any(k.key() == dim.key() for k in known):
-            return
         start, stop = dim.span
         for k in known:
             if start < k.span[1] and k.span[0] < stop:
-                self.decline(f"channels of '{dim.value.name}' are tied to themselves at other positions")
-                return
+                same = k.block == dim.block and k.offset - k.lo * k.block == dim.offset - dim.lo * dim.block
+                if not same:
+                    self.decline(f"channels of '{dim.value.name}' are tied to themselves at other positions")
+                    return
+                if k.span[0] <= start and stop <= k.span[1]:
+                    return  # a part of what is known (e.g. back from one Split output)
         known.append(dim)
         node = dim.value.producer() or next((n for n, _ in dim.value.uses()), None)
         self.add(dim.slot(Role.ACTIVATION, node, dim.value, dim.axis))

@@ -32,9 +32,10 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.graphutils import add_initializer, attr, const_array, set_initializer, unique_name
+from onnxprune.graphutils import add_initializer, attr, set_initializer, unique_name
 from onnxprune.passes.prune.group import Group, Role, Slot
 from onnxprune.passes.prune.layers import resolve_weight
+from onnxprune.passes.prune.rules import constant
 
 _PRODUCER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _PASS_THROUGH = set(
@@ -127,14 +128,14 @@ class _Propagation:
         """Per removed channel: the value's constant (NaN when unknown or not a constant)."""
         if value is not None and id(value) in self.values:
             return self.values[id(value)]
-        array = const_array(value) if value is not None else None
+        array = constant(value) if value is not None else None
         return np.full(len(self.channels), np.nan if array is None else _uniform(array))
 
     def _input(self, node: ir.Node, i: int) -> np.ndarray:
         value = node.inputs[i] if i < len(node.inputs) else None
         slot = self.params.get((id(node), id(value)))
         if slot is not None:
-            return _per_channel(slot, const_array(value), self.channels, self.group.size)
+            return _per_channel(slot, constant(value), self.channels, self.group.size)
         return self.of(value)
 
     def _evaluate(self, value: ir.Value) -> np.ndarray:
@@ -181,7 +182,7 @@ class _Propagation:
         x = self._input(node, 0)
         if attr(node, "mode", "constant") != "constant":
             return x
-        fill = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
+        fill = constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
         return np.where(x == float(np.asarray(fill).reshape(-1)[0]), x, np.nan)
 
     def _depthwise(self, node: ir.Node) -> np.ndarray:
@@ -192,7 +193,7 @@ class _Propagation:
         weight = self.params.get((id(node), id(node.inputs[1])))
         if weight is None:
             return np.full(len(self.channels), np.nan)
-        w = const_array(node.inputs[1])
+        w = constant(node.inputs[1])
         sums = w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
         out = x * _per_channel(weight, sums, self.channels, self.group.size)
         bias = self._input(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
@@ -205,13 +206,13 @@ class _Propagation:
         slot = self.producers.get(id(weight.value)) if weight is not None else None
         if slot is None:
             return out
-        w = const_array(weight.value)
+        w = constant(weight.value)
         rows = np.abs(np.moveaxis(w, slot.axis, 0)).reshape(w.shape[slot.axis], -1).max(axis=1)
         zero = _per_channel(dataclasses.replace(slot, axis=0), rows, self.channels, self.group.size) == 0
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias_slot = self.producers.get(id(bias_value)) if bias_value is not None else None
         if bias_slot is not None:
-            bias = _per_channel(bias_slot, const_array(bias_value), self.channels, self.group.size)
+            bias = _per_channel(bias_slot, constant(bias_value), self.channels, self.group.size)
             bias = bias * (attr(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0)
         elif bias_value is not None:
             bias = self.of(bias_value)
@@ -249,7 +250,7 @@ def _layer(slot: Slot) -> ir.Node:
 def _contribution(layer: ir.Node, slot: Slot, channels: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
     """``delta[o] = sum_c k_c * sum_{i in c} sum_window W[o, i]`` over the layer's outputs."""
     weight = resolve_weight(layer, 1)
-    w = np.transpose(const_array(weight.value), weight.perm)  # as the layer reads it
+    w = np.transpose(constant(weight.value), weight.perm)  # as the layer reads it
     op = layer.op_type
     if op in ("Gemm", "MatMul"):
         if op == "Gemm" and attr(layer, "transB", 0):
@@ -351,19 +352,19 @@ def install(graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_o
 
 
 def _dtype(layer: ir.Node) -> np.dtype:
-    return const_array(resolve_weight(layer, 1).value).dtype
+    return constant(resolve_weight(layer, 1).value).dtype
 
 
 def _add_to_input(graph: ir.Graph, node: ir.Node, index: int, delta: np.ndarray) -> None:
     """``node.inputs[index] += delta`` (created when absent, copied when shared)."""
     value = node.inputs[index] if index < len(node.inputs) else None
-    dtype = _dtype(node) if node.op_type != "Add" else const_array(value).dtype
+    dtype = _dtype(node) if node.op_type != "Add" else constant(value).dtype
     if value is None:
         new = add_initializer(graph, f"{node.name or node.op_type}_bias", delta.astype(dtype))
         node.resize_inputs(index + 1)
         node.replace_input_with(index, new)
         return
-    array = (const_array(value) + delta).astype(dtype)
+    array = (constant(value) + delta).astype(dtype)
     users = {id(user) for user, _ in value.uses()}
     if value.is_initializer() and users == {id(node)} and not value.is_graph_output():
         set_initializer(value, array)
@@ -380,7 +381,7 @@ def _matmul_bias(graph: ir.Graph, layer: ir.Node, delta: np.ndarray) -> None:
     uses = list(out.uses())
     if len(uses) == 1 and not out.is_graph_output() and uses[0].node.op_type == "Add":
         add, index = uses[0].node, 1 - uses[0].idx
-        array = const_array(add.inputs[index])
+        array = constant(add.inputs[index])
         if array is not None and array.ndim >= 1 and array.size == len(delta) == array.shape[-1]:
             _add_to_input(graph, add, index, delta.reshape(array.shape))
             return

@@ -20,8 +20,8 @@ import math
 
 import onnx_ir as ir
 
-from onnxprune.graphutils import attr, const_array
-from onnxprune.passes.prune.rules import Decline, Dim, _only_first, desc, dims, ints, rank, size
+from onnxprune.graphutils import attr
+from onnxprune.passes.prune.rules import Decline, Dim, _only_first, constant, desc, dims, ints, rank, size
 
 
 def concat(node, side, index, dim, ctx):
@@ -146,10 +146,10 @@ def reshape(node, side, index, dim, ctx):
 
 def _piece(value: ir.Value):
     """A 1-D constant, looking through Unsqueeze (torch exports shapes as Unsqueeze(scalar))."""
-    array = const_array(value)
+    array = constant(value)
     producer = value.producer()
     if array is None and producer is not None and producer.op_type == "Unsqueeze":
-        array = const_array(producer.inputs[0])
+        array = constant(producer.inputs[0])
     return None if array is None else array.reshape(-1)
 
 
@@ -160,7 +160,7 @@ def target_entry(node: ir.Node, axis: int) -> tuple[ir.Node, int, int] | None:
     or a Concat of 1-D constants and runtime pieces (``x.view(x.size(0), -1)``).
     """
     shape_value = node.inputs[1]
-    array = const_array(shape_value)
+    array = constant(shape_value)
     if array is not None:
         return None if int(array[axis]) == -1 else (node, 1, axis)
     producer = shape_value.producer()

@@ -19,10 +19,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
-from onnxprune.graphutils import add_initializer, attr, const_array, set_initializer
+from onnxprune.graphutils import add_initializer, attr, set_initializer
 from onnxprune.passes.prune import fold, layout
 from onnxprune.passes.prune.group import Group, PrunePlan, Role, Slot
-from onnxprune.passes.prune.rules import dims, ints
+from onnxprune.passes.prune.rules import constant, dims, ints
 
 
 def apply_plan(
@@ -180,7 +180,7 @@ class _Cuts:
             by_value.setdefault(id(cut.value), []).append(cut)
         for cuts in by_value.values():
             value = cuts[0].value
-            array = const_array(value)
+            array = constant(value)
             users = {id(user) for user, _ in value.uses()}
             shared = users != {id(c.node) for c in cuts} or len({c.signature() for c in cuts}) > 1
             if value.is_initializer() and not shared:
@@ -212,14 +212,25 @@ def _transposed_shapes(node: ir.Node) -> None:
 
 
 def _replace_input(graph: ir.Graph, node: ir.Node, old: ir.Value, array: np.ndarray) -> None:
-    """Give ``node`` a new initializer in place of ``old``; drop an orphaned Constant node."""
+    """Give ``node`` a new initializer in place of ``old``, then drop what that orphaned."""
     new = add_initializer(graph, old.name or f"{node.name}_const", array)
     for i, v in enumerate(node.inputs):
         if v is old:
             node.replace_input_with(i, new)
-    producer = old.producer()
-    if producer is not None and producer.op_type == "Constant" and not old.uses() and not old.is_graph_output():
+    _drop_orphan(graph, old)
+
+
+def _drop_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
+    """Remove an unused initializer, or an unused Constant/Identity chain that held a constant."""
+    while value is not None and not value.uses() and not value.is_graph_output():
+        producer = value.producer()
+        if value.is_initializer() and not value.is_graph_input():
+            graph.initializers.pop(value.name)
+            return
+        if producer is None or producer.op_type not in ("Constant", "Identity") or len(producer.outputs) != 1:
+            return
         graph.remove(producer, safe=True)
+        value = producer.inputs[0] if producer.inputs else None
 
 
 def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
@@ -263,7 +274,7 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
                 if bounds is not None:
                     edits.extend(_slice_edits(node, axis, bounds, cuts.removed(source, axis), set_input))
         elif op == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:
-            sizes = const_array(node.inputs[3]).copy()
+            sizes = constant(node.inputs[3]).copy()
             for axis in cuts.acts.get(id(source), (None, {}))[1]:
                 sizes[axis] -= len(cuts.removed(source, axis))
             edits.append(set_input(node, 3, sizes))
@@ -298,7 +309,7 @@ def _slice_edits(node: ir.Node, axis: int, bounds: tuple[int, int], lost: np.nda
             values[k] = new
             edits.append(lambda n=name, v=values: node.attributes.__setitem__(n, ir.AttrInt64s(n, v)))
         else:
-            values = const_array(node.inputs[index]).copy()
+            values = constant(node.inputs[index]).copy()
             values[k] = new
             edits.append(set_input(node, index, values))
     return edits

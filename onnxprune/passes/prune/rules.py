@@ -85,8 +85,25 @@ def desc(node: ir.Node) -> str:
     return f"{node.op_type} '{node.name}'"
 
 
+def forwarded(value: ir.Value | None) -> ir.Value | None:
+    """The value an Identity chain forwards (the legacy exporter shares equal initializers,
+    e.g. every fresh BatchNorm's zero mean, through Identity nodes)."""
+    while value is not None:
+        producer = value.producer()
+        if producer is None or producer.op_type != "Identity" or producer.domain != "":
+            return value
+        value = producer.inputs[0]
+    return value
+
+
+def constant(value: ir.Value | None):
+    """The constant array of ``value`` (looking through Identity), else None."""
+    return const_array(forwarded(value))
+
+
 def is_const(value: ir.Value | None) -> bool:
-    """A constant (initializer or Constant output), without loading its data."""
+    """A constant (initializer or Constant output, maybe via Identity), without loading data."""
+    value = forwarded(value)
     if value is None or value.is_graph_input():
         return False
     if value.const_value is not None:
@@ -127,7 +144,7 @@ def ints(node: ir.Node, name: str, input_index: int | None = None) -> list[int] 
     if name in node.attributes:
         return [int(v) for v in attr(node, name)]
     if input_index is not None and len(node.inputs) > input_index and node.inputs[input_index] is not None:
-        array = const_array(node.inputs[input_index])
+        array = constant(node.inputs[input_index])
         if array is None:
             raise Decline(f"the {name} of {desc(node)} are computed at runtime")
         return [int(v) for v in array.reshape(-1)]
@@ -247,13 +264,13 @@ def resize(node, side, index, dim, ctx):
     if "axes" in node.attributes:
         raise Decline(f"{desc(node)} with 'axes' is not supported")
     scale_input = 1 if node.op_type == "Upsample" or ctx.opset < 11 else 2
-    scales = const_array(node.inputs[scale_input]) if len(node.inputs) > scale_input and node.inputs[scale_input] else None
+    scales = constant(node.inputs[scale_input]) if len(node.inputs) > scale_input and node.inputs[scale_input] else None
     if scales is None and "scales" in node.attributes:
         scales = attr(node, "scales")
     if scales is not None and len(scales):
         if float(scales[dim.axis]) != 1.0:
             raise Decline(f"{desc(node)} scales the channel axis")
-    elif node.op_type == "Upsample" or len(node.inputs) < 4 or const_array(node.inputs[3]) is None:
+    elif node.op_type == "Upsample" or len(node.inputs) < 4 or constant(node.inputs[3]) is None:
         raise Decline(f"the output size of {desc(node)} is computed at runtime")
     return [_across(node, side, dim)]
 
@@ -328,7 +345,7 @@ def shape(node, side, index, dim, ctx):
         return []
     position = dim.axis - start
     for user, _ in node.outputs[0].uses():
-        picked = const_array(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
+        picked = constant(user.inputs[1]) if user.op_type == "Gather" and len(user.inputs) > 1 else None
         if picked is None or position in {int(i) % (end - start) for i in picked.reshape(-1)}:
             raise Decline(f"{desc(node)} reads the channel count of '{dim.value.name}' at runtime")
     if node.outputs[0].is_graph_output():
