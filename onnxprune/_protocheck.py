@@ -27,6 +27,7 @@ _TYPED_FIELDS = {
                                       _T.FLOAT16, _T.BFLOAT16)},
 }
 _KNOWN_TYPES = {t.value for t in ir.DataType} - {0}
+_ATTRIBUTE_TYPES = set(onnx.AttributeProto.AttributeType.values()) - {onnx.AttributeProto.UNDEFINED}
 
 # Files often mistaken for ONNX models: (offset, magic bytes, what the file probably is).
 _OTHER_FORMATS = (
@@ -61,11 +62,19 @@ def sniff_format(path: Path) -> str | None:
 
 def find_problem(proto: onnx.ModelProto) -> tuple[str, str] | None:
     """The first problem in ``proto`` as ('graph' | 'data', one-line message), else None."""
+    field = _invalid_text(proto, "model")
+    if field is not None:
+        return "data", f"{field} is not valid UTF-8 text (corrupted file?)"
     outer: set[str] = set()
     for where, graph, scope in _graphs(proto.graph, outer, "graph"):
         problem = _names_problem(where, graph, scope)
         if problem:
             return "graph", problem
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type not in _ATTRIBUTE_TYPES:
+                    return "data", (f"{where}: node '{node.name or node.op_type}' attribute "
+                                    f"'{attr.name}' has unknown type {attr.type}")
         for tensor, owner in _graph_tensors(graph):
             problem = _tensor_problem(tensor, f"{where}: {owner}")
             if problem:
@@ -76,6 +85,23 @@ def find_problem(proto: onnx.ModelProto) -> tuple[str, str] | None:
                 problem = _tensor_problem(tensor, f"function '{function.name}': {owner}")
                 if problem:
                     return "data", problem
+    return None
+
+
+def _invalid_text(message, path: str) -> str | None:
+    """The first string field holding invalid UTF-8 (protobuf parses proto2 strings as
+    bytes then, and serializing the model back would fail), as a field path."""
+    for field, value in message.ListFields():
+        repeated = field.is_repeated
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in (value if repeated else (value,))):
+                return f"{path}.{field.name}"
+        elif field.type == field.TYPE_MESSAGE:
+            items = enumerate(value) if repeated else ((None, value),)
+            for index, item in items:
+                found = _invalid_text(item, f"{path}.{field.name}" + ("" if index is None else f"[{index}]"))
+                if found:
+                    return found
     return None
 
 
@@ -93,7 +119,8 @@ def _graphs(graph: onnx.GraphProto, outer: set[str], where: str
 
 
 def _names_problem(where: str, graph: onnx.GraphProto, outer: set[str]) -> str | None:
-    """Names must be assigned once (SSA), also across scopes; inputs may have initializers."""
+    """Names must be assigned once (SSA), also across scopes (inputs may have initializers),
+    and every name read must be assigned somewhere in scope."""
     seen: dict[str, str] = {}
     defined = [(v.name, "graph input") for v in graph.input]
     inputs = {v.name for v in graph.input}
@@ -106,6 +133,14 @@ def _names_problem(where: str, graph: onnx.GraphProto, outer: set[str]) -> str |
             return (f"{where}: tensor name '{name}' is defined twice ({first} and {owner}); "
                     "ONNX requires each name to be assigned once")
         seen[name] = owner
+    for node in graph.node:
+        for name in node.input:
+            if name and name not in seen and name not in outer:
+                return (f"{where}: input '{name}' of node '{node.name or node.op_type}' "
+                        f"({node.op_type}) is produced by no node, graph input or initializer")
+    for value in graph.output:
+        if value.name not in seen and value.name not in outer:
+            return f"{where}: graph output '{value.name}' is produced by no node, input or initializer"
     return None
 
 

@@ -27,10 +27,16 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
         raise InvalidModelError(f"ONNX checker: {_first_line(exc)}") from None
     except onnx.shape_inference.InferenceError as exc:
         raise InvalidModelError(f"ONNX shape inference: {_first_line(exc)}") from None
+    except (ir.serde.SerdeError, ValueError, TypeError) as exc:  # unserializable (damaged) model
+        cause = exc
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        raise InvalidModelError(f"model cannot be serialized for checking: {_first_line(cause)}") from None
 
 
 def check_structure(model: ir.Model, source: str = "model") -> None:
-    """Problems the passes cannot work around: unknown domains, dangling inputs, cycles."""
+    """Problems the passes cannot work around: unknown domains, dangling inputs, cycles,
+    and what the ONNX checker refuses (wrong input counts or attributes for an op...)."""
     local_functions = {f.domain for f in model.functions.values()}
     for graph in model.graphs():
         for node in graph:
@@ -45,6 +51,10 @@ def check_structure(model: ir.Model, source: str = "model") -> None:
             raise InvalidModelError(
                 f"{source}: the graph has a cycle through node '{cyclic.name}' ({cyclic.op_type})"
             )
+    try:
+        check_model(model)
+    except InvalidModelError as exc:
+        raise InvalidModelError(f"{source}: {exc}") from None
 
 
 def _check_dangling(graph: ir.Graph, source: str) -> None:

@@ -330,7 +330,10 @@ def mlp_graphs(draw, *, max_layers: int = 4, max_features: int = 24, noise: bool
         kind = draw(st.sampled_from(("linear", "residual_mlp")))
         b.blocks.append(kind)
         if kind == "linear":
-            x = b.act(b.dense(x, draw(st.integers(1, max_features))))
+            x = b.dense(x, draw(st.integers(1, max_features)))
+            if len(x.shape) == 1 and draw(st.integers(0, 2)) == 0:
+                x = b.bn(x)  # BatchNorm1d after a Linear layer
+            x = b.act(x)
         else:  # transformer MLP: x + W2 act(W1 LN(x))
             h = b.layernorm(x) if draw(st.booleans()) else x
             h = b.act(b.dense(h, draw(st.integers(1, 2 * max_features))), "Relu")
