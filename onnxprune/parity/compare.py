@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 from tqdm import tqdm
 
 from onnxprune import runtime
@@ -99,7 +101,7 @@ def select_providers(requested: Sequence[str] | None, require: bool) -> tuple[li
     names = list(requested) if requested else list(DEFAULT_PROVIDERS)
     wanted = list(dict.fromkeys(runtime.resolve_provider(n) for n in names))
     available = set(runtime.available_providers())
-    used = [p for p in wanted if p in available]
+    used = sorted((p for p in wanted if p in available), key=lambda p: p != "CPUExecutionProvider")
     unavailable = [
         {"provider": p, "reason": "not available in this onnxruntime build "
          f"({', '.join(sorted(available))}); for CUDA: pip install onnxruntime-gpu"}
@@ -188,6 +190,8 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
     """{Endpoint: session}; a provider ONNX Runtime falls back from (e.g. CUDA libraries
     missing) is dropped and returned as unavailable."""
     sessions, unavailable = {}, []
+    if any(p != "CPUExecutionProvider" for p in providers):
+        _preload_cuda_libraries()
     for provider in providers:
         chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         opened = {}
@@ -200,6 +204,15 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
             continue
         sessions.update(opened)
     return sessions, unavailable
+
+
+def _preload_cuda_libraries() -> None:
+    """Let onnxruntime-gpu find CUDA/cuDNN from pip's nvidia-* wheels (ORT >= 1.21); a no-op
+    where the libraries are on the system path, and harmless when they are nowhere."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None and "CUDAExecutionProvider" in runtime.available_providers():
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            preload()
 
 
 def check(

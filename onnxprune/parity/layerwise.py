@@ -1,11 +1,14 @@
 """Layer-wise localisation: which intermediate tensor does the error first appear in?
 
-When the candidate came from the reference through our passes, tensor names survive. Every
-float tensor produced in the reference whose name also exists in the candidate is exposed
-as an extra graph output of a copy of both models; the pairs are compared batch by batch
-and judged with the same tolerances as the outputs (model-level criteria like top-1 only
-apply to the outputs). A *first failure* is a failing tensor none of whose upstream tensors
-(in the reference graph) fails: the layer that introduced the error.
+When the candidate came from the reference through our passes, node and tensor names
+survive. A float tensor of the reference is matched to the candidate tensor that the
+same-named node reads at the same input (this follows rewrites that rename what a consumer
+reads: after BatchNorm folding the Relu reads the folded Conv's output, which keeps the
+Conv's *name* but holds BN's *values*), or else to the same-named tensor. Matched tensors
+are exposed as extra graph outputs of a copy of both models, compared batch by batch and
+judged with the same tolerances as the outputs (model-level criteria like top-1 only apply
+to the outputs). A *first failure* is a failing tensor none of whose upstream tensors (in
+the reference graph) fails: the layer that introduced the error.
 
 * QDQ candidates: the float value a layer's consumers see is the DequantizeLinear output
   of ``DQ(Q(t))``; a name that feeds a QuantizeLinear (or names the int8 tensor itself) is
@@ -18,7 +21,8 @@ apply to the outputs). A *first failure* is a failing tensor none of whose upstr
 
 Exposing tensors stops ONNX Runtime from fusing across them (e.g. QDQ into QLinearConv,
 Conv+BN), so these numbers come from the unfused graph; the output table of the check
-comes from the real, fused one.
+comes from the real, fused one. Every intermediate tensor of a batch is in memory at once,
+so batches are cut into chunks of ``LAYERWISE_BATCH`` samples.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from onnxprune.parity.tolerances import Tolerances
 
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 CHANNEL_MAP_KEY = "onnxprune.kept_channels"
+LAYERWISE_BATCH = 8  # samples per run: all activations of a run are held at once
 
 
 @dataclasses.dataclass
@@ -193,6 +198,14 @@ class _Pair:
         return row
 
 
+def _chunks(feed, size: int):
+    """The feed's batches cut into runs of at most ``size`` samples."""
+    for feeds, _ in feed:
+        n = len(next(iter(feeds.values())))
+        for start in range(0, n, size):
+            yield {k: v[start : start + size] for k, v in feeds.items()}
+
+
 def first_failures(reference: ir.Model, failed: Mapping[str, bool]) -> list[str]:
     """Failing tensors with no failing tensor upstream (through unmatched ones too)."""
     bad: dict[str, bool] = {}  # tensor -> it or something upstream failed
@@ -233,12 +246,15 @@ def localise(
             runtime.session(cand_copy, chain(candidate_provider)) as cand_sess:
         ref_names = [m.name for m in matches]
         cand_names = [m.candidate for m in matches]
-        for feeds, _ in tqdm(feed, total=feed.num_batches, desc="layer-wise", unit="batch",
-                             disable=not progress, leave=False):
+        fixed = any(shape and isinstance(shape[0], int) for shape, _ in runtime.input_specs(reference).values())
+        size = feed.batch_size if fixed else LAYERWISE_BATCH  # a fixed batch cannot be cut
+        for feeds in tqdm(_chunks(feed, size), total=-(-feed.samples // size),
+                          desc="layer-wise", unit="batch", disable=not progress, leave=False):
             ref_out = run_session(ref_sess, feeds, ref_end, ref_names)
             cand_out = run_session(cand_sess, feeds, cand_end, list(dict.fromkeys(cand_names)))
             for pair in pairs:
                 pair.update(ref_out[pair.match.name], cand_out[pair.match.candidate])
+            del ref_out, cand_out
     rows = [p.row(tolerances) for p in pairs]
     failed = {r["name"]: not r["passed"] for r in rows}
     return {

@@ -84,7 +84,7 @@ def _layerwise(report: dict) -> list[str]:
         start = max(0, min(index - LAYER_ROWS // 4, len(rows) - LAYER_ROWS))
         shown = rows[start : start + LAYER_ROWS]
     header = (f"layer-wise ({report['reference_provider']} vs {report['candidate_provider']}; "
-              f"{report['matched']} tensors matched by name, {report['unmatched']} not in the candidate):")
+              f"{report['matched']} tensors matched, {report['unmatched']} not found in the candidate):")
     out = [header, table(["tensor", "op", "max abs", "cosine", "SQNR dB", "status"], shown, align="llrrrl")]
     if len(shown) < len(rows):
         out.append(f"({len(rows) - len(shown)} more rows in the JSON report)")
