@@ -29,7 +29,11 @@ def concat(node, side, index, dim, ctx):
     axis = attr(node, "axis") % rank(out)
     if dim.axis != axis:  # concatenated along another axis: every input shares the channels
         return [dim.moved(v, dim.axis) for v in (*node.inputs, out) if v is not dim.value]
-    sizes = [size(v, axis) for v in node.inputs]
+    sizes = [(dims(v) or [None] * (axis + 1))[axis] for v in node.inputs]
+    if sizes.count(None) == 1:  # one input sized at runtime: the output size tells
+        sizes[sizes.index(None)] = size(out, axis) - sum(s for s in sizes if s is not None)
+    if None in sizes:
+        raise Decline(f"the inputs of {desc(node)} have sizes known only at runtime")
     starts = [0, *itertools.accumulate(sizes)]
     if side == "in":
         return [dim.moved(out, axis, starts[index])]
@@ -114,7 +118,10 @@ def _remap(node: ir.Node, side: str, dim: Dim, source: list, target: list) -> Di
             break
     mapped = None if axis is None else dim.scaled(other, axis, inner, math.prod(to[axis + 1:]))
     if mapped is None:
-        shuffle = any(u.op_type == "Transpose" for u, _ in node.outputs[0].uses())
+        shuffle = any(  # Reshape -> Transpose -> Reshape back: a channel shuffle
+            u.op_type == "Transpose" and any(w.op_type == "Reshape" for w, _ in u.outputs[0].uses())
+            for u, _ in node.outputs[0].uses()
+        )
         kind = " (channel shuffle)" if shuffle else ""
         raise Decline(f"{desc(node)} splits or merges the channel axis{kind}: channel order is not kept")
     return mapped

@@ -132,7 +132,7 @@ def rank(value: ir.Value) -> int:
 def size(value: ir.Value, axis: int) -> int:
     shape = dims(value)
     if shape is None or shape[axis] is None:
-        raise Decline(f"dimension {axis} of '{value.name}' is not static")
+        raise Decline(f"dimension {axis} of '{value.name}' is only known at runtime")
     return shape[axis]
 
 
