@@ -28,6 +28,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxprune import _protocheck
+from onnxprune._stream_save import save_streamed
 from onnxprune.errors import InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
@@ -259,8 +260,8 @@ def save_model(
             if external_data:
                 ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024,
                         alignment=EXTERNAL_DATA_ALIGNMENT)
-            else:
-                ir.save(model, staged)
+            else:  # one tensor at a time: ir.save would hold two more copies of the weights
+                save_streamed(model, staged)
             # Data first: a model file on disk must never point at data that is not there yet.
             if (tmp / data_name).exists():
                 os.replace(tmp / data_name, path.parent / data_name)
