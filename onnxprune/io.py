@@ -77,6 +77,16 @@ def external_files(model: ir.Model) -> set[Path]:
     }
 
 
+def release_mappings(model: ir.Model) -> None:
+    """Unmap the external data files the model's tensors have mapped (they map again on the
+    next read). Mapped pages count in the process's RSS; dropping them before a step that
+    maps the same files again (an ONNX Runtime session) keeps them from counting twice."""
+    for tensor in iter_tensors(model):
+        if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
+            with contextlib.suppress(BufferError):  # a caller still holds a view: keep it mapped
+                tensor.release()
+
+
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load an ONNX model; raise :class:`ModelLoadError` with a one-line reason on failure.
 

@@ -27,7 +27,7 @@ from onnxprune.errors import (
     UnsupportedError,
     UsageError,
 )
-from onnxprune.io import inline_nbytes, iter_tensors, save_model, weights_nbytes
+from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
 
 # In-memory weights up to this size are handed to ONNX Runtime as serialized bytes (fast);
 # beyond it, through a temporary file (serializing would hold two more copies in memory).
@@ -98,6 +98,7 @@ def _session_source(model: ir.Model | str | os.PathLike, options: ort.SessionOpt
     if not isinstance(model, ir.Model):
         yield str(model)
         return
+    release_mappings(model)  # ONNX Runtime maps the same files; do not count them twice
     if weights_nbytes(model) > SESSION_BYTES_LIMIT:
         # Prepacking would keep a second, repacked copy of every MatMul/Gemm weight.
         options.add_session_config_entry("session.disable_prepacking", "1")
