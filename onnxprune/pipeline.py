@@ -44,6 +44,10 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
 )
 
 
+class PassCrashedError(RuntimeError):
+    """An unexpected exception inside a pass (a bug, not a user error), naming the pass."""
+
+
 @dataclasses.dataclass
 class PassRecord:
     name: str
@@ -171,6 +175,10 @@ def run_pipeline(
             raise
         except ir.passes.InvariantError as exc:
             raise InvalidModelError(f"pass '{name}': {exc}") from None
+        except Exception as exc:  # a bug in the pass: name it (the CLI exits 3, nothing written)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PassCrashedError(f"pass '{name}' crashed ({type(exc).__name__}: {first}); "
+                                   "this is a bug in onnxprune") from exc
         model = result.model
         record = PassRecord(
             name=name,
