@@ -37,6 +37,7 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which we save 
 # Large tensors start at 64 KiB offsets in saved external data, so that ONNX Runtime can
 # memory-map them instead of copying (it needs offsets aligned to its mapping granularity).
 EXTERNAL_DATA_ALIGNMENT = 65536
+EXTERNAL_DATA_META = "onnxprune.external_data"  # model.meta flag: loaded with external data
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
@@ -119,6 +120,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise ModelLoadError(f"{path}: malformed ONNX model ({_one_line(exc)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     _check_external_data(model, path)
+    if has_external_data(model):  # saved results keep the layout, even once weights are rewritten
+        model.meta[EXTERNAL_DATA_META] = True
     _protocheck.sort_if_needed(model, str(path))
     return model
 
@@ -240,7 +243,7 @@ def save_model(
     """Save ``model`` to ``path`` atomically.
 
     ``external_data=None`` chooses automatically: external data when the weights would push
-    the protobuf near its 2 GiB limit or the model already had external data. The external
+    the protobuf near its 2 GiB limit or the model was loaded with external data. The external
     data file is ``<name>.data`` beside the model. ``input_path`` is the model the run read;
     writing onto it, or onto a data file the model reads, is refused unless
     ``overwrite_input`` is set. External tensors are copied file to file by the kernel
@@ -249,7 +252,8 @@ def save_model(
     path = check_output_path(path, input_path, overwrite_input=overwrite_input)
     nbytes = weights_nbytes(model)
     if external_data is None:
-        external_data = has_external_data(model) or nbytes > EXTERNAL_DATA_THRESHOLD
+        external_data = (has_external_data(model) or bool(model.meta.get(EXTERNAL_DATA_META))
+                         or nbytes > EXTERNAL_DATA_THRESHOLD)
     elif not external_data and nbytes > EXTERNAL_DATA_THRESHOLD:
         raise UsageError(
             f"{path}: {nbytes / 2**30:.1f} GiB of weights cannot be stored in one protobuf "
