@@ -264,3 +264,17 @@ def test_fold_into_gemm_after_global_pool_and_flatten():
     (line,) = apply_plan(model, analyze(model), PrunePlan({group.id: np.array([0, 1, 4, 5])}))
     assert "2 constant channels folded exactly" in line
     assert_close(outputs(model, feeds), want)
+
+
+def test_runtime_flatten_with_dynamic_batch():
+    """torch's ``x.view(x.size(0), -1)`` with a dynamic batch: the -1 is resolved from the
+    input dims the target copies, and it needs no update after pruning."""
+    n = Net(shape=("N", 8, 4, 4))
+    x = n.op("Relu", [n.conv("input", 8, 6, k=3, name="a")])
+    batch = n.op("Unsqueeze", [n.op("Gather", [n.op("Shape", [x]), n.const(np.array(0))], axis=0),
+                               n.const(np.array([0]))])
+    flat = n.op("Reshape", [x, n.op("Concat", [batch, n.const(np.array([-1]))], axis=0)])
+    model = n.model([n.gemm(flat, 96, 3, name="fc")])
+    group = by_origin(analyze(model), "a")
+    assert group.prunable and group.by_role(Role.CONSUMER)[0].block == 16
+    check_pruned(model)

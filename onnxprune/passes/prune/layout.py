@@ -109,7 +109,7 @@ def _remap(node: ir.Node, side: str, dim: Dim, source: list, target: list) -> Di
     acc, axis = 1, None
     for b in range(len(to) - 1, -1, -1):
         if to[b] is None:
-            break
+            raise Decline(f"the shape of '{other.name}' at {desc(node)} is not static")
         acc *= to[b]
         if acc == total:
             axis = b
@@ -143,12 +143,72 @@ def flatten(node, side, index, dim, ctx):
 
 def reshape(node, side, index, dim, ctx):
     _only_first(node, side, index, dim)
-    source, target = dims(node.inputs[0]), dims(node.outputs[0])
+    source, target = dims(node.inputs[0]), reshape_dims(node)
     if source is None or target is None:
         raise Decline(f"the shapes around {desc(node)} are unknown (run shape inference)")
     mapped = _remap(node, side, dim, source, target)
     target_entry(node, mapped.axis if side == "in" else dim.axis)  # declines when not updatable
     return [mapped]
+
+
+def reshape_dims(node: ir.Node) -> list[int | None] | None:
+    """A Reshape's output dims, resolving the ``-1`` that shape inference leaves unknown
+    when the runtime part of the target copies input dims (``x.view(x.size(0), -1)``):
+    ``-1 = prod(input dims not copied) / prod(the other constant entries)``."""
+    inferred = dims(node.outputs[0])
+    if inferred is not None and None not in inferred[1:]:
+        return inferred
+    source, entries = dims(node.inputs[0]), _target_entries(node)
+    if source is None or entries is None:
+        return inferred
+    copied = {k for kind, k in entries if kind == "copy"}
+    rest = [source[j] for j in range(len(source)) if j not in copied]
+    known = [v for kind, v in entries if kind == "const" and v != -1]
+    if None in rest or math.prod(rest) % max(math.prod(known), 1):
+        return inferred
+    return [
+        source[v] if kind == "copy" else (math.prod(rest) // math.prod(known) if v == -1 else v)
+        for kind, v in entries
+    ]
+
+
+def _target_entries(node: ir.Node) -> list[tuple[str, int]] | None:
+    """The target shape as ("const", value) / ("copy", input axis) entries, or None."""
+    zero_copies = not attr(node, "allowzero", 0)
+    array = constant(node.inputs[1])
+    pieces = [node.inputs[1]] if array is not None else None
+    producer = node.inputs[1].producer()
+    if pieces is None and producer is not None and producer.op_type == "Concat":
+        pieces = list(producer.inputs)
+    if pieces is None:
+        return None
+    entries = []
+    for piece in pieces:
+        values = _piece(piece)
+        if values is not None:
+            entries.extend(("copy", len(entries)) if v == 0 and zero_copies else ("const", int(v)) for v in values)
+            continue
+        axis = _copied_axis(piece, node.inputs[0])
+        if axis is None:
+            return None
+        entries.append(("copy", axis))
+    return entries
+
+
+def _copied_axis(piece: ir.Value, source: ir.Value) -> int | None:
+    """``k`` when ``piece`` is ``[Unsqueeze](Gather(Shape(source), k))``."""
+    producer = piece.producer()
+    if producer is not None and producer.op_type == "Unsqueeze":
+        producer = producer.inputs[0].producer()
+    if producer is None or producer.op_type != "Gather":
+        return None
+    shape_node = producer.inputs[0].producer()
+    index = constant(producer.inputs[1])
+    if shape_node is None or shape_node.op_type != "Shape" or shape_node.inputs[0] is not source:
+        return None
+    if index is None or index.size != 1 or "start" in shape_node.attributes:
+        return None
+    return int(index.reshape(-1)[0]) % len(dims(source))
 
 
 def _piece(value: ir.Value):
