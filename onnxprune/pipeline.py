@@ -28,6 +28,7 @@ from onnxprune.validate import check_model
 # - shape-inference before fold-constants: exporters leave intermediate shapes out, and
 #   without them Shape -> Gather -> Reshape chains do not fold (the run would not be idempotent);
 # - fold-constants next: BN parameters or scales computed in-graph become initializers;
+#   lift-constants then turns the remaining Constant nodes (Clip bounds...) into initializers;
 # - fold-batchnorm, then fold-affine: folding BN leaves Conv -> Mul/Add chains adjacent;
 # - batchnorm-to-affine after both: only the BNs no producer could absorb remain for it;
 # - remove-unused after the folds, which orphan the old BN parameters and weights;
@@ -36,6 +37,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "eliminate-identity",
     "shape-inference",
     "fold-constants",
+    "lift-constants",
     "fold-batchnorm",
     "fold-affine",
     "batchnorm-to-affine",

@@ -30,11 +30,18 @@ def unused_nodes():
     return g.proto(g.op("Sigmoid", ["x"]))
 
 
+def constant_nodes():
+    g = Tiny({"x": [2, 3]})
+    bounds = [g.const("low", np.array(0, np.float32)), g.const("high", np.array(6, np.float32))]
+    return g.proto(g.op("Clip", ["x", *bounds]))
+
+
 CASES = {
     # pass: (model, op list after the pass)
     "eliminate-identity": (identities, ["Relu", "Sigmoid", "Dropout", "Exp"]),
     "fold-constants": (foldable_constants, ["Constant", "Constant", "MatMul"]),  # remove-unused drops them
     "remove-unused": (unused_nodes, ["Sigmoid"]),
+    "lift-constants": (constant_nodes, ["Clip"]),
 }
 
 

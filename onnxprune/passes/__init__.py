@@ -8,6 +8,7 @@ from onnxprune.passes.batchnorm_to_affine import BatchNormToAffine
 from onnxprune.passes.cleanup import (
     EliminateIdentity,
     FoldConstants,
+    LiftConstants,
     RemoveUnused,
     ShapeInference,
     TopologicalSort,
@@ -21,6 +22,7 @@ PASSES: dict[str, type[Pass]] = {
         ShapeInference,
         FoldConstants,
         EliminateIdentity,
+        LiftConstants,
         RemoveUnused,
         TopologicalSort,
         FoldBatchNorm,

@@ -32,6 +32,15 @@ class FoldConstants(WrappedPass):
         )
 
 
+class LiftConstants(WrappedPass):
+    """Turn Constant nodes into initializers (they are data, not computation)."""
+
+    name = "lift-constants"
+
+    def make(self):
+        return common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
+
+
 class RemoveUnused(WrappedPass):
     """Remove nodes, initializers, functions and opset imports nothing uses."""
 
