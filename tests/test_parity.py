@@ -3,6 +3,8 @@ from PyTorch), its exact-optimized, perturbed and int8 versions, and a hand-prun
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
@@ -22,6 +24,7 @@ import onnxprune
 from onnxprune.errors import DataError, ParityError, UsageError
 from onnxprune.parity import SCHEMA_VERSION, Tolerances, check
 from onnxprune.parity.compare import plan_comparisons, select_providers
+from onnxprune.parity.layerwise import CHANNEL_MAP_KEY, record_channel_map
 
 CUDA = "CUDAExecutionProvider"
 HAS_CUDA = CUDA in ort.get_available_providers()
@@ -120,6 +123,35 @@ def test_pruned_candidate_compares_surviving_channels(models):
     rows = {t["name"]: t for t in mapped.layerwise["tensors"]}
     assert rows["conv1_out"]["status"] == "surviving-channels" and rows["conv1_out"]["max_abs"] == 0
     assert rows["relu1_out"]["passed"] and mapped.layerwise["first_failures"] == ["conv2_out"]
+
+
+def test_channel_map_recorded_in_the_model_metadata(models, tmp_path):
+    model = onnxprune.load_model(models["pruned"])
+    model.metadata_props[CHANNEL_MAP_KEY] = json.dumps({"conv1_out": {"axis": 1, "removed": [1, 4]}})
+    onnxprune.save_model(model, tmp_path / "pruned_map.onnx")
+    result = check(models["net"], tmp_path / "pruned_map.onnx", conv_net_data(), layerwise=True, providers=["cpu"])
+    rows = {t["name"]: t for t in result.layerwise["tensors"]}
+    assert rows["conv1_out"]["status"] == "surviving-channels" and rows["conv1_out"]["max_abs"] == 0
+    assert rows["relu1_out"]["status"] == "shape-differs"  # not in the map
+
+
+def test_real_prune_plan_localises_to_the_consumer_of_pruned_channels(tmp_path):
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.passes.prune.group import PrunePlan
+    from onnxprune.passes.prune.rewrite import apply_plan
+
+    model = onnxprune.load_model(DIGITS)
+    groups = analyze(model)
+    rng = np.random.default_rng(0)
+    plan = PrunePlan({g.id: np.sort(rng.permutation(g.size)[: g.size * 3 // 4]) for g in groups if g.prunable})
+    apply_plan(model, groups, plan)
+    record_channel_map(model, groups, plan)
+    onnxprune.save_model(model, tmp_path / "pruned.onnx")
+    result = check(DIGITS, tmp_path / "pruned.onnx", DIGITS_EVAL, layerwise=True, providers=["cpu"], samples=64)
+    rows = {t["name"]: t for t in result.layerwise["tensors"]}
+    stem = rows["/stem/relu/Relu_output_0"]  # output channels removed: the survivors are untouched
+    assert stem["status"] == "surviving-channels" and stem["max_abs"] == 0
+    assert result.layerwise["first_failures"] == ["/block/conv1/Conv_output_0"]  # reads the pruned stem
 
 
 def test_criteria_override_a_preset(models):
@@ -236,3 +268,19 @@ def test_verifier_names_the_pass_that_breaks_parity():
 
     with pytest.raises(ParityError, match="pass 'perturb' broke parity: output 'logits'"):
         run_pipeline(onnxprune.load_model(DIGITS), [Perturb()], verify=Verifier())
+
+
+@pytest.mark.parametrize("arch", ["resnet_basic", "shufflenet", "densenet", "efficientnet", "transformer"])
+def test_layerwise_on_zoo_models_has_no_false_alarm_and_finds_a_perturbed_conv(zoo, tmp_path, arch):
+    path = zoo.export(arch, dynamic_batch=True)
+    exact = check(path, onnxprune.optimize(path).model, providers=["cpu"], layerwise=True, samples=4)
+    assert exact and exact.layerwise["first_failures"] == [], exact.layerwise["first_failures"]
+    assert exact.layerwise["matched"] >= 5
+    model = onnxprune.load_model(path)
+    node, weight = next((n, v) for n in model.graph for v in n.inputs
+                        if v is not None and v.const_value is not None and len(v.shape) >= 2)
+    weight.const_value = ir.tensor(weight.const_value.numpy() * 1.5, name=weight.name)
+    onnxprune.save_model(model, tmp_path / "perturbed.onnx")
+    broken = check(path, tmp_path / "perturbed.onnx", providers=["cpu"], layerwise=True, samples=4)
+    first = [t for t in broken.layerwise["tensors"] if t["name"] in broken.layerwise["first_failures"]]
+    assert not broken and [t["node"] for t in first] == [node.name]

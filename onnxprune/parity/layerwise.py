@@ -15,8 +15,9 @@ the reference graph) fails: the layer that introduced the error.
   followed to that DequantizeLinear output, so quantization error of ``t`` is included.
 * Pruned candidates: a tensor whose shape changed is compared on its surviving channels
   when the mapping is known (``channel_map`` argument, or the candidate's metadata key
-  ``onnxprune.kept_channels``: JSON ``{tensor: {"axis": int, "kept": [indices]}}``),
-  otherwise skipped (status ``shape-differs``); the error of removed channels shows in the
+  ``onnxprune.kept_channels``: JSON ``{tensor: {"axis": int, "kept" or "removed":
+  [indices]}}``, which :func:`record_channel_map` writes from a prune plan), otherwise
+  skipped (status ``shape-differs``); the error of removed channels then shows in the
   first downstream tensor of unchanged shape (the next layer's output).
 
 Exposing tensors stops ONNX Runtime from fusing across them (e.g. QDQ into QLinearConv,
@@ -92,9 +93,9 @@ def consumer_aliases(reference: ir.Model, candidate: ir.Model) -> dict[str, str 
     aliases: dict[str, str | None] = {}
     for name, node in _unique_named(reference.graph).items():
         twin = cand_nodes.get(name)
-        if twin is None or twin.op_type != node.op_type or len(twin.inputs) != len(node.inputs):
+        if twin is None or twin.op_type != node.op_type:
             continue
-        for ref_in, cand_in in zip(node.inputs, twin.inputs):
+        for ref_in, cand_in in zip(node.inputs, twin.inputs):  # a fold may append a bias: zip
             if ref_in is None or cand_in is None or not _is_activation(ref_in) or cand_in.producer() is None:
                 continue
             if aliases.setdefault(ref_in.name, cand_in.name) != cand_in.name:
@@ -149,13 +150,56 @@ def _expose(model: ir.Model, names: Sequence[str]) -> None:
             present.add(name)
 
 
-def channel_map_of(candidate: ir.Model, given: Mapping | None) -> dict[str, tuple[int, np.ndarray]]:
-    raw = {}
+@dataclasses.dataclass(frozen=True)
+class Channels:
+    """Which indices of a pruned tensor survive along ``axis``: ``kept``, or all but ``removed``."""
+
+    axis: int
+    kept: np.ndarray | None = None
+    removed: np.ndarray | None = None
+
+    def surviving(self, length: int) -> np.ndarray:
+        if self.kept is not None:
+            return self.kept
+        return np.setdiff1d(np.arange(length), self.removed)
+
+
+def channel_map_of(candidate: ir.Model, given: Mapping | None) -> dict[str, Channels]:
+    """The candidate's recorded map (metadata ``onnxprune.kept_channels``), updated by ``given``
+    ({tensor: (axis, kept indices)})."""
+    result = {}
     text = candidate.metadata_props.get(CHANNEL_MAP_KEY)
-    if text:
-        raw = {k: (v["axis"], v["kept"]) for k, v in json.loads(text).items()}
-    raw.update(given or {})
-    return {k: (int(axis), np.asarray(kept, dtype=np.int64)) for k, (axis, kept) in raw.items()}
+    for name, entry in (json.loads(text) if text else {}).items():
+        result[name] = Channels(int(entry["axis"]),
+                                *(np.asarray(entry[k], dtype=np.int64) if k in entry else None
+                                  for k in ("kept", "removed")))
+    for name, (axis, kept) in (given or {}).items():
+        result[name] = Channels(int(axis), np.asarray(kept, dtype=np.int64))
+    return result
+
+
+def channel_map_from_plan(groups, plan) -> dict[str, dict]:
+    """{activation tensor: {"axis", "removed"}} of a prune plan (onnxprune.passes.prune.group),
+    in the form :data:`CHANNEL_MAP_KEY` stores; a tensor shared by several groups (a Concat)
+    gets the union of their removed positions."""
+    entries: dict[str, dict] = {}
+    for group in groups:
+        removed = plan.removed(group)
+        if not removed.size:
+            continue
+        for slot in group.slots:
+            if slot.role.value != "activation" or not slot.value.name:
+                continue
+            entry = entries.setdefault(slot.value.name, {"axis": slot.axis, "removed": []})
+            entry["removed"] = sorted(set(entry["removed"]) | set(slot.positions(removed, group.size).tolist()))
+    return entries
+
+
+def record_channel_map(model: ir.Model, groups, plan) -> None:
+    """Store the plan's channel map in ``model``'s metadata for ``check --layerwise``."""
+    entries = channel_map_from_plan(groups, plan)
+    if entries:
+        model.metadata_props[CHANNEL_MAP_KEY] = json.dumps(entries, separators=(",", ":"))
 
 
 class _Pair:
@@ -163,7 +207,8 @@ class _Pair:
 
     def __init__(self, match: Match, tolerances: Tolerances, channels) -> None:
         self.match = match
-        self.channels = channels  # (axis, kept) or None
+        self.channels: Channels | None = channels
+        self._kept: np.ndarray | None = None
         self.status: str | None = None
         self.shapes: tuple[list[int], list[int]] | None = None
         self.stats = OutputStats(tolerances.atol_for(match.name), tolerances.rtol_for(match.name),
@@ -173,13 +218,14 @@ class _Pair:
         if self.status is None:
             self.shapes = (list(ref.shape), list(cand.shape))
             self.status = "compared" if ref.shape == cand.shape else "shape-differs"
-            if self.status == "shape-differs" and self.channels is not None:
-                axis, kept = self.channels
-                if kept.size and kept.max() < ref.shape[axis] and np.take(ref, kept, axis).shape == cand.shape:
+            if self.status == "shape-differs" and self.channels is not None and self.channels.axis < ref.ndim:
+                axis = self.channels.axis
+                self._kept = self.channels.surviving(ref.shape[axis])
+                if self._kept.size and self._kept.max() < ref.shape[axis] \
+                        and np.take(ref, self._kept, axis).shape == cand.shape:
                     self.status = "surviving-channels"
         if self.status == "surviving-channels":
-            axis, kept = self.channels
-            ref = np.take(ref, kept, axis)
+            ref = np.take(ref, self._kept, self.channels.axis)
         if ref.shape == cand.shape and self.status != "shape-differs":
             self.stats.update(ref, cand)
 

@@ -89,8 +89,16 @@ def _layerwise(report: dict) -> list[str]:
     if len(shown) < len(rows):
         out.append(f"({len(rows) - len(shown)} more rows in the JSON report)")
     if first:
-        names = ", ".join(f"{r['name']} ({r['op_type']} {r['node']})" for r in report["tensors"] if r["name"] in first)
+        names = ", ".join(_where(r) for r in report["tensors"] if r["name"] in first)
         out.append(f"error first exceeds the tolerance at: {names}")
     else:
         out.append("no intermediate tensor exceeds the tolerance")
     return out
+
+
+def _where(row: dict) -> str:
+    """'tensor (Op node)', plus the candidate's producer when a rewrite changed it."""
+    text = f"{row['name']} ({row['op_type']} {row['node']}"
+    if row["candidate_node"] and row["candidate_node"] != row["node"]:
+        text += f"; in the candidate: {row['candidate_node']}"
+    return text + ")"
