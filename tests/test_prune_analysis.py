@@ -260,7 +260,8 @@ def test_shared_constants_through_identity_are_constants():
     bns = []
     for name in ("a", "b"):
         mean = n.op("Identity", [zeros])
-        params = [n.const(np.ones(8, np.float32)), n.const(np.zeros(8, np.float32)), mean, n.const(np.ones(8, np.float32))]
+        ones, zeros = n.const(np.ones(8, np.float32)), n.const(np.zeros(8, np.float32))
+        params = [ones, zeros, mean, n.const(np.ones(8, np.float32))]
         bns.append(n.op("BatchNormalization", [n.conv("input", 8, 8, name=name), *params]))
     out = n.conv(n.op("Concat", bns, axis=1), 16, 2)
     groups = analyze(n.model([out]))

@@ -139,6 +139,17 @@ def test_grouped_conv_plan_must_keep_equal_counts_per_division():
     check_pruned(model)
 
 
+def test_stale_or_foreign_groups_are_refused():
+    model = conv_bn_relu_conv()
+    groups = analyze(model)
+    plan = PrunePlan({by_origin(groups, "c1").id: np.arange(6)})
+    with pytest.raises(UsageError, match="belongs to another model"):
+        apply_plan(conv_bn_relu_conv(), groups, plan)
+    apply_plan(model, groups, plan)
+    with pytest.raises(UsageError, match="pruned already"):
+        apply_plan(model, groups, PrunePlan({by_origin(groups, "c1").id: np.arange(3)}))
+
+
 def test_channel_constants_are_checked():
     model = conv_bn_relu_conv()
     groups = analyze(model)

@@ -33,7 +33,9 @@ _UNARY = (
 ).split()
 _POOLING = "MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split()
 _BINARY = "Add Sub Mul Div Pow Max Min Sum Mean PRelu".split()
-_REDUCE = "ReduceMean ReduceMax ReduceMin ReduceSum ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSumExp".split()
+_REDUCE = (
+    "ReduceMean ReduceMax ReduceMin ReduceSum ReduceProd ReduceL1 ReduceL2 ReduceSumSquare ReduceLogSumExp"
+).split()
 
 RULES = {
     **{op: rules.unary for op in _UNARY},

@@ -43,9 +43,11 @@ def apply_plan(
     removed = _removals(groups, plan)
     if not removed:
         return []
+    pruned = [g for g in groups if g.id in removed]
+    for group in pruned:
+        _check_current(graph, group)
     means = _means(groups, channel_constants)
     order = {id(node): i for i, node in enumerate(graph)}
-    pruned = [g for g in groups if g.id in removed]
     folds = {g.id: fold.plan_fold(g, removed[g.id], order, means.get(g.id)) for g in pruned}
     cuts = _Cuts()
     for group in pruned:
@@ -102,6 +104,20 @@ def _removals(groups: Sequence[Group], plan: PrunePlan) -> dict[int, np.ndarray]
             )
         removed[gid] = np.setdiff1d(np.arange(group.size), kept)
     return removed
+
+
+def _check_current(graph: ir.Graph, group: Group) -> None:
+    """Groups are views of one model as it was analysed: refuse others' and stale ones."""
+    for slot in group.slots:
+        if slot.node.graph is not graph:
+            raise UsageError(f"group '{group.name}' belongs to another model: run analyze() on this one")
+        shape = dims(slot.value)
+        length = shape[slot.axis] if shape is not None and slot.axis < len(shape) else None
+        hi = group.size if slot.hi is None else slot.hi
+        if length is not None and length * slot.groups < slot.offset + (hi - slot.lo) * slot.block:
+            raise UsageError(
+                f"group '{group.name}' no longer matches '{slot.value.name}' (pruned already?): run analyze() again"
+            )
 
 
 def _means(groups: Sequence[Group], constants: Mapping[int, np.ndarray] | None) -> dict[int, np.ndarray]:
@@ -166,8 +182,12 @@ class _Cuts:
             key = (id(slot.node), id(slot.value))
             self.tensors.setdefault(key, _TensorCut(slot.node, slot.value)).add(slot, channels, size)
 
+    def axes(self, value: ir.Value) -> dict[int, list[np.ndarray]]:
+        """The axes of an activation that lose indices (empty: untouched)."""
+        return self.acts.get(id(value), (None, {}))[1]
+
     def removed(self, value: ir.Value, axis: int) -> np.ndarray:
-        parts = self.acts.get(id(value), (None, {}))[1].get(axis)
+        parts = self.axes(value).get(axis)
         return np.unique(np.concatenate(parts)) if parts else np.array([], dtype=np.int64)
 
     def removed_outputs(self, layer: ir.Node) -> np.ndarray:
@@ -240,27 +260,31 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
     pieces: dict[tuple[int, int], tuple[ir.Node, int, np.ndarray]] = {}
 
     def set_input(node: ir.Node, index: int, array: np.ndarray) -> Callable[[], None]:
-        return lambda: _replace_input(graph, node, node.inputs[index], array) if node.inputs[index] is not None \
-            else node.replace_input_with(index, add_initializer(graph, f"{node.name}_{index}", array))
+        def edit() -> None:
+            if node.inputs[index] is None:
+                node.replace_input_with(index, add_initializer(graph, f"{node.name}_{index}", array))
+            else:
+                _replace_input(graph, node, node.inputs[index], array)
+
+        return edit
 
     for node in graph:
         op = node.op_type
         source = node.inputs[0] if node.inputs else None
-        if op == "Conv" and attr(node, "group", 1) > 1 and (dims(node.inputs[1]) or [0, 0])[1] == 1:
-            lost = len(cuts.removed(source, 1))
-            if lost:
-                count = attr(node, "group") - lost
-                edits.append(lambda n=node, c=count: n.attributes.__setitem__("group", ir.AttrInt64("group", c)))
+        cut_axes = cuts.axes(source) if source is not None else {}
+        if op == "Conv" and attr(node, "group", 1) > 1 and 1 in cut_axes and dims(node.inputs[1])[1] == 1:
+            count = attr(node, "group") - len(cuts.removed(source, 1))  # depthwise: one per channel
+            edits.append(_set_attribute(node, ir.AttrInt64("group", count)))
         elif op == "Reshape":
-            for axis, _ in cuts.acts.get(id(node.outputs[0]), (None, {}))[1].items():
+            out = node.outputs[0]
+            for axis in cuts.axes(out):
                 entry = layout.target_entry(node, axis)
-                if entry is None:
-                    continue
-                holder, index, position = entry
-                key = (id(holder), index)
-                values = pieces.setdefault(key, (holder, index, layout.piece_values(holder, index).copy()))[2]
-                values[position] = dims(node.outputs[0])[axis] - len(cuts.removed(node.outputs[0], axis))
-        elif op == "Split":
+                if entry is not None:
+                    holder, index, position = entry
+                    start = (holder, index, layout.piece_values(holder, index).copy())
+                    values = pieces.setdefault((id(holder), index), start)[2]
+                    values[position] = layout.reshape_dims(node)[axis] - len(cuts.removed(out, axis))
+        elif op == "Split" and cut_axes:
             axis = attr(node, "axis", 0) % len(dims(source))
             lost = cuts.removed(source, axis)
             if len(lost):
@@ -269,13 +293,13 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
                 new = np.array([s - ((lost >= a) & (lost < b)).sum() for s, a, b in zip(sizes, bounds, bounds[1:])])
                 edits.append(_split_edit(node, new, opset, set_input))
         elif op == "Slice":
-            for axis in cuts.acts.get(id(source), (None, {}))[1]:
+            for axis in cut_axes:
                 bounds = layout.slice_bounds(node, axis)
                 if bounds is not None:
                     edits.extend(_slice_edits(node, axis, bounds, cuts.removed(source, axis), set_input))
-        elif op == "Resize" and len(node.inputs) > 3 and node.inputs[3] is not None:
+        elif op == "Resize" and cut_axes and len(node.inputs) > 3 and node.inputs[3] is not None:
             sizes = constant(node.inputs[3]).copy()
-            for axis in cuts.acts.get(id(source), (None, {}))[1]:
+            for axis in cut_axes:
                 sizes[axis] -= len(cuts.removed(source, axis))
             edits.append(set_input(node, 3, sizes))
     for holder, index, values in pieces.values():
@@ -283,9 +307,16 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
     return edits
 
 
+def _set_attribute(node: ir.Node, attribute: ir.Attr) -> Callable[[], None]:
+    def edit() -> None:
+        node.attributes[attribute.name] = attribute
+
+    return edit
+
+
 def _split_edit(node: ir.Node, sizes: np.ndarray, opset: int, set_input) -> Callable[[], None]:
     if opset < 13:
-        return lambda: node.attributes.__setitem__("split", ir.AttrInt64s("split", sizes.tolist()))
+        return _set_attribute(node, ir.AttrInt64s("split", sizes.tolist()))
 
     def edit() -> None:
         node.attributes.pop("num_outputs", None)
@@ -307,7 +338,7 @@ def _slice_edits(node: ir.Node, axis: int, bounds: tuple[int, int], lost: np.nda
         if name in node.attributes:  # opset < 10
             values = list(attr(node, name))
             values[k] = new
-            edits.append(lambda n=name, v=values: node.attributes.__setitem__(n, ir.AttrInt64s(n, v)))
+            edits.append(_set_attribute(node, ir.AttrInt64s(name, values)))
         else:
             values = constant(node.inputs[index]).copy()
             values[k] = new

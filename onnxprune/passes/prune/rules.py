@@ -12,7 +12,6 @@ Layers that create or consume channels (Conv, Gemm, MatMul...) live in ``layers.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import onnx_ir as ir
 
