@@ -289,3 +289,25 @@ def test_runtime_flatten_with_dynamic_batch():
     group = by_origin(analyze(model), "a")
     assert group.prunable and group.by_role(Role.CONSUMER)[0].block == 16
     check_pruned(model)
+
+
+def test_carried_ops_chain():
+    """Per-channel params (PRelu, InstanceNorm), spatial Pad/pooling/Softmax, Cast, Dropout,
+    a Transpose to channels-last into a MatMul, Reduce/Unsqueeze/Squeeze into a Gemm."""
+    n = Net(shape=(1, 8, 5, 5))
+    x = n.op("PRelu", [n.conv("input", 8, 6, k=3, name="a"), n.const(np.linspace(0.1, 0.3, 6).reshape(6, 1, 1)
+                                                                      .astype(np.float32))])
+    x = n.op("InstanceNormalization", [x, n.const(np.linspace(1, 2, 6).astype(np.float32)),
+                                       n.const(np.linspace(-1, 1, 6).astype(np.float32))])
+    x = n.op("Pad", [x, n.const(np.array([0, 0, 1, 1, 0, 0, 1, 1]))], mode="reflect")
+    x = n.op("AveragePool", [x], kernel_shape=[3, 3])
+    x = n.op("Dropout", [n.op("Cast", [n.op("Elu", [x])], to=1)])
+    x = n.op("Softmax", [n.op("Tanh", [x])], axis=3)
+    last = n.op("Transpose", [x], perm=[0, 2, 3, 1])
+    out1 = n.op("MatMul", [last, n.const(n.rng.standard_normal((6, 3)).astype(np.float32))])
+    pooled = n.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+    flat = n.op("Squeeze", [n.op("Unsqueeze", [pooled, n.const(np.array([2]))]), n.const(np.array([2]))])
+    model = n.model([out1, n.gemm(flat, 6, 2)])
+    group = by_origin(analyze(model), "a")
+    assert group.prunable and len(group.by_role(Role.PARAM)) == 3
+    check_pruned(model)
