@@ -174,12 +174,12 @@ def conv_bn_stack(channels: int = 256, blocks: int = 48, image: int = 16, seed: 
         params = [rng.uniform(0.5, 1.5, channels), 0.2 * rng.standard_normal(channels),
                   0.2 * rng.standard_normal(channels), rng.uniform(0.5, 2.0, channels)]
         inits.append(numpy_helper.from_array(w, f"conv{i}.weight"))
-        inits += [numpy_helper.from_array(p.astype(np.float32), f"bn{i}.{n}")
-                  for p, n in zip(params, ("weight", "bias", "running_mean", "running_var"))]
+        names = ("weight", "bias", "running_mean", "running_var")
+        inits += [numpy_helper.from_array(p.astype(np.float32), f"bn{i}.{n}") for p, n in zip(params, names)]
         nodes += [
             helper.make_node("Conv", [x, f"conv{i}.weight"], [f"conv{i}"], name=f"conv{i}", pads=[1] * 4),
-            helper.make_node("BatchNormalization", [f"conv{i}", *(f"bn{i}.{n}" for n in ("weight", "bias", "running_mean", "running_var"))],
-                             [f"bn{i}"], name=f"bn{i}"),
+            helper.make_node("BatchNormalization", [f"conv{i}", *(f"bn{i}.{n}" for n in names)], [f"bn{i}"],
+                             name=f"bn{i}"),
             helper.make_node("Relu", [f"bn{i}"], [f"relu{i}" if i < blocks - 1 else "output"], name=f"relu{i}"),
         ]
         x = f"relu{i}"

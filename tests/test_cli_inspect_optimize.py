@@ -112,7 +112,8 @@ def _external_data_model(folder):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w],
     )
     path = folder / "ext.onnx"
-    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save(helper.make_model(graph), str(path), save_as_external_data=True, location="ext.onnx.data",
+              size_threshold=0)
     (folder / "ext.onnx.data").unlink()
     return path
 

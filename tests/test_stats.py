@@ -28,7 +28,8 @@ def macs_of(g: Tiny, out: str) -> int:
 )
 def test_conv(cin, cout, groups, stride, expected):
     g = Tiny({"x": [1, cin, 8, 8]})
-    y = g.op("Conv", ["x", g.init("w", rand(cout, cin // groups, 3, 3))], pads=[1] * 4, group=groups, strides=[stride] * 2)
+    w = g.init("w", rand(cout, cin // groups, 3, 3))
+    y = g.op("Conv", ["x", w], pads=[1] * 4, group=groups, strides=[stride] * 2)
     assert macs_of(g, y) == expected
 
 

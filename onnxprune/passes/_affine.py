@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.graphutils import attr, const_array, only_consumer
-from onnxprune.passes._rewrite import insert_node, const_input, set_const_input
+from onnxprune.passes._rewrite import const_input, insert_node, set_const_input
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

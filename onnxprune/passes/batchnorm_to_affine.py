@@ -15,9 +15,17 @@ import onnx_ir as ir
 
 from onnxprune.graphutils import attr, const_array, only_consumer
 from onnxprune.passes._affine import batchnorm_affine, bias_name
+from onnxprune.passes._rewrite import (
+    Rule,
+    RulePass,
+    bypass,
+    const_input,
+    insert_node,
+    remove,
+    set_const_input,
+)
 from onnxprune.passes.base import PassResult
 from onnxprune.passes.cleanup import ShapeInference
-from onnxprune.passes._rewrite import Rule, RulePass, bypass, const_input, insert_node, remove, set_const_input
 
 
 @dataclasses.dataclass
@@ -35,7 +43,9 @@ def _forward_match(node: ir.Node, op_type: str) -> _Match | None:
     if node.op_type != "BatchNormalization" or node.domain != "":
         return None
     consumer = only_consumer(node.outputs[0])
-    if consumer is None or consumer.op_type != op_type or consumer.domain != "" or consumer.inputs[0] is not node.outputs[0]:
+    if consumer is None or consumer.op_type != op_type or consumer.domain != "":
+        return None
+    if consumer.inputs[0] is not node.outputs[0]:  # BN feeds the weight or bias: not ours
         return None
     return _Match(node, consumer)
 
@@ -92,7 +102,7 @@ class BatchNormIntoNextConv(Rule):
             return f"BN has {match.scale.size} channels, Conv '{conv.name}' reads {match.weight.shape[1] * group}"
         padded = attr(conv, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") or any(attr(conv, "pads", []) or [])
         if padded and np.any(match.shift):
-            return f"Conv '{conv.name}' pads with zeros, which BN's shift would not be (folding is not exact at borders)"
+            return f"Conv '{conv.name}' pads with zeros where BN would shift (not exact at borders)"
         return None
 
     def rewrite(self, match: _Match) -> str:

@@ -53,10 +53,11 @@ class BatchNormIntoProducer(Rule):
         linear = Linear.of(match.bn.inputs[0])
         if isinstance(linear, str):
             return linear
+        layer = f"{linear.node.op_type} '{linear.node.name}'"
         if linear.channel_axis != 1:
-            return f"BN normalizes axis 1 but {linear.node.op_type} '{linear.node.name}' has its channels on axis {linear.channel_axis}"
+            return f"BN normalizes axis 1 but {layer} has its channels on axis {linear.channel_axis}"
         if affine[0].size != linear.channels:
-            return f"BN has {affine[0].size} channels, {linear.node.op_type} '{linear.node.name}' has {linear.channels}"
+            return f"BN has {affine[0].size} channels, {layer} has {linear.channels}"
         match.linear, (match.scale, match.shift) = linear, affine
         return None
 
