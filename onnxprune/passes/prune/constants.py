@@ -16,7 +16,6 @@ makes the channel's value unknown (NaN): it is then not folded exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -196,9 +195,12 @@ class ChannelConstants:
         slot = self.producers.get(id(weight.value)) if weight is not None else None
         if slot is None:
             return out
-        w = constant(weight.value)
-        rows = np.abs(np.moveaxis(w, slot.axis, 0)).reshape(w.shape[slot.axis], -1).max(axis=1)
-        zero = per_channel(dataclasses.replace(slot, axis=0), rows, self.channels, self.group.size) == 0
+        hi = self.group.size if slot.hi is None else slot.hi
+        covered = (self.channels >= slot.lo) & (self.channels < hi)
+        rows = np.take(constant(weight.value), slot.indices(self.channels[covered], self.group.size), slot.axis)
+        rows = np.moveaxis(rows, slot.axis, 0).reshape(int(covered.sum()), -1)  # only the removed rows
+        zero = np.zeros(len(self.channels), dtype=bool)
+        zero[covered] = ~rows.any(axis=1)
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias_slot = self.producers.get(id(bias_value)) if bias_value is not None else None
         if bias_slot is not None:
