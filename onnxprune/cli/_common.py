@@ -50,6 +50,9 @@ def _quiet_libraries(debug: bool) -> None:
     level = logging.DEBUG if debug else logging.ERROR
     for name in ("onnx_ir", "onnxscript", "onnxruntime"):
         logging.getLogger(name).setLevel(level)
+    if debug:  # our own debug lines (why a pass left a node alone) go to stderr
+        logging.basicConfig(format="%(name)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("onnxprune").setLevel(logging.DEBUG)
     if not debug:
         warnings.filterwarnings("ignore")
 
