@@ -31,6 +31,8 @@ from onnxprune.validate import check_model
 #   lift-constants then turns the remaining Constant nodes (Clip bounds...) into initializers;
 # - fold-batchnorm, then fold-affine: folding BN leaves Conv -> Mul/Add chains adjacent;
 # - batchnorm-to-affine after both: only the BNs no producer could absorb remain for it;
+#   fold-affine once more then absorbs the Mul + Add it made of a BN that a constant Mul
+#   had kept from its Conv (Conv -> Mul -> BN: the first fold-affine took the Mul);
 # - remove-unused after the folds, which orphan the old BN parameters and weights;
 # - shape-inference last, to annotate the values the rewrites created.
 DEFAULT_PIPELINE: tuple[str, ...] = (
@@ -41,6 +43,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "fold-batchnorm",
     "fold-affine",
     "batchnorm-to-affine",
+    "fold-affine",
     "remove-unused",
     "shape-inference",
 )
