@@ -21,7 +21,14 @@ from onnxprune.errors import DataError, UsageError
 from onnxprune.graphutils import add_initializer, attr, const_array
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
-from onnxprune.passes.quantize.rules import ABSORBABLE, COMPUTE, SHARED_PARAMS, Plan, weight_axis
+from onnxprune.passes.quantize.rules import (
+    COMPUTE,
+    SHARED_PARAMS,
+    Plan,
+    activation_bounds,
+    foldable_activations,
+    weight_axis,
+)
 
 IR_TYPES = {np.dtype(np.int8): ir.DataType.INT8, np.dtype(np.uint8): ir.DataType.UINT8,
             np.dtype(np.int32): ir.DataType.INT32}
@@ -57,23 +64,6 @@ def range_of(value: ir.Value, ranges: Mapping[str, object]) -> tuple[float, floa
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
         raise DataError(f"calibration range of tensor '{value.name}' is invalid: [{lo}, {hi}]")
-    return lo, hi
-
-
-def clip_bounds(node: ir.Node) -> tuple[float, float] | None:
-    """The interval a Relu/Clip keeps, or None when the bounds are not constants."""
-    if node.op_type == "Relu":
-        return 0.0, math.inf
-    lo, hi = attr(node, "min", -math.inf), attr(node, "max", math.inf)  # opset < 11
-    for index in (1, 2):
-        if len(node.inputs) > index and node.inputs[index] is not None:
-            bound = const_array(node.inputs[index])
-            if bound is None:
-                return None
-            if index == 1:
-                lo = float(bound)
-            else:
-                hi = float(bound)
     return lo, hi
 
 
@@ -131,20 +121,11 @@ class Emitter:
 
     def absorb_activations(self, the_plan: Plan) -> None:
         """Fold a Relu/Clip that alone reads a quantized node's output into that output's range."""
-        for node in the_plan.compute:
-            output = node.outputs[0]
-            users = output.consumers()
-            if len(users) != 1 or output.is_graph_output() or len(output.uses()) != 1:
-                continue
-            act = users[0]
-            if act.op_type not in ABSORBABLE or act.domain != "" or act.inputs[0] is not output:
-                continue
-            if self.config.excludes(act.name or "", act.op_type):
-                continue
-            bounds = clip_bounds(act)
-            result = act.outputs[0]
+        for act in foldable_activations(the_plan.compute, self.config):
+            bounds = activation_bounds(act)
             if bounds is None:
                 continue
+            output, result = act.inputs[0], act.outputs[0]
             lo, hi = range_of(result, self.ranges)
             params = qp.activation_qparams(lo, hi, self.config.activation_dtype, self.config.symmetric)
             if not absorbable(params, bounds):
@@ -155,7 +136,8 @@ class Emitter:
             output.name = name
             self.params[id(output)] = params
             self.done.absorbed += 1
-            self.done.changes.append(f"{act.name or name}: {act.op_type} folded into the int8 range of {node.name}")
+            producer = output.producer()
+            self.done.changes.append(f"{act.name or name}: {act.op_type} folded into the int8 range of {producer.name}")
 
     def assign_params(self, the_plan: Plan) -> None:
         """Scale/zero point of every quantized tensor; data-movement outputs share their input's."""
@@ -167,7 +149,7 @@ class Emitter:
             elif node in self._compute:
                 for index in the_plan.quantized_inputs(node):
                     self._activation_params(node.inputs[index])
-                for output in node.outputs:
+                for output in the_plan.quantized_outputs(node):
                     self._activation_params(output)
 
     def _scale_zero(self, params: qp.QParams, base: str) -> tuple[ir.Value, ir.Value]:
@@ -210,7 +192,8 @@ class Emitter:
                 continue
             quantized = ir.Value(name=self._name(f"{base}_quantized"), type=ir.TensorType(qtype), shape=value.shape)
             producer = value.producer()
-            if producer is not None and (producer in self._compute or producer in self._shared):
+            if producer is not None and (producer in self._shared or (
+                    producer in self._compute and value in the_plan.quantized_outputs(producer))):
                 # Every reader (and the graph output) sees the dequantized tensor, under its name.
                 value.name = self._name(f"{base}_prequant")
                 dq = self._dequantize(quantized, scale, zero, base, value.shape)

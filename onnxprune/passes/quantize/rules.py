@@ -21,6 +21,7 @@ DequantizeLinear and its output goes into a QuantizeLinear.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import onnx_ir as ir
 
@@ -54,6 +55,7 @@ COMPUTE: dict[str, OpRule] = {
 }
 SHARED_PARAMS = {"MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize", "Split"}
 ABSORBABLE = {"Relu", "Clip"}
+FLOAT_RESULT = {"Gemm", "MatMul"}  # ops whose fused INT8 kernel can return float
 QUANTIZABLE = set(COMPUTE) | SHARED_PARAMS
 
 
@@ -88,6 +90,18 @@ class Plan:
     compute: list[ir.Node] = dataclasses.field(default_factory=list)
     shared: list[ir.Node] = dataclasses.field(default_factory=list)
     declined: dict[str, str] = dataclasses.field(default_factory=dict)  # node → why it stays float
+
+    def quantized_outputs(self, node: ir.Node) -> list[ir.Value]:
+        """Outputs of ``node`` that get a QuantizeLinear.
+
+        A Gemm/MatMul result that is a model output stays float: ONNX Runtime still fuses the
+        node (QGemm, MatMulIntegerToFloat) and the logits keep full precision, where a
+        clipping calibration (entropy, percentile) would saturate the largest ones and so
+        tie the top classes.
+        """
+        if node.op_type in FLOAT_RESULT and node.op_type in COMPUTE:
+            return [o for o in node.outputs if not o.is_graph_output()]
+        return list(node.outputs)
 
     def quantized_inputs(self, node: ir.Node) -> list[int]:
         """Input slots of ``node`` that read dequantized activations (weights/bias excluded)."""
@@ -141,7 +155,7 @@ def plan(model: ir.Model, config: QuantConfig) -> Plan:
         else:
             result.compute.append(node)
     quantized = {id(v) for n in result.compute for v in (*n.outputs, *n.inputs) if v is not None}
-    quantized.update(id(v) for v in _activation_outputs(result.compute))  # folded Relu/Clip
+    quantized.update(id(a.outputs[0]) for a in foldable_activations(result.compute, config))
     for node in model.graph:  # topological: data-movement chains follow their input
         if node.domain != "" or node.op_type not in SHARED_PARAMS:
             continue
@@ -158,27 +172,59 @@ def plan(model: ir.Model, config: QuantConfig) -> Plan:
 def activation_values(model: ir.Model, config: QuantConfig, the_plan: Plan | None = None) -> list[ir.Value]:
     """Every non-constant float tensor quantization needs a calibrated range for.
 
-    Inputs and outputs of compute nodes, plus the outputs of Relu/Clip that follow them (their
-    range may replace the producer's when the activation is folded).
+    Inputs and quantized outputs of compute nodes, and the outputs of the Relu/Clip that follow
+    them. Not needed: a compute output whose Relu/Clip is sure to fold into its range (see
+    ``folds_for_sure``; it uses the activation's range) and data-movement outputs (they share
+    their input's). Fewer tensors make calibration faster.
     """
     the_plan = the_plan or plan(model, config)
     seen: dict[int, ir.Value] = {}
+    folded = {id(act.inputs[0]) for act in foldable_activations(the_plan.compute, config)
+              if folds_for_sure(act, config)}
+    folded.update(id(o) for node in the_plan.shared for o in node.outputs)  # they share their input's
     for node in the_plan.compute:
-        values = [node.inputs[i] for i in the_plan.quantized_inputs(node)] + list(node.outputs)
+        values = [node.inputs[i] for i in the_plan.quantized_inputs(node)] + the_plan.quantized_outputs(node)
         for value in values:
-            if value is not None and const_array(value) is None:
+            if value is not None and const_array(value) is None and id(value) not in folded:
                 seen.setdefault(id(value), value)
-    for value in _activation_outputs(the_plan.compute):
-        seen.setdefault(id(value), value)
+    for act in foldable_activations(the_plan.compute, config):
+        seen.setdefault(id(act.outputs[0]), act.outputs[0])
     return list(seen.values())
 
 
-def _activation_outputs(compute: list[ir.Node]) -> list[ir.Value]:
-    """Outputs of Relu/Clip reading a compute node's output: candidates for folding."""
-    return [
-        user.outputs[0]
-        for node in compute
-        for output in node.outputs
-        for user in output.consumers()
-        if user.op_type in ABSORBABLE and user.domain == ""
-    ]
+def foldable_activations(compute: list[ir.Node], config: QuantConfig) -> list[ir.Node]:
+    """Relu/Clip nodes that alone read a compute node's (quantized) output: candidates for folding."""
+    found = []
+    for node in compute:
+        output = node.outputs[0]
+        users = output.consumers()
+        if len(users) != 1 or len(output.uses()) != 1 or output.is_graph_output():
+            continue
+        act = users[0]
+        if act.op_type in ABSORBABLE and act.domain == "" and not config.excludes(act.name or "", act.op_type):
+            found.append(act)
+    return found
+
+
+def activation_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """The interval a Relu/Clip keeps, or None when the bounds are not constants."""
+    if node.op_type == "Relu":
+        return 0.0, math.inf
+    lo, hi = attr(node, "min", -math.inf), attr(node, "max", math.inf)  # opset < 11
+    for index in (1, 2):
+        if len(node.inputs) > index and node.inputs[index] is not None:
+            bound = const_array(node.inputs[index])
+            if bound is None:
+                return None
+            lo, hi = (float(bound), hi) if index == 1 else (lo, float(bound))
+    return lo, hi
+
+
+def folds_for_sure(act: ir.Node, config: QuantConfig) -> bool:
+    """Whether folding is exact whatever the calibrated range: Relu, or Clip(0, b), asymmetric.
+
+    The activation's output lies in [0, b]; its asymmetric range [0, r] (r <= b) puts the zero
+    point at qmin, so Q(0) = qmin, and Q(b) >= Q(r) = qmax saturates: see ``emit.absorbable``.
+    """
+    bounds = activation_bounds(act)
+    return not config.symmetric and bounds is not None and bounds[0] == 0.0 and bounds[1] >= 0.0
