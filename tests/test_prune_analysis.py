@@ -279,3 +279,14 @@ def test_analysis_does_not_change_the_model():
     before = ir.to_proto(model).SerializeToString()
     analyze(model)
     assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_layers_with_computed_weights_are_reported_declined():
+    n = Net()
+    w = n.op("Mul", [n.const(np.ones((6, 8, 1, 1), np.float32)), n.const(np.float32(1.0))])
+    x = n.op("Conv", ["input", w], name="computed")
+    up = n.op("ConvTranspose", [n.op("Relu", [x]), n.const(np.ones((6, 2, 2, 2), np.float32))],
+              name="up", group=2, strides=[2, 2], kernel_shape=[2, 2])
+    groups = analyze(n.model([n.conv(up, 4, 2)]))
+    assert "Conv 'computed' has weights computed at runtime" in by_origin(groups, "computed").declined
+    assert "grouped ConvTranspose 'up' is not supported" in by_origin(groups, "up").declined

@@ -88,10 +88,7 @@ def analyze(model: ir.Model) -> list[Group]:
         found = layers.root(node)
         if found is None:
             continue
-        value, axis = found
-        length = value.shape[axis] if isinstance(value.shape[axis], int) else None
-        if length is None:
-            continue
+        value, axis, length = found
         spans = [(a, b) for a, b, _ in covered.get((id(value), axis), [])]
         for start, stop in _gaps(spans, length):
             group = Group(id=len(groups), size=stop - start, origin=node)

@@ -160,16 +160,31 @@ def matmul(node, side, index, dim, ctx):
     return [dim.moved(a, dim.axis - (r - ra))]
 
 
-def root(node: ir.Node) -> tuple[ir.Value, int] | None:
-    """The (value, axis) of output channels ``node`` creates, if it is a producer."""
-    if node.domain not in ("", "ai.onnx") or not node.outputs or node.outputs[0].shape is None:
+def root(node: ir.Node) -> tuple[ir.Value, int, int] | None:
+    """(output, channel axis, channel count) of a layer that creates channels, else None.
+
+    Layers whose weights are computed at runtime are roots too: their group is then
+    declined by the rules, with that reason, instead of not being reported at all.
+    """
+    if node.domain not in ("", "ai.onnx") or not node.outputs or len(node.inputs) < 2:
         return None
-    op = node.op_type
-    if op in ("Conv", "ConvTranspose") and is_const(node.inputs[1]):
-        if op == "Conv" and not _is_depthwise(node) or op == "ConvTranspose" and attr(node, "group", 1) == 1:
-            return node.outputs[0], 1
-    elif op == "Gemm" and resolve_weight(node, 1) is not None:
-        return node.outputs[0], 1
-    elif op == "MatMul" and len(dims(node.inputs[1]) or ()) == 2 and resolve_weight(node, 1) is not None:
-        return node.outputs[0], len(node.outputs[0].shape) - 1
-    return None
+    op, out, weight = node.op_type, node.outputs[0], dims(node.inputs[1])
+    if weight is None:
+        return None
+    if op == "Conv" and not _is_depthwise(node):
+        axis, count = 1, weight[0]
+    elif op == "ConvTranspose":
+        axis, count = 1, weight[1] and weight[1] * attr(node, "group", 1)
+    elif op == "Gemm":
+        axis, count = 1, weight[0 if attr(node, "transB", 0) else 1]
+    elif op == "MatMul" and len(weight) == 2:
+        shape = dims(out) or dims(node.inputs[0])
+        if shape is None:
+            return None
+        axis, count = len(shape) - 1, weight[1]
+    else:
+        return None
+    shape = dims(out)
+    if shape is not None and shape[axis] is not None:
+        count = shape[axis]
+    return (out, axis, count) if count else None

@@ -111,8 +111,10 @@ def is_const(value: ir.Value | None) -> bool:
     return producer is not None and producer.op_type == "Constant" and producer.domain == ""
 
 
-def dims(value: ir.Value) -> list[int | None] | None:
+def dims(value: ir.Value | None) -> list[int | None] | None:
     """Static dims (None where symbolic/unknown), or None when the rank is unknown."""
+    if value is None:
+        return None
     shape = value.shape
     if shape is None and value.const_value is not None:
         shape = value.const_value.shape
