@@ -64,6 +64,7 @@ def session(
     *,
     intra_op_threads: int | None = None,
     optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    execution_order: ort.ExecutionOrder | None = None,
 ) -> Iterator[ort.InferenceSession]:
     """An InferenceSession for an in-memory model or a model file.
 
@@ -75,6 +76,8 @@ def session(
     options.log_severity_level = 3
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    if execution_order is not None:
+        options.execution_order = execution_order
     providers = [resolve_provider(p) for p in providers]
     name = model.graph.name if isinstance(model, ir.Model) else str(model)
     with _session_source(model, options) as source:
