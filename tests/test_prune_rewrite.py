@@ -311,3 +311,20 @@ def test_carried_ops_chain():
     group = by_origin(analyze(model), "a")
     assert group.prunable and len(group.by_role(Role.PARAM)) == 3
     check_pruned(model)
+
+
+def test_fold_into_a_matmul_whose_outputs_are_pruned_too():
+    n = Net(shape=(1, 5, 8))
+    h = n.op("Relu", [n.op("Add", [n.op("MatMul", ["input", n.const(n.rng.standard_normal((8, 6)).astype(np.float32))],
+                                        name="fc1"), n.const(np.linspace(0.2, 0.7, 6).astype(np.float32))])])
+    h = n.op("Relu", [n.op("MatMul", [h, n.const(n.rng.standard_normal((6, 7)).astype(np.float32))], name="fc2")])
+    model = n.model([n.op("MatMul", [h, n.const(n.rng.standard_normal((7, 3)).astype(np.float32))])])
+    groups = analyze(model)
+    first, second = by_origin(groups, "fc1"), by_origin(groups, "fc2")
+    zero_filters(first, np.array([1, 2]))
+    zero_filters(second, np.array([0, 6]))
+    feeds = runtime.random_inputs(model)
+    want = outputs(model, feeds)
+    apply_plan(model, analyze(model), PrunePlan({first.id: np.array([0, 3, 4, 5]), second.id: np.arange(1, 6)}))
+    check_model(model, full=True)
+    assert_close(outputs(model, feeds), want)

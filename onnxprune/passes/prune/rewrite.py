@@ -58,8 +58,8 @@ def apply_plan(
     cuts.slice_constants(graph)
     for edit in edits:
         edit()
-    fold.install(graph, [d for f in folds.values() for d in f.deltas], cuts.removed_outputs)
     cuts.update_shapes()
+    fold.install(graph, [d for f in folds.values() for d in f.deltas], cuts.removed_outputs)
     for value, shape in outputs:
         if value.shape != shape:
             raise AssertionError(f"pruning changed the shape of graph output '{value.name}'")
