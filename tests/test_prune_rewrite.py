@@ -328,3 +328,39 @@ def test_fold_into_a_matmul_whose_outputs_are_pruned_too():
     apply_plan(model, analyze(model), PrunePlan({first.id: np.array([0, 3, 4, 5]), second.id: np.arange(1, 6)}))
     check_model(model, full=True)
     assert_close(outputs(model, feeds), want)
+
+
+def _concat_twice(n):
+    a = n.op("Relu", [n.conv("input", 8, 5, name="a")])
+    return [n.conv(n.op("Concat", [a, a], axis=1), 10, 3)]
+
+
+def _add_of_concat(n):  # the Add ties c's first 3 channels to a, the others to b
+    a, b, c = n.conv("input", 8, 3, name="a"), n.conv("input", 8, 4, name="b"), n.conv("input", 8, 7, name="c")
+    return [n.conv(n.op("Relu", [n.op("Add", [n.op("Concat", [a, b], axis=1), c])]), 7, 2)]
+
+
+def _add_of_concat_rooted_at_c(n):
+    c, a, b = n.conv("input", 8, 7, name="c"), n.conv("input", 8, 3, name="a"), n.conv("input", 8, 4, name="b")
+    return [n.conv(n.op("Relu", [n.op("Add", [c, n.op("Concat", [a, b], axis=1)])]), 7, 2)]
+
+
+def _split_and_swap(n):
+    p, q = n.op("Split", [n.conv("input", 8, 6, name="a"), n.const(np.array([2, 4]))], outputs=2, axis=1)
+    return [n.conv(n.op("Concat", [q, p], axis=1), 6, 2)]
+
+
+def _slice_of_channels(n):
+    x = n.op("Relu", [n.conv("input", 8, 9, name="a")])
+    s = n.op("Slice", [x, n.const(np.array([2])), n.const(np.array([7])), n.const(np.array([1]))])
+    return [n.op("Add", [n.conv(s, 5, 2), n.conv(x, 9, 2)])]
+
+
+@pytest.mark.parametrize(
+    "build", [_concat_twice, _add_of_concat, _add_of_concat_rooted_at_c, _split_and_swap, _slice_of_channels]
+)
+def test_concat_split_slice_patterns(build):
+    n = Net()
+    model = n.model(build(n))
+    assert all(g.prunable for g in analyze(model) if g.origin.name in ("a", "b", "c"))
+    check_pruned(model)
