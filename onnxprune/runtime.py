@@ -123,6 +123,7 @@ def _session_source(model: ir.Model | str | os.PathLike, options: ort.SessionOpt
 def _ort_error(exc: Exception, what: str) -> OnnxPruneError:
     """One line from an ONNX Runtime exception, as the matching project error."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"/\S+:\d+ .*?\) (?=[A-Z])", "", text)  # C++ file:line and signature
     kind = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : ", text)
     detail = text[kind.end():] if kind else text
     status = kind.group(1) if kind else ""
@@ -182,6 +183,15 @@ def random_inputs(
             d if isinstance(d, int) else (batch if i == 0 else dynamic_dim)
             for i, d in enumerate(shape)
         ]
+        if 0 in dims:
+            raise DataError(
+                f"input '{name}' has shape {list(shape)} with a zero dimension: no data can flow "
+                "through the model, so there is nothing to run or compare"
+            )
+        if dtype == ir.DataType.BFLOAT16.numpy():
+            raise UnsupportedError(
+                f"input '{name}' is bfloat16, which ONNX Runtime's Python API cannot take from numpy"
+            )
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(dims).astype(dtype)
         elif np.issubdtype(dtype, np.integer):

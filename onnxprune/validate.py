@@ -6,7 +6,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxprune._protocheck import find_cycle
-from onnxprune.errors import InvalidModelError
+from onnxprune.errors import InvalidModelError, UnsupportedError
 
 # Domains ONNX Runtime implements; any other domain must come with a model-local function.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
@@ -50,6 +50,15 @@ def check_structure(model: ir.Model, source: str = "model") -> None:
         if cyclic is not None:
             raise InvalidModelError(
                 f"{source}: the graph has a cycle through node '{cyclic.name}' ({cyclic.op_type})"
+            )
+    newest = onnx.defs.onnx_opset_version()
+    for domain in ("", "ai.onnx"):
+        version = model.opset_imports.get(domain)
+        if version is not None and version > newest:
+            raise UnsupportedError(
+                f"{source}: the model uses opset {version} of ai.onnx; onnx {onnx.__version__} "
+                f"knows opsets up to {newest} (convert it to an older opset, or upgrade onnx and "
+                "onnxruntime)"
             )
     try:
         check_model(model)
