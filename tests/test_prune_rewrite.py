@@ -364,3 +364,21 @@ def test_concat_split_slice_patterns(build):
     model = n.model(build(n))
     assert all(g.prunable for g in analyze(model) if g.origin.name in ("a", "b", "c"))
     check_pruned(model)
+
+
+def test_conv_transpose_consumer_folds_approximately_from_means():
+    """A constant through ConvTranspose is a per-position pattern, not a bias: never exact."""
+    n = Net()
+    x = n.op("Relu", [n.bn(n.conv("input", 8, 6, name="a"), 6)])
+    w = n.const(n.rng.standard_normal((6, 4, 2, 2)).astype(np.float32))
+    model = n.model([n.op("ConvTranspose", [x, w], name="up", kernel_shape=[2, 2], strides=[2, 2])])
+    group = by_origin(analyze(model), "a")
+    zero_filters(group, np.array([0, 3]), bn_shift=1.0)
+    feeds = runtime.random_inputs(model)
+    want = outputs(model, feeds)[0]
+    plan = PrunePlan({group.id: np.array([1, 2, 4, 5])})
+    plain = copy(model)
+    assert "2 constant channels not folded" in apply_plan(plain, analyze(plain), plan)[0]
+    means = np.ones(6)  # only the removed channels' entries are used (their constant is known)
+    assert "2 folded approximately" in apply_plan(model, analyze(model), plan, channel_constants={group.id: means})[0]
+    assert np.abs(outputs(model, feeds)[0] - want).mean() < np.abs(outputs(plain, feeds)[0] - want).mean()

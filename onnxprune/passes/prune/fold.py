@@ -62,17 +62,17 @@ def _contribution(layer: ir.Node, slot: Slot, channels: np.ndarray, k: np.ndarra
             w = w.T
         rows = w[slot.indices(channels, size).reshape(len(channels), -1)].sum(axis=1, dtype=np.float64)
         return (k @ rows) * (attr(layer, "alpha", 1.0) if op == "Gemm" else 1.0)
+    index = slot.indices(channels, size)
+    if op == "ConvTranspose":  # W[in, out, ...]: the mean over positions of a strided scatter
+        cols = np.take(w, index, axis=0).reshape(len(channels), -1, w.shape[1], math.prod(w.shape[2:]))
+        return (k @ cols.sum(axis=(1, 3), dtype=np.float64)) / math.prod(attr(layer, "strides", None) or [1])
+    if slot.groups == 1:  # W[out, in, ...]: the removed columns summed over their window
+        cols = np.take(w, index, axis=1).reshape(w.shape[0], len(channels), -1)
+        return cols.sum(axis=2, dtype=np.float64) @ k
     sums = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2, dtype=np.float64)
-    if op == "ConvTranspose":  # [in, out]: the mean over positions of a strided scatter
-        cols = sums[slot.indices(channels, size).reshape(len(channels), -1)].sum(axis=1)
-        return (k @ cols) / math.prod(attr(layer, "strides", None) or [1])
-    if slot.groups == 1:
-        cols = sums[:, slot.indices(channels, size).reshape(len(channels), -1)].sum(axis=2)
-        return cols @ k
     delta = np.zeros(sums.shape[0])
-    rows_per = sums.shape[0] // slot.groups
-    width = sums.shape[1]
-    for c, value in zip(slot.positions(channels, size), k):
+    rows_per, width = sums.shape[0] // slot.groups, sums.shape[1]
+    for c, value in zip(slot.positions(channels, size), k):  # division c // width feeds one row block
         rows = slice(c // width * rows_per, (c // width + 1) * rows_per)
         delta[rows] += sums[rows, c % width] * value
     return delta
@@ -117,14 +117,14 @@ def plan_fold(
         hi = group.size if slot.hi is None else slot.hi
         covered = (channels >= slot.lo) & (channels < hi)
         k = prop.of(layer.inputs[0])
-        constant = ~np.isnan(k)
-        exact = constant & (_exact_for_constants(layer) | (k == 0))
-        if means is not None:
-            value = np.where(exact, k, np.where(constant, k, means[channels]))
+        known = ~np.isnan(k)
+        exact = known & (_exact_for_constants(layer) | (k == 0))
+        if means is not None:  # the analytic constant when known, else the data mean
+            value = np.where(known, k, means[channels])
             state = np.where(exact, 0, 1)
         else:
             value = np.where(exact, k, np.nan)
-            state = np.where(exact, 0, np.where(constant, 2, 3))
+            state = np.where(exact, 0, np.where(known, 2, 3))
         status = np.maximum(status, np.where(covered, state, 0))
         use = covered & ~np.isnan(value) & (value != 0)
         if use.any():
