@@ -41,6 +41,25 @@ def test_default_tensors_are_activations_of_quantizable_ops(resnet):
     assert names[0] == "input" and "output" in names
     assert {"Conv", "Relu", "Add", "Gemm"} <= {ops[n] for n in names if n in ops}
     assert not set(names) & set(model.graph.initializers)  # weights are not calibrated
+    producers = {o.name: node for node in model.graph for o in node.outputs}
+    for name in names:  # nor weights aliased through Identity by the exporter
+        node = producers.get(name)
+        assert node is None or not all(v.name in model.graph.initializers for v in node.inputs if v)
+
+
+def test_weights_aliased_through_identity_are_not_calibrated():
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 0.0, 0.0, 1.0])
+    nodes = [
+        helper.make_node("Identity", ["w"], ["w_alias"]),  # what the legacy exporter emits
+        helper.make_node("MatMul", ["x", "w_alias"], ["h"]),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [weight],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert default_tensors(model) == ["x", "h", "y"]
 
 
 def test_minmax_in_graph_equals_exposed_tensors_and_model_is_restored(resnet, images):

@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxprune.calibration import Preprocess, open_dataset
+from onnxprune.calibration.sources import StoredArray
 from onnxprune.errors import DataError, UsageError
 
 
@@ -61,13 +62,20 @@ def test_npz_labels_shuffle_limit(tmp_path, model, samples, save):
     assert len(set(ds.labels)) == 7
 
 
-def test_npz_stored_members_are_memory_mapped(tmp_path, model, samples):
-    path = tmp_path / "data.npz"
-    np.savez(path, x=samples)
-    ds = open_dataset(path, model)
-    part = ds._parts[0]
-    assert isinstance(part._read("x"), np.memmap)
-    np.testing.assert_array_equal(stack(ds), samples)
+def test_stored_arrays_are_read_by_rows(tmp_path, model, samples):
+    np.savez(tmp_path / "data.npz", x=samples)
+    np.save(tmp_path / "data.npy", samples)
+    for path in (tmp_path / "data.npz", tmp_path / "data.npy"):
+        ds = open_dataset(path, model, shuffle=True)
+        stored = ds._parts[0]._read("x")
+        assert isinstance(stored, StoredArray)  # nothing loaded or mapped up front
+        rows = np.array([7, 2, 3, 3, 9, 0])
+        np.testing.assert_array_equal(stored[rows], samples[rows])
+        np.testing.assert_array_equal(np.sort(stack(ds), axis=0), np.sort(samples, axis=0))
+    truncated = tmp_path / "short.npy"
+    truncated.write_bytes((tmp_path / "data.npy").read_bytes()[:-8])
+    with pytest.raises(DataError, match="short.npy"):
+        list(open_dataset(truncated, model).batches(4))
 
 
 def test_npz_single_array_of_any_name(tmp_path, model, samples):

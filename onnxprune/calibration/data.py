@@ -105,21 +105,23 @@ class Dataset:
             raise UsageError(f"batch size must be at least 1 (got {batch_size})")
         size = self.fixed_batch or batch_size
         previous: Part | None = None
-        for start in range(0, len(self._order), size):
-            index = self._order[start : start + size]
-            part_ids = np.searchsorted(self._offsets, index, side="right") - 1
-            pieces = []
-            for run in _runs(part_ids):
-                part = self._parts[part_ids[run[0]]]
-                if previous is not None and previous is not part:
-                    previous.release()
-                previous = part
-                rows = index[run] - self._offsets[part_ids[run[0]]]
-                arrays = {name: part.take(key, rows) for name, key in self._keys.items()}
-                pieces.append(check_batch(arrays, self._specs, part.name, index[run], rows, part.n > 1))
-            yield from _stack_same_shapes(pieces)
-        if previous is not None:
-            previous.release()
+        try:
+            for start in range(0, len(self._order), size):
+                index = self._order[start : start + size]
+                part_ids = np.searchsorted(self._offsets, index, side="right") - 1
+                pieces = []
+                for run in _runs(part_ids):
+                    part = self._parts[part_ids[run[0]]]
+                    if previous is not None and previous is not part:
+                        previous.release()  # one decompressed file in memory at a time
+                    previous = part
+                    rows = index[run] - self._offsets[part_ids[run[0]]]
+                    arrays = {name: part.take(key, rows) for name, key in self._keys.items()}
+                    pieces.append(check_batch(arrays, self._specs, part.name, index[run], rows, part.n > 1))
+                yield from _stack_same_shapes(pieces)
+        finally:  # also when the caller stops early
+            if previous is not None:
+                previous.release()
 
     def ort_reader(self, batch_size: int = 1) -> _OrtReader:
         """This data as ONNX Runtime's ``CalibrationDataReader`` (``get_next()``), e.g. for

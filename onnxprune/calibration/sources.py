@@ -3,7 +3,7 @@
 A dataset is a sequence of *parts* (one file, one item of an iterable...). A part knows how
 many samples it holds and the shape/dtype of each array without reading the data, and
 reads only the rows asked for (``take``). .npy files and uncompressed .npz members
-(``np.savez``) are memory-mapped; a compressed member (``np.savez_compressed``) is
+(``np.savez``) are read row by row from the file; a compressed member (``np.savez_compressed``) is
 decompressed whole when first used and dropped when the dataset moves to the next file.
 """
 
@@ -109,9 +109,14 @@ class NpyPart(Part):
         self.name = str(path)
         self.key = key
         try:
-            self.array = np.load(path, mmap_mode="r", allow_pickle=False)
+            mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+        if isinstance(mapped, np.memmap) and mapped.flags.c_contiguous:
+            self.array = StoredArray(path, mapped.offset, mapped.shape, mapped.dtype)
+        else:
+            self.array = mapped
+        del mapped
 
     def keys(self):
         return [self.key]
@@ -147,8 +152,8 @@ class NpzPart(Part):
     def _read(self, key):
         if key not in self.loaded:
             shape, dtype, offset = self.members[key]
-            if offset is not None:  # stored uncompressed: map it, read nothing yet
-                self.loaded[key] = np.memmap(self.path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            if offset is not None:  # stored uncompressed: read rows straight from the file
+                self.loaded[key] = StoredArray(self.path, offset, shape, dtype)
             else:
                 try:
                     with np.load(self.path, allow_pickle=False) as archive:
@@ -159,6 +164,56 @@ class NpzPart(Part):
 
     def release(self):
         self.loaded.clear()
+
+
+class StoredArray:
+    """A C-order array at a byte offset of a file, read by rows on demand.
+
+    Reads go through the file, not a memory map: mapped pages that were read stay counted
+    in the process's resident memory until unmapped, which would make memory grow with the
+    number of samples streamed.
+    """
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
+        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[np.arange(self.shape[0])] if self.ndim else self._read_scalar()
+        return whole if dtype is None else whole.astype(dtype)
+
+    def _read_scalar(self) -> np.ndarray:
+        out = np.empty((), self.dtype)
+        self._read_into(out, self.offset)
+        return out
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        # one read per run of consecutive rows
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(rows)]):
+            self._read_into(out[start:stop], self.offset + int(ordered[start]) * self.row_bytes)
+        result = np.empty_like(out)
+        result[order] = out
+        return result
+
+    def _read_into(self, target: np.ndarray, position: int) -> None:
+        view = memoryview(target.reshape(-1).view(np.uint8))
+        with open(self.path, "rb", buffering=0) as handle:
+            handle.seek(position)
+            done = 0
+            while done < len(view):
+                n = handle.readinto(view[done:])
+                if not n:
+                    raise DataError(f"{self.path}: file is truncated (array data ends early)")
+                done += n
 
 
 class ImagePart(Part):

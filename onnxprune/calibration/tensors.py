@@ -21,11 +21,18 @@ QUANTIZABLE_OPS = frozenset({
 FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
 
 
-def _is_constant(value: ir.Value) -> bool:
-    if value.is_initializer() and not value.is_graph_input():
-        return True
-    producer = value.producer()
-    return producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx")
+def _constant_values(graph: ir.Graph) -> set[ir.Value]:
+    """Values computable from weights alone: initializers, Constant outputs, and outputs of
+    nodes whose inputs are all such (the legacy PyTorch exporter aliases shared weights
+    through Identity nodes, for instance)."""
+    constant = {v for v in graph.initializers.values() if not v.is_graph_input()}
+    for node in graph:  # topological order
+        inputs = [v for v in node.inputs if v is not None]
+        if (node.op_type == "Constant" and node.domain in ("", "ai.onnx")) or (
+            inputs and all(v in constant for v in inputs)
+        ):
+            constant.update(node.outputs)
+    return constant
 
 
 def _maybe_float(value: ir.Value) -> bool:
@@ -36,11 +43,12 @@ def _maybe_float(value: ir.Value) -> bool:
 def default_tensors(model: ir.Model) -> list[str]:
     """Float inputs and outputs of quantizable ops in the main graph, in graph order."""
     names: dict[str, None] = {}
+    constant = _constant_values(model.graph)
     for node in model.graph:
         if node.op_type not in QUANTIZABLE_OPS or node.domain not in ("", "ai.onnx"):
             continue
         for value in (*node.inputs, *node.outputs):
-            if value is not None and value.name and not _is_constant(value) and _maybe_float(value):
+            if value is not None and value.name and value not in constant and _maybe_float(value):
                 names.setdefault(value.name)
     return list(names)
 
