@@ -116,7 +116,7 @@ class Verifier:
             check_model(model)
         except InvalidModelError as exc:
             raise InvalidModelError(f"after pass '{pass_name}': {exc}") from None
-        stats = {name: OutputStats(self.tolerances.atol_for(name), 0.0, quantiles=False) for name in self._scale}
+        stats = {name: OutputStats(self.tolerances.atol_for(name), 0.0, detailed=False) for name in self._scale}
         with runtime.session(model) as sess:
             missing = set(self._scale) - {o.name for o in sess.get_outputs()}
             if missing:

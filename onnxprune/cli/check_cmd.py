@@ -44,12 +44,14 @@ failed, 2 bad input or usage.
 @click.option("--top-k", type=int, help="k for top-k agreement (default 5).")
 @click.option("--max-accuracy-drop", type=float, help="Maximum accuracy drop on --labels (0..1, e.g. 0.01).")
 @click.option("--layerwise", is_flag=True, help="Compare matching intermediate tensors; name the first layer that exceeds the tolerance.")
+@click.option("--layerwise-samples", type=int, default=256, show_default=True,
+              help="Samples for --layerwise (localising needs fewer than judging).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON (schema_version 1).")
 @click.pass_context
 def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, preprocess, providers,
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
-              top_k, max_accuracy_drop, layerwise, seed, json_path) -> None:
+              top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, json_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
     default_atol, per_output_atol = parse_tolerance_specs(atol, "--atol")
     default_rtol, per_output_rtol = parse_tolerance_specs(rtol, "--rtol")
@@ -63,7 +65,7 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
         reference, candidate, data,
         providers=split_list(providers) or None, require_providers=require_providers,
         tolerances=preset, criteria=criteria, labels=labels, samples=samples, batch_size=batch_size,
-        preprocess=preprocess, layerwise=layerwise, seed=seed, progress=show_progress(ctx),
+        preprocess=preprocess, layerwise=layerwise, layerwise_samples=layerwise_samples, seed=seed, progress=show_progress(ctx),
     )
     click.echo(str(result))
     if json_path:

@@ -32,6 +32,9 @@ from onnxprune.parity.tolerances import Tolerances, is_quantized
 
 ModelLike = ir.Model | str | os.PathLike
 DEFAULT_PROVIDERS = ("cpu", "cuda")
+# Localising needs far fewer samples than judging parity, and costs a pass over every
+# activation of both models per sample (~10x the plain check).
+LAYERWISE_SAMPLES = 256
 _SHORT = {full: short for short, full in runtime.PROVIDER_ALIASES.items()}
 
 
@@ -228,6 +231,7 @@ def check(
     samples: int | None = None,
     batch_size: int = 32,
     layerwise: bool = False,
+    layerwise_samples: int | None = LAYERWISE_SAMPLES,
     channel_map: Mapping[str, tuple[int, Sequence[int]]] | None = None,
     preprocess=None,
     seed: int = 0,
@@ -242,13 +246,15 @@ def check(
     :class:`Tolerances` or a preset name (``auto``: int8 when only the candidate is
     quantized, else exact); ``criteria``: Tolerances fields overriding it (``{"min_top1":
     0.99, "per_output_atol": {"logits": 1e-2}}``). ``layerwise``: also localise the error per intermediate tensor
-    (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
-    channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
+    on the first ``layerwise_samples`` samples (``channel_map`` {tensor: (axis, kept
+    indices)} compares pruned tensors' surviving channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
     :meth:`CheckResult.raise_on_failure`).
     """
     from onnxprune.api import as_model  # api imports pipeline, which imports parity
 
     start = time.perf_counter()
+    if layerwise_samples is not None and layerwise_samples < 1:
+        raise UsageError(f"--layerwise-samples must be at least 1, got {layerwise_samples}")
     ref_model, ref_path = as_model(reference)
     cand_model, cand_path = as_model(candidate)
     check_compatible(ref_model, cand_model)
@@ -294,7 +300,7 @@ def check(
         layer_report = lw.localise(
             ref_model, cand_model, feed, tolerances,
             first_failed["reference"]["provider"], first_failed["candidate"]["provider"],
-            channel_map=channel_map, progress=progress,
+            channel_map=channel_map, samples=layerwise_samples, progress=progress,
         )
     return CheckResult(
         passed=not failures,

@@ -22,8 +22,8 @@ the reference graph) fails: the layer that introduced the error.
 
 Exposing tensors stops ONNX Runtime from fusing across them (e.g. QDQ into QLinearConv,
 Conv+BN), so these numbers come from the unfused graph; the output table of the check
-comes from the real, fused one. Every intermediate tensor of a batch is in memory at once,
-so batches are cut into chunks of ``LAYERWISE_BATCH`` samples.
+comes from the real, fused one. Every exposed tensor of a run is in memory at once, so
+batches are cut into runs of at most ``LAYERWISE_BYTES`` of activations.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ from onnxprune.parity.tolerances import Tolerances
 
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 CHANNEL_MAP_KEY = "onnxprune.kept_channels"
-LAYERWISE_BATCH = 8  # samples per run: all activations of a run are held at once
+# All exposed tensors of a run are in memory at once: runs start at 2 samples, then take as
+# many as fit in this budget (the feed's batches are cut, never merged).
+LAYERWISE_FIRST_CHUNK = 2
+LAYERWISE_BYTES = 256 * 2**20
 
 
 @dataclasses.dataclass
@@ -212,7 +215,7 @@ class _Pair:
         self.status: str | None = None
         self.shapes: tuple[list[int], list[int]] | None = None
         self.stats = OutputStats(tolerances.atol_for(match.name), tolerances.rtol_for(match.name),
-                                 quantiles=False)
+                                 detailed=False)
 
     def update(self, ref: np.ndarray, cand: np.ndarray) -> None:
         if self.status is None:
@@ -244,14 +247,6 @@ class _Pair:
         return row
 
 
-def _chunks(feed, size: int):
-    """The feed's batches cut into runs of at most ``size`` samples."""
-    for feeds, _ in feed:
-        n = len(next(iter(feeds.values())))
-        for start in range(0, n, size):
-            yield {k: v[start : start + size] for k, v in feeds.items()}
-
-
 def first_failures(reference: ir.Model, failed: Mapping[str, bool]) -> list[str]:
     """Failing tensors with no failing tensor upstream (through unmatched ones too)."""
     bad: dict[str, bool] = {}  # tensor -> it or something upstream failed
@@ -274,10 +269,11 @@ def localise(
     candidate_provider: str = "CPUExecutionProvider",
     *,
     channel_map: Mapping | None = None,
+    samples: int | None = None,
     progress: bool = False,
 ) -> dict:
-    """Compare every matched intermediate tensor over ``feed``; the report documented in
-    onnxprune.parity.result (``layerwise``)."""
+    """Compare every matched intermediate tensor over the first ``samples`` samples of
+    ``feed`` (all if None); the report documented in onnxprune.parity.result (``layerwise``)."""
     from onnxprune.parity.compare import Endpoint, run_session
 
     ref_copy, cand_copy = _typed_copy(reference), _typed_copy(candidate)
@@ -293,20 +289,37 @@ def localise(
         ref_names = [m.name for m in matches]
         cand_names = [m.candidate for m in matches]
         fixed = any(shape and isinstance(shape[0], int) for shape, _ in runtime.input_specs(reference).values())
-        size = feed.batch_size if fixed else LAYERWISE_BATCH  # a fixed batch cannot be cut
-        for feeds in tqdm(_chunks(feed, size), total=-(-feed.samples // size),
-                          desc="layer-wise", unit="batch", disable=not progress, leave=False):
-            ref_out = run_session(ref_sess, feeds, ref_end, ref_names)
-            cand_out = run_session(cand_sess, feeds, cand_end, list(dict.fromkeys(cand_names)))
-            for pair in pairs:
-                pair.update(ref_out[pair.match.name], cand_out[pair.match.candidate])
-            del ref_out, cand_out
+        chunk = LAYERWISE_FIRST_CHUNK
+        limit = feed.samples if samples is None else min(samples, feed.samples)
+        seen = 0
+        bar = tqdm(total=limit, desc="layer-wise", unit="sample", disable=not progress, leave=False)
+        for feeds, _ in feed:
+            if seen >= limit:
+                break
+            n = len(next(iter(feeds.values())))
+            n = n if fixed else min(n, limit - seen)
+            start = 0
+            while start < n:
+                step = n if fixed else chunk  # a fixed batch cannot be cut
+                part = {k: v[start : start + step] for k, v in feeds.items()}
+                ref_out = run_session(ref_sess, part, ref_end, ref_names)
+                cand_out = run_session(cand_sess, part, cand_end, list(dict.fromkeys(cand_names)))
+                for pair in pairs:
+                    pair.update(ref_out[pair.match.name], cand_out[pair.match.candidate])
+                taken = min(step, n - start)
+                per_sample = sum(a.nbytes for out in (ref_out, cand_out) for a in out.values()) / taken
+                chunk = max(1, int(LAYERWISE_BYTES // max(per_sample, 1)))
+                del ref_out, cand_out
+                start += taken
+                seen += taken
+                bar.update(taken)
+        bar.close()
     rows = [p.row(tolerances) for p in pairs]
     failed = {r["name"]: not r["passed"] for r in rows}
     return {
         "reference_provider": reference_provider,
         "candidate_provider": candidate_provider,
-        "samples": feed.samples,
+        "samples": seen,
         "tensors": rows,
         "first_failures": first_failures(reference, failed),
         "matched": len(matches),

@@ -61,8 +61,8 @@ class OutputStats:
     """Running comparison statistics of one tensor (see the module docstring).
 
     ``atol``/``rtol`` only decide what counts as a mismatch; ``atol=None`` (no elementwise
-    criterion) counts against ``rtol`` alone with atol 0. ``quantiles=False`` skips the
-    reservoir (layer-wise tables do not need it).
+    criterion) counts against ``rtol`` alone with atol 0. ``detailed=False`` skips the
+    quantile reservoir and the per-sample cosine (layer-wise tables do not show them).
     """
 
     def __init__(
@@ -71,7 +71,7 @@ class OutputStats:
         rtol: float = 0.0,
         *,
         top_k: int = 5,
-        quantiles: bool = True,
+        detailed: bool = True,
         seed: int = 0,
     ) -> None:
         self.atol = 0.0 if atol is None else float(atol)
@@ -99,8 +99,9 @@ class OutputStats:
         self.labelled = 0
         self.ref_correct = 0
         self.cand_correct = 0
-        self._abs = Reservoir(seed=seed) if quantiles else None
-        self._rel = Reservoir(seed=seed + 1) if quantiles else None
+        self.detailed = detailed
+        self._abs = Reservoir(seed=seed) if detailed else None
+        self._rel = Reservoir(seed=seed + 1) if detailed else None
 
     def update(self, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> None:
         """Add one batch; the arrays must have equal shapes (the caller checks and says so)."""
@@ -143,7 +144,7 @@ class OutputStats:
         self.sum_cand_sq += _dot(c, c)
         self.sum_dot += _dot(r, c)
         self.sum_err_sq += _dot(d, d)
-        if reference.ndim >= 2 and ok.all():
+        if self.detailed and reference.ndim >= 2 and ok.all():
             self._update_sample_cosine(r.reshape(reference.shape[0], -1), c.reshape(reference.shape[0], -1))
         if self._abs is not None:
             self._abs.add(abs_d)
