@@ -8,8 +8,12 @@ consumers that read them (possibly at an offset, after a Concat, or as blocks of
 after a Flatten).
 
 Every coupled dimension is a :class:`Slot`: "channel ``c`` of the group lives at indices
-``offset + c*block ... offset + (c+1)*block - 1`` along ``axis`` of ``value``", for the group
-channels ``lo <= c < hi`` it covers (a Split branch covers only part of the group).
+``offset + (c-lo)*block ... offset + (c-lo+1)*block - 1`` along ``axis`` of ``value``", for
+the group channels ``lo <= c < hi`` it covers (a Split branch covers only part of the group).
+
+A constant slot's ``value`` is what ``node`` reads: usually an initializer, sometimes the
+output of an Identity sharing one (read it with ``rules.constant``); a MatMul weight the
+exporter wrote as ``Transpose(W)`` is the slot of ``W`` with ``node`` the Transpose.
 
 Grouped convolutions add one constraint: a Conv with ``groups=g`` (1 < g < C) reads (and
 writes) its channels in ``g`` contiguous divisions, and its weight stays a dense tensor only
