@@ -196,6 +196,9 @@ class _Walk:
         except Decline as exc:
             self.decline(str(exc))
             return
+        except Exception as exc:  # an odd node must not stop the analysis: decline, say so
+            self.decline(f"could not analyse {rules.desc(node)} ({type(exc).__name__}: {exc})")
+            return
         for item in items:
             if isinstance(item, Dim):
                 self.visit(item)

@@ -34,7 +34,8 @@ def apply_plan(
 ) -> list[str]:
     """Remove the channels ``plan`` drops from ``model`` (in place); one change line per group.
 
-    ``groups`` must come from ``analyze(model)`` on this very model. ``channel_constants``
+    ``groups`` must come from ``analyze(model)`` on this very model. The plan is checked
+    (UsageError) before anything changes. ``channel_constants``
     (group id -> per-channel mean of the activation the group's consumers read, from
     calibration data) lets removed channels that are not exactly constant be folded
     approximately into the consumers' biases; without it only exact folds are made.
