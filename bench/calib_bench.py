@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 def cnn():
     """ResNet-18 layout at quarter width (~0.7 M parameters, 2.8 MB), 3x64x64 input."""
-    import torch.nn as nn
+    from torch import nn
 
     def block(cin, cout, stride):
         body = nn.Sequential(
@@ -69,7 +69,7 @@ def cnn():
 
 def transformer():
     """4 encoder layers, dim 128, 4 heads, MLP 512 (~0.8 M parameters), [batch, seq, 128]."""
-    import torch.nn as nn
+    from torch import nn
 
     layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True, norm_first=True)
     return nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), (48, 128), {0: "batch", 1: "seq"}
@@ -128,7 +128,10 @@ def worker(tool: str, model_path: str, data: str, method: str, samples: int, bat
         table = calibrate(model, dataset, method=method, batch_size=batch, percentile=99.99, symmetric=method == "percentile")
         ranges = table.as_dict()
     else:
-        from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+        from onnxruntime.quantization.calibrate import (
+            CalibrationMethod,
+            create_calibrator,
+        )
 
         ort_method = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}[method]
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +142,7 @@ def worker(tool: str, model_path: str, data: str, method: str, samples: int, bat
             )  # fmt: skip
             calibrator.collect_data(dataset.ort_reader(batch))
             result = calibrator.compute_data()
-        ranges = {k: tuple(float(v) for v in np.ravel(result[k].range_value)) for k in result.keys()}
+        ranges = {k: tuple(float(v) for v in np.ravel(result[k].range_value)) for k in result}
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Path(out).write_text(json.dumps({"seconds": seconds, "peak": peak, "ranges": ranges}))
@@ -231,8 +234,8 @@ def _agreement(ours: dict, theirs: dict) -> str:
         return "no common tensors"
     diffs = []
     for name in common:
-        width = max(ours[name][1] - ours[name][0], 1e-12)
-        diffs.append(abs((theirs[name][1] - theirs[name][0]) - width) / width)
+        a, b = ours[name][1] - ours[name][0], theirs[name][1] - theirs[name][0]
+        diffs.append(abs(a - b) / max(a, b) if max(a, b) > 0 else 0.0)
     return f"{len(common)} common, width diff median {np.median(diffs):.1%}, max {max(diffs):.1%}"
 
 

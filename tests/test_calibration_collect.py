@@ -9,7 +9,13 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
-from onnxprune.calibration import CalibrationTable, calibrate, collect, default_tensors, open_dataset
+from onnxprune.calibration import (
+    CalibrationTable,
+    calibrate,
+    collect,
+    default_tensors,
+    open_dataset,
+)
 from onnxprune.errors import DataError, UsageError
 from onnxprune.io import load_model
 

@@ -265,7 +265,7 @@ def test_empty_sources(tmp_path, model):
 def test_misaligned_labels(model, samples):
     ds = open_dataset({"x": samples, "labels": np.arange(4)}, model, labels="labels")
     with pytest.raises(DataError, match="'labels' has 4 rows but the inputs have 10 samples"):
-        ds.labels
+        _ = ds.labels
 
 
 def test_bad_batch_size_and_limit(model, samples):

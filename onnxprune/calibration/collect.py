@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from concurrent.futures import ThreadPoolExecutor
+import os
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -36,8 +37,13 @@ from onnxprune.calibration.histogram import DEFAULT_BINS, TensorStats
 from onnxprune.calibration.statistics import Statistics
 from onnxprune.calibration.table import CalibrationTable
 from onnxprune.calibration.tensors import select_tensors
-from onnxprune.errors import UsageError
-from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, weights_nbytes
+from onnxprune.errors import DataError, UsageError
+from onnxprune.io import (
+    EXTERNAL_DATA_THRESHOLD,
+    has_external_data,
+    load_model,
+    weights_nbytes,
+)
 from onnxprune.runtime import session
 
 DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of exposed tensors per run
@@ -53,7 +59,7 @@ _REDUCTIONS = (("ReduceMin", "__onnxprune_min"), ("ReduceMax", "__onnxprune_max"
 
 
 def collect(
-    model: ir.Model,
+    model: ir.Model | str | os.PathLike,
     dataset: Dataset,
     tensors: Sequence[str] | None = None,
     *,
@@ -69,6 +75,9 @@ def collect(
     ``histogram=False`` tracks min/max only (in-graph reductions, cheapest). ``tensors``
     defaults to the float inputs/outputs of quantizable ops (see ``select_tensors``).
     """
+    if not isinstance(model, ir.Model):
+        model = load_model(model)
+    _check_inputs(model, dataset)
     names = select_tensors(model, tensors)
     stats = Statistics({n: TensorStats(bins, histogram=histogram) for n in names})
     stats.samples = len(dataset)
@@ -78,8 +87,9 @@ def collect(
     if not histogram:
         _collect_reduced(model, dataset, computed, fed, stats, batch_size, providers, progress)
         return stats.finish()
-    first = next(dataset.batches(1))
-    sizes = _bytes_per_sample(model, computed, first)
+    first = next(dataset.batches(1))  # a fixed-batch model gets its fixed size
+    samples_in_first = len(next(iter(first.values())))
+    sizes = {n: -(-b // samples_in_first) for n, b in _bytes_per_sample(model, computed, first).items()}
     # two batches of outputs are alive at once: one counted, the next one being computed
     per_batch = memory_limit // 2
     batch = dataset.fixed_batch or min(batch_size, max(1, per_batch // max(1, sum(sizes.values()))))
@@ -97,6 +107,15 @@ def collect(
                         outputs[i] = None  # drop each output as soon as it is counted
                     bar.update()
     return stats.finish()
+
+
+def _check_inputs(model: ir.Model, dataset: Dataset) -> None:
+    wanted = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    missing = [n for n in wanted if n not in dataset.input_names]
+    if missing:
+        raise DataError(
+            f"the data has no input '{missing[0]}' for this model (data inputs: {', '.join(dataset.input_names)})"
+        )
 
 
 def _pipelined(sess, names: Sequence[str], batches: Iterator[dict]) -> Iterator[tuple[dict, list]]:
@@ -197,7 +216,8 @@ def _bytes_per_sample(model: ir.Model, names: Sequence[str], sample: dict[str, n
                     shape.dim.add().dim_value = d
         try:
             inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-        except Exception:  # inference is only an estimate; fall back below
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
+            # only an estimate: fall back below
             inferred = proto
         wanted = set(names)
         for vi in [*inferred.graph.value_info, *inferred.graph.output]:
@@ -229,7 +249,7 @@ def _pack(names: Sequence[str], sizes: dict[str, int], budget: int) -> list[list
 
 
 def calibrate(
-    model: ir.Model,
+    model: ir.Model | str | os.PathLike,
     dataset: Dataset,
     *,
     method: str = "minmax",

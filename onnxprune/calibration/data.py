@@ -13,6 +13,7 @@ the file headers) and as it streams (NaN/Inf, shapes of decoded images). Every p
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -57,9 +58,9 @@ class Dataset:
         self._specs = specs or {}
         ranks = {key: self._specs[i].rank if i in self._specs else None for i, key in self._keys.items()}
         for part in parts:
-            missing = [i for i, key in self._keys.items() if key not in part.keys()]
+            missing = [i for i, key in self._keys.items() if key not in part.array_names()]
             if missing:
-                raise DataError(f"{part.name}: model input '{missing[0]}' is missing (data has: {_listed(part.keys())})")
+                raise DataError(f"{part.name}: model input '{missing[0]}' is missing (data has: {_listed(part.array_names())})")
             part.bind(list(self._keys.values()), ranks)
             for input_name, key in self._keys.items():
                 if input_name in self._specs:
@@ -140,8 +141,8 @@ class Dataset:
         if key not in self._cache:
             columns = []
             for part in self._parts:
-                if key not in part.keys():
-                    raise DataError(f"{part.name}: no array '{key}' (data has: {_listed(part.keys())})")
+                if key not in part.array_names():
+                    raise DataError(f"{part.name}: no array '{key}' (data has: {_listed(part.array_names())})")
                 column = part.whole(key)
                 if len(column) != part.n:
                     raise DataError(f"{part.name}: '{key}' has {len(column)} rows but the inputs have {part.n} samples")
@@ -281,7 +282,7 @@ def _single_input(specs: dict[str, InputSpec] | None, what: str) -> str:
 
 def _match_inputs(part: Part, specs, labels: str | None) -> dict[str, str]:
     """Model input name -> data key (a single-input model also takes an unnamed 'arr_0')."""
-    keys = part.keys()
+    keys = part.array_names()
     if labels is not None and labels not in keys:
         raise DataError(f"{part.name}: labels '{labels}' not found (data has: {_listed(keys)})")
     if specs is None:
@@ -345,7 +346,7 @@ class _OrtReader:
         self._batches = self.dataset.batches(self.batch_size)
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // (self.dataset.fixed_batch or self.batch_size))
+        return math.ceil(len(self.dataset) / (self.dataset.fixed_batch or self.batch_size))
 
 
 class _SyntheticPart(Part):
@@ -355,7 +356,7 @@ class _SyntheticPart(Part):
         self.name, self.model, self.seed, self.count = "synthetic", model, seed, n
         self.specs = model_inputs(model)
 
-    def keys(self):
+    def array_names(self):
         return list(self.specs)
 
     def raw_shape(self, key):

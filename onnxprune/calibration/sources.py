@@ -26,7 +26,7 @@ class Part:
     n: int = 0
     single: bool = False  # the arrays lack the sample axis (one sample)
 
-    def keys(self) -> list[str]:
+    def array_names(self) -> list[str]:
         raise NotImplementedError
 
     def raw_shape(self, key: str) -> tuple[int, ...] | None:
@@ -89,7 +89,7 @@ class ArrayPart(Part):
             if self.arrays[str(key)].dtype.hasobject:
                 raise DataError(f"{name}: '{key}' is not a numeric array (ragged or objects)")
 
-    def keys(self):
+    def array_names(self):
         return list(self.arrays)
 
     def raw_shape(self, key):
@@ -118,7 +118,7 @@ class NpyPart(Part):
             self.array = mapped
         del mapped
 
-    def keys(self):
+    def array_names(self):
         return [self.key]
 
     def raw_shape(self, key):
@@ -140,7 +140,7 @@ class NpzPart(Part):
         self.members = _npz_headers(path)  # key -> (shape, dtype, data offset or None)
         self.loaded: dict[str, np.ndarray] = {}
 
-    def keys(self):
+    def array_names(self):
         return list(self.members)
 
     def raw_shape(self, key):
@@ -226,7 +226,7 @@ class ImagePart(Part):
         self.preprocess = preprocess
         self.label = label
 
-    def keys(self):
+    def array_names(self):
         return [self.key]
 
     def raw_shape(self, key):

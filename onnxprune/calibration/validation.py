@@ -41,9 +41,8 @@ class InputSpec:
                     f"(model input {_fmt(self.shape)}), got {_fmt(given)} in {where} "
                     f"(array of shape {_fmt(shape)})"
                 )
-        if dtype is not None and self.dtype is not None and dtype != self.dtype:
-            if not np.can_cast(dtype, self.dtype, casting="same_kind"):
-                raise DataError(
+        if dtype is not None and self.dtype is not None and not np.can_cast(dtype, self.dtype, casting="same_kind"):
+            raise DataError(
                     f"input '{self.name}': model expects {self.dtype.name}, {where} has {np.dtype(dtype).name} "
                     "(no safe conversion)"
                 )
