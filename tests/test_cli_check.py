@@ -75,6 +75,7 @@ def test_random_inputs_without_data_note_it(files):
     (("--atol", "logits:x"), "expected a number or OUTPUT:NUMBER"),
     (("--atol", "nope:1"), "tolerance given for ['nope']"),
     (("--samples", "0"), "--samples must be at least 1"),
+    (("--json", "no/such/folder/r.json"), "output folder does not exist"),
     (("--data", "missing.npz"), "missing.npz"),
 ])
 def test_usage_errors_exit_2(files, args, message):

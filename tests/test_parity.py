@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
@@ -284,3 +285,12 @@ def test_layerwise_on_zoo_models_has_no_false_alarm_and_finds_a_perturbed_conv(z
     broken = check(path, tmp_path / "perturbed.onnx", providers=["cpu"], layerwise=True, samples=4)
     first = [t for t in broken.layerwise["tensors"] if t["name"] in broken.layerwise["first_failures"]]
     assert not broken and [t["node"] for t in first] == [node.name]
+
+
+def test_output_shapes_that_differ_only_at_run_time_are_named(models):
+    path = conv_net(models["tmp"] / "three.onnx", classes=3)
+    proto = onnx.load(path)
+    proto.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "classes"  # declared shape now fits
+    onnx.save(proto, path)
+    with pytest.raises(UsageError, match=r"output 'logits' has shape \[12, 4\] in the reference but \[12, 3\]"):
+        check(models["net"], path, conv_net_data(), providers=["cpu"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.cli._common import show_progress, split_list
+from onnxprune.io import check_output_path
 from onnxprune.parity import PRESETS, check
 from onnxprune.parity.tolerances import parse_tolerance_specs
 from onnxprune.report import write_json
@@ -53,6 +54,8 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
               top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, json_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
+    if json_path:
+        check_output_path(json_path, reference)  # fail before the work, not after it
     default_atol, per_output_atol = parse_tolerance_specs(atol, "--atol")
     default_rtol, per_output_rtol = parse_tolerance_specs(rtol, "--rtol")
     criteria = {
