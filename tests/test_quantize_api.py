@@ -86,7 +86,7 @@ def test_quantize_composes_after_other_passes_and_calibrates_the_graph_it_gets()
     requested: list[list[str]] = []
 
     def calibrator(graph: ir.Model, tensors: list[str]):
-        from onnxprune.calibration import calibrate, open_dataset  # noqa: PLC0415
+        from onnxprune.calibration import calibrate, open_dataset
 
         requested.append(tensors)
         assert not any(n.op_type == "BatchNormalization" for n in graph.graph)
@@ -114,7 +114,7 @@ def test_usage_errors(kwargs, error, message):
 
 
 def test_a_model_with_nothing_to_quantize_is_an_error():
-    from tiny import Tiny, fresh  # noqa: PLC0415
+    from tiny import Tiny, fresh
 
     g = Tiny({"x": [2, 4]})
     model = fresh(g.proto(g.op("Softmax", [g.op("Exp", ["x"])])))

@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from onnxprune import runtime, stats
 from onnxprune.api import as_model
+from onnxprune.calibration import CalibrationTable, calibrate, open_dataset
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.io import check_output_path, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
@@ -97,93 +98,96 @@ def quantize(
     if batch_size < 1 or (samples is not None and samples < 1):
         raise UsageError("batch size and samples must be at least 1")
     loaded, path = as_model(model)
-    if output is not None:
-        check_output_path(output, path)
-    if save_table is not None:
-        check_output_path(save_table)
+    for target in (output, save_table):  # fail before any work
+        if target is not None:
+            check_output_path(target, path)
     check_not_quantized(loaded)
     check_exclusions(config.exclude, {n.name for n in loaded.graph}, {n.op_type for n in loaded.graph})
 
     size_before = weights_nbytes(loaded)
-    feeds = _latency_feeds(loaded, calib, table, preprocess, synthetic, latency_batch) if latency else None
+    feeds = _latency_feeds(loaded, calib, preprocess, latency_batch) if latency else None
     latency_before = runtime.latency_ms(loaded, feeds) if feeds is not None else None
 
-    calibration: dict = {}
-    used_tables: list = []
-    if table is not None:
-        ranges = _load_table(table)
-        calibration.update(source=str(table) if isinstance(table, (str, os.PathLike)) else "given",
-                           tensors=len(ranges))
-        quantize_pass = QuantizePass(ranges, config)
-    else:
-        def calibrator(graph_model: ir.Model, tensors: list[str]) -> Mapping[str, object]:
-            from onnxprune.calibration import calibrate, open_dataset  # noqa: PLC0415
-
-            dataset = open_dataset(calib, graph_model, limit=samples, preprocess=preprocess, synthetic=synthetic)
-            result = calibrate(graph_model, dataset, method=method, tensors=tensors, batch_size=batch_size,
-                               percentile=percentile, progress=progress)
-            calibration.update(method=method, samples=len(dataset), tensors=len(tensors), source=str(calib))
-            used_tables.append(result)
-            return result
-
-        quantize_pass = QuantizePass(config=config, calibrator=calibrator)
-
-    passes = [*DEFAULT_PIPELINE, quantize_pass] if clean else [quantize_pass]
-    result = run_pipeline(loaded, passes, progress=progress)
+    source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress)
+    quantize_pass = source.make_pass(config)
+    result = run_pipeline(loaded, [*DEFAULT_PIPELINE, quantize_pass] if clean else [quantize_pass], progress=progress)
     emitted = quantize_pass.emitted
     if emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     latency_after = runtime.latency_ms(result.model, feeds) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
-        (used_tables[0] if used_tables else _as_table(ranges)).save(save_table)
+        _as_table(source.used).save(save_table)
     saved = save_model(result.model, output, input_path=path) if output is not None else None
-    declined = _declined(quantize_pass)
     return QuantizeResult(
         model=result.model,
         config=config,
         pipeline=result,
-        calibration=calibration,
+        calibration=source.info,
         activations=emitted.activations,
         weights=emitted.weights,
         biases=emitted.biases,
         absorbed=emitted.absorbed,
         nodes_int8=emitted.nodes,
-        declined=declined,
+        declined=dict(quantize_pass.plan.declined),
         size_before=size_before,
         size_after=weights_nbytes(result.model),
         latency_before_ms=latency_before,
         latency_after_ms=latency_after,
-        table=used_tables[0] if used_tables else (table if not isinstance(table, (str, os.PathLike)) else None),
+        table=source.used,
         output=saved,
     )
 
 
-def _declined(quantize_pass: QuantizePass) -> dict[str, str]:
-    return dict(quantize_pass.plan.declined) if quantize_pass.plan is not None else {}
+@dataclasses.dataclass
+class _RangeSource:
+    """Where the ranges come from: a given table, or calibration of the model as the pass gets it."""
+
+    calib: object
+    table: object
+    method: str
+    samples: int | None
+    batch_size: int
+    percentile: float
+    preprocess: object
+    synthetic: bool
+    progress: bool
+    info: dict = dataclasses.field(default_factory=dict)  # for the report
+    used: Mapping[str, object] | None = None  # the ranges the pass used
+
+    def make_pass(self, config: QuantConfig) -> QuantizePass:
+        if self.table is None:
+            return QuantizePass(config=config, calibrator=self.calibrate)
+        self.used = _load_table(self.table)
+        self.info = {"source": str(self.table) if isinstance(self.table, (str, os.PathLike)) else "given",
+                     "tensors": len(self.used)}
+        return QuantizePass(self.used, config)
+
+    def calibrate(self, model: ir.Model, tensors: list[str]) -> CalibrationTable:
+        dataset = open_dataset(self.calib, model, limit=self.samples, preprocess=self.preprocess,
+                               synthetic=self.synthetic)
+        self.used = calibrate(model, dataset, method=self.method, tensors=tensors, batch_size=self.batch_size,
+                              percentile=self.percentile, progress=self.progress)
+        self.info = {"method": self.method, "samples": len(dataset), "tensors": len(tensors),
+                     "source": "synthetic" if self.synthetic else str(self.calib)}
+        return self.used
 
 
 def _load_table(table) -> Mapping[str, object]:
     if isinstance(table, (str, os.PathLike)):
-        from onnxprune.calibration import CalibrationTable  # noqa: PLC0415
-
         return CalibrationTable.load(table)
     if not isinstance(table, Mapping):
         raise UsageError(f"a calibration table must be a mapping or a file, not {type(table).__name__}")
     return table
 
 
-def _as_table(ranges: Mapping[str, object]):
-    from onnxprune.calibration import CalibrationTable  # noqa: PLC0415
+def _as_table(ranges: Mapping[str, object]) -> CalibrationTable:
+    if isinstance(ranges, CalibrationTable):
+        return ranges
+    return CalibrationTable({name: (r.min, r.max) if hasattr(r, "min") else tuple(r) for name, r in ranges.items()})
 
-    return ranges if isinstance(ranges, CalibrationTable) else CalibrationTable(
-        {name: tuple(r) if not hasattr(r, "min") else (r.min, r.max) for name, r in ranges.items()})
 
-
-def _latency_feeds(model: ir.Model, calib, table, preprocess, synthetic: bool, batch: int) -> dict[str, np.ndarray]:
-    """One batch of real samples when we have them (ranges of values matter little for timing)."""
-    if calib is not None:
-        from onnxprune.calibration import open_dataset  # noqa: PLC0415
-
-        dataset = open_dataset(calib, model, limit=batch, preprocess=preprocess)
-        return next(iter(dataset.batches(batch)))
-    return runtime.random_inputs(model, batch=batch)
+def _latency_feeds(model: ir.Model, calib, preprocess, batch: int) -> dict[str, np.ndarray]:
+    """One batch of real samples when there are some (for timing, random inputs do as well)."""
+    if calib is None:
+        return runtime.random_inputs(model, batch=batch)
+    return next(iter(open_dataset(calib, model, limit=batch, preprocess=preprocess).batches(batch)))

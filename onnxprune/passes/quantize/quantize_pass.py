@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import onnx_ir as ir
-import onnx_ir.passes.common as common
+from onnx_ir.passes import common
 
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.passes.base import Pass, PassResult

@@ -128,9 +128,9 @@ def _decline_reason(node: ir.Node) -> str | None:
         weight = node.inputs[rule.weight] if len(node.inputs) > rule.weight else None
         if const_array(weight) is None:
             return "weight is not a constant (activation x activation products stay float)"
-        if rule.bias is not None and len(node.inputs) > rule.bias and node.inputs[rule.bias] is not None:
-            if const_array(node.inputs[rule.bias]) is None:
-                return "bias is not a constant"
+        bias = node.inputs[rule.bias] if rule.bias is not None and len(node.inputs) > rule.bias else None
+        if bias is not None and const_array(bias) is None:
+            return "bias is not a constant"
         if node.op_type == "MatMul" and const_array(node.inputs[0]) is not None:
             return "both operands are constants (fold constants first)"
     if node.op_type == "Concat" and not all(_is_float(v) for v in floats):
