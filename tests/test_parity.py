@@ -24,7 +24,7 @@ from test_parity_helpers import (
 import onnxprune
 from onnxprune.errors import DataError, ParityError, UsageError
 from onnxprune.parity import SCHEMA_VERSION, Tolerances, check
-from onnxprune.parity.compare import plan_comparisons, select_providers
+from onnxprune.parity.providers import plan_comparisons, select_providers
 from onnxprune.parity.layerwise import CHANNEL_MAP_KEY, record_channel_map
 
 CUDA = "CUDAExecutionProvider"

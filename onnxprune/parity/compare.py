@@ -1,54 +1,43 @@
 """The comparator: one pass over the data runs the reference and the candidate on every
-requested execution provider and compares them pairwise.
+requested execution provider and compares them pairwise (see providers.py for the pairs).
 
-With providers ``[cpu, cuda]`` the comparisons are: reference@cpu vs candidate@cpu,
-reference@cuda vs candidate@cuda, reference@cpu vs candidate@cuda (all judged), and
-reference@cpu vs reference@cuda (the providers' own drift, for context). Unlike
-Polygraphy's ``run``, which needs one invocation per provider set, every session is opened
-once and each batch goes through all of them.
+Unlike Polygraphy's ``run``, which needs one invocation per provider set, every session is
+opened once and each batch goes through all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import os
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 from tqdm import tqdm
 
 from onnxprune import runtime
-from onnxprune.errors import DataError, UsageError
+from onnxprune.errors import UsageError
 from onnxprune.parity import layerwise as lw
 from onnxprune.parity.inputs import make_feed
 from onnxprune.parity.metrics import OutputStats
+from onnxprune.parity.providers import (
+    DEFAULT_PROVIDERS,
+    Endpoint,
+    fail_if_unavailable,
+    open_sessions,
+    plan_comparisons,
+    run_session,
+    select_providers,
+)
 from onnxprune.parity.result import CheckResult
 from onnxprune.parity.tolerances import Tolerances, is_quantized
 
 ModelLike = ir.Model | str | os.PathLike
-DEFAULT_PROVIDERS = ("cpu", "cuda")
 # Localising needs far fewer samples than judging parity, and costs a pass over every
 # activation of both models per sample (~10x the plain check).
 LAYERWISE_SAMPLES = 256
-_SHORT = {full: short for short, full in runtime.PROVIDER_ALIASES.items()}
-
-
-def short_name(provider: str) -> str:
-    return _SHORT.get(provider, provider)
-
-
-@dataclasses.dataclass(frozen=True)
-class Endpoint:
-    model: str  # "reference" or "candidate"
-    provider: str  # full ONNX Runtime name
-
-    def __str__(self) -> str:
-        return f"{self.model}@{short_name(self.provider)}"
 
 
 @dataclasses.dataclass
@@ -87,41 +76,6 @@ class Comparison:
             "passed": all(o["passed"] for o in outputs.values()),
             "outputs": outputs,
         }
-
-
-def plan_comparisons(providers: Sequence[str]) -> list[tuple[Endpoint, Endpoint, bool]]:
-    """(reference endpoint, candidate endpoint, judged) for the given working providers."""
-    plan = [(Endpoint("reference", p), Endpoint("candidate", p), True) for p in providers]
-    base = providers[0]
-    for other in providers[1:]:
-        plan.append((Endpoint("reference", base), Endpoint("candidate", other), True))
-        plan.append((Endpoint("reference", base), Endpoint("reference", other), False))
-    return plan
-
-
-def select_providers(requested: Sequence[str] | None, require: bool) -> tuple[list[str], list[dict]]:
-    """Resolve names (unknown -> UsageError); split into installed ones and unavailable ones."""
-    names = list(requested) if requested else list(DEFAULT_PROVIDERS)
-    wanted = list(dict.fromkeys(runtime.resolve_provider(n) for n in names))
-    available = set(runtime.available_providers())
-    used = sorted((p for p in wanted if p in available), key=lambda p: p != "CPUExecutionProvider")
-    unavailable = [
-        {"provider": p, "reason": "not available in this onnxruntime build "
-         f"({', '.join(sorted(available))}); for CUDA: pip install onnxruntime-gpu"}
-        for p in wanted if p not in available
-    ]
-    if requested is None:  # the default asks for what exists, quietly
-        unavailable = []
-    _require(unavailable, require)
-    if not used:
-        raise UsageError(f"none of the requested execution providers is available: {', '.join(wanted)}")
-    return used, unavailable
-
-
-def _require(unavailable: list[dict], require: bool) -> None:
-    if require and unavailable:
-        first = unavailable[0]
-        raise UsageError(f"required execution provider {first['provider']} unusable: {first['reason']}")
 
 
 def check_compatible(reference: ir.Model, candidate: ir.Model) -> None:
@@ -181,43 +135,6 @@ def resolve_tolerances(
     return Tolerances.from_preset(tolerances, **criteria)
 
 
-def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, names: list[str] | None = None) -> dict:
-    names = names or [o.name for o in session.get_outputs()]
-    try:
-        return dict(zip(names, session.run(names, dict(feeds))))
-    except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException
-        raise DataError(f"{endpoint}: ONNX Runtime rejected the data: {str(exc).splitlines()[0]}") from None
-
-
-def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], providers: list[str]):
-    """{Endpoint: session}; a provider ONNX Runtime falls back from (e.g. CUDA libraries
-    missing) is dropped and returned as unavailable."""
-    sessions, unavailable = {}, []
-    if any(p != "CPUExecutionProvider" for p in providers):
-        _preload_cuda_libraries()
-    for provider in providers:
-        chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
-        opened = {}
-        for role, model in models.items():
-            sess = stack.enter_context(runtime.session(model, chain))
-            opened[Endpoint(role, provider)] = sess
-        if any(provider not in s.get_providers() for s in opened.values()):
-            unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it "
-                                "(fell back to CPU; are the CUDA/cuDNN libraries installed?)"})
-            continue
-        sessions.update(opened)
-    return sessions, unavailable
-
-
-def _preload_cuda_libraries() -> None:
-    """Let onnxruntime-gpu find CUDA/cuDNN from pip's nvidia-* wheels (ORT >= 1.21); a no-op
-    where the libraries are on the system path, and harmless when they are nowhere."""
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and "CUDAExecutionProvider" in runtime.available_providers():
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
-            preload()
-
-
 def check(
     reference: ModelLike,
     candidate: ModelLike,
@@ -240,14 +157,15 @@ def check(
     """Compare ``candidate`` against ``reference`` on the same inputs; truthy when parity holds.
 
     ``data``: None (random inputs, exact comparisons only), a path or Dataset
-    (onnxprune.calibration), ``{input: array}`` or an iterable of such batches; ``labels``
-    a key in the data or an array aligned with the samples. ``providers``: short or full ONNX
-    Runtime names (default: every available one of cpu/cuda). ``tolerances``: a
+    (onnxprune.calibration), ``{input: array}`` or an iterable of such batches; ``labels``:
+    a key in the data or an array aligned with the samples. ``providers``: short or full
+    ONNX Runtime names (default: every available one of cpu/cuda). ``tolerances``: a
     :class:`Tolerances` or a preset name (``auto``: int8 when only the candidate is
-    quantized, else exact); ``criteria``: Tolerances fields overriding it (``{"min_top1":
-    0.99, "per_output_atol": {"logits": 1e-2}}``). ``layerwise``: also localise the error per intermediate tensor
-    on the first ``layerwise_samples`` samples (``channel_map`` {tensor: (axis, kept
-    indices)} compares pruned tensors' surviving channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
+    quantized, else exact); ``criteria``: Tolerances fields overriding it, e.g.
+    ``{"min_top1": 0.99, "per_output_atol": {"logits": 1e-2}}``. ``layerwise``: also
+    localise the error per intermediate tensor, on the first ``layerwise_samples`` samples
+    (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
+    channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
     :meth:`CheckResult.raise_on_failure`).
     """
     from onnxprune.api import as_model  # api imports pipeline, which imports parity
@@ -263,43 +181,19 @@ def check(
     used, unavailable = select_providers(providers, require_providers)
     feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels,
                      preprocess=preprocess, seed=seed)
-    notes = list(feed.notes)
-    if feed.synthetic and tolerances.atol is None:
-        notes.append(f"preset '{tolerances.preset}' judges cosine/SQNR/top-1 on random inputs: pass --data")
-
-    with contextlib.ExitStack() as stack:
-        sessions, failed = open_sessions(stack, {"reference": ref_model, "candidate": cand_model}, used)
-        unavailable += failed
-        _require(failed, require_providers)
-        used = [p for p in used if Endpoint("reference", p) in sessions]
-        if not used:
-            raise UsageError("no requested execution provider could be initialised: "
-                             + "; ".join(f"{u['provider']}: {u['reason']}" for u in failed))
-        names = [o.name for o in ref_model.graph.outputs]
-        comparisons = [
-            Comparison(r, c, judged, {n: OutputStats(tolerances.atol_for(n), tolerances.rtol_for(n),
-                                                      top_k=tolerances.top_k, seed=seed) for n in names})
-            for r, c, judged in plan_comparisons(used)
-        ]
-        for feeds, batch_labels in tqdm(feed, total=feed.num_batches, desc="check", unit="batch",
-                                        disable=not progress, leave=False):
-            outputs = {e: run_session(s, feeds, e, names) for e, s in sessions.items()}
-            for comparison in comparisons:
-                comparison.update(outputs, batch_labels)
+    comparisons, failed = _compare(ref_model, cand_model, feed, used, tolerances, require_providers,
+                                   seed=seed, progress=progress)
+    unavailable += failed
     summaries = [c.summary(tolerances) for c in comparisons]
     failures = [f"{s['name']}: output '{name}': {reason}"
                 for s in summaries if s["judged"]
                 for name, o in s["outputs"].items() for reason in o["failures"]]
-    if feed.labelled and not any(o["accuracy_reference"] is not None for s in summaries for o in s["outputs"].values()):
-        notes.append("labels given, but no output is classifier-like ([batch, classes]): no accuracy")
-    notes += [f"execution provider {u['provider']} skipped: {u['reason']}" for u in unavailable]
-
     layer_report = None
-    if layerwise:
-        first_failed = next((s for s in summaries if s["judged"] and not s["passed"]), summaries[0])
+    if layerwise:  # localise the first failing comparison (else the first one)
+        target = next((s for s in summaries if s["judged"] and not s["passed"]), summaries[0])
         layer_report = lw.localise(
             ref_model, cand_model, feed, tolerances,
-            first_failed["reference"]["provider"], first_failed["candidate"]["provider"],
+            target["reference"]["provider"], target["candidate"]["provider"],
             channel_map=channel_map, samples=layerwise_samples, progress=progress,
         )
     return CheckResult(
@@ -308,14 +202,51 @@ def check(
         candidate=str(cand_path) if cand_path else cand_model.graph.name or "candidate",
         data=feed.to_dict(),
         providers={"requested": [runtime.resolve_provider(p) for p in providers or DEFAULT_PROVIDERS],
-                   "used": used, "unavailable": unavailable},
+                   "used": sorted({c.candidate.provider for c in comparisons}, key=used.index),
+                   "unavailable": unavailable},
         tolerances=tolerances,
         comparisons=summaries,
         failures=failures,
-        notes=notes,
+        notes=_notes(feed, tolerances, summaries, unavailable),
         layerwise=layer_report,
         seconds=time.perf_counter() - start,
     )
+
+
+def _compare(reference: ir.Model, candidate: ir.Model, feed, providers: list[str], tolerances: Tolerances,
+             require_providers: bool, *, seed: int, progress: bool) -> tuple[list[Comparison], list[dict]]:
+    """One pass over ``feed`` through every session; the comparisons and the providers that
+    could not be initialised."""
+    with contextlib.ExitStack() as stack:
+        sessions, failed = open_sessions(stack, {"reference": reference, "candidate": candidate}, providers)
+        fail_if_unavailable(failed, require_providers)
+        working = [p for p in providers if Endpoint("reference", p) in sessions]
+        if not working:
+            raise UsageError("no requested execution provider could be initialised: "
+                             + "; ".join(f"{u['provider']}: {u['reason']}" for u in failed))
+        names = [o.name for o in reference.graph.outputs]
+        comparisons = [
+            Comparison(r, c, judged, {n: OutputStats(tolerances.atol_for(n), tolerances.rtol_for(n),
+                                                      top_k=tolerances.top_k, seed=seed) for n in names})
+            for r, c, judged in plan_comparisons(working)
+        ]
+        for feeds, labels in tqdm(feed, total=feed.num_batches, desc="check", unit="batch",
+                                  disable=not progress, leave=False):
+            outputs = {e: run_session(s, feeds, e, names) for e, s in sessions.items()}
+            for comparison in comparisons:
+                comparison.update(outputs, labels)
+    return comparisons, failed
+
+
+def _notes(feed, tolerances: Tolerances, summaries: list[dict], unavailable: list[dict]) -> list[str]:
+    notes = list(feed.notes)
+    if feed.synthetic and tolerances.atol is None:
+        notes.append(f"preset '{tolerances.preset}' judges cosine/SQNR/top-1 on random inputs: pass --data")
+    outputs = [o for s in summaries for o in s["outputs"].values()]
+    if feed.labelled and all(o["accuracy_reference"] is None for o in outputs):
+        notes.append("labels given, but no output is classifier-like ([batch, classes]): no accuracy")
+    notes += [f"execution provider {u['provider']} skipped: {u['reason']}" for u in unavailable]
+    return notes
 
 
 def _check_named_tolerances(tolerances: Tolerances, reference: ir.Model, layerwise: bool) -> None:

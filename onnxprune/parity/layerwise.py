@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.parity.metrics import OutputStats
+from onnxprune.parity.providers import Endpoint, run_session
 from onnxprune.parity.tolerances import Tolerances
 
 FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
@@ -274,8 +275,6 @@ def localise(
 ) -> dict:
     """Compare every matched intermediate tensor over the first ``samples`` samples of
     ``feed`` (all if None); the report documented in onnxprune.parity.result (``layerwise``)."""
-    from onnxprune.parity.compare import Endpoint, run_session
-
     ref_copy, cand_copy = _typed_copy(reference), _typed_copy(candidate)
     matches, unmatched = match_tensors(ref_copy, cand_copy)
     channels = channel_map_of(candidate, channel_map)
