@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import onnx
 import onnx_ir as ir
 
@@ -12,17 +15,21 @@ from onnxprune.errors import InvalidModelError, UnsupportedError
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
                  "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.contrib"}
 CONTROL_FLOW_OPS = {"If", "Loop", "Scan"}
+_INLINE_CHECK_LIMIT = 1024  # bytes: larger initializers are checked by type and shape only
 
 
 def check_model(model: ir.Model, *, full: bool = False) -> None:
     """Run the ONNX checker; raise :class:`InvalidModelError` with its first line on failure.
 
-    onnx-ir's CheckerPass serializes the model with its large initializers turned into
-    graph inputs, so this costs no copy of the weights and works past protobuf's 2 GiB
-    (the data itself is checked when a model is loaded, see ``onnxprune.io``).
+    The checker sees the model without the data of its weights (see :func:`_weights_as_inputs`),
+    so this costs no copy of them, works past protobuf's 2 GiB and does not look for external
+    data files relative to the working directory (their data is checked when a model is
+    loaded, see ``onnxprune.io``).
     """
     try:
-        ir.passes.common.CheckerPass(full_check=full)(model)
+        with _weights_as_inputs(model):
+            proto = ir.to_proto(model)
+        onnx.checker.check_model(proto, full_check=full)
     except onnx.checker.ValidationError as exc:
         raise InvalidModelError(f"ONNX checker: {_first_line(exc)}") from None
     except onnx.shape_inference.InferenceError as exc:
@@ -32,6 +39,37 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise InvalidModelError(f"model cannot be serialized for checking: {_first_line(cause)}") from None
+
+
+@contextlib.contextmanager
+def _weights_as_inputs(model: ir.Model) -> Iterator[None]:
+    """Temporarily turn the main graph's external or large initializers into graph inputs of
+    the same type and shape (what onnx-ir's CheckerPass does for large ones; it leaves small
+    external tensors in, and the checker then looks for their files in the working directory)."""
+    graph = model.graph
+    order = list(graph.initializers.values())
+    moved = [v for v in order if v.const_value is None or isinstance(v.const_value, ir.ExternalTensor)
+             or v.const_value.nbytes > _INLINE_CHECK_LIMIT]
+    tensors = {id(v): v.const_value for v in moved}
+    inputs = list(graph.inputs)
+    try:
+        for value in moved:
+            if value.const_value is not None:
+                value.shape = value.shape or value.const_value.shape
+                value.dtype = value.dtype or value.const_value.dtype
+            graph.initializers.pop(value.name)
+            value.const_value = None
+            if value not in inputs:
+                graph.inputs.append(value)
+        yield
+    finally:
+        for value in moved:
+            value.const_value = tensors[id(value)]
+        graph.initializers.clear()
+        for value in order:
+            graph.initializers.add(value)
+        graph.inputs.clear()
+        graph.inputs.extend(inputs)
 
 
 def check_structure(model: ir.Model, source: str = "model") -> None:
