@@ -212,6 +212,33 @@ def test_unavailable_provider_is_reported_or_required():
         select_providers(["cuda"], require=False)
 
 
+AZURE = "AzureExecutionProvider"  # in CPU builds too: runs every node on CPU, a stand-in second provider
+needs_second_provider = pytest.mark.skipif(AZURE not in ort.get_available_providers(),
+                                           reason="no second execution provider in this onnxruntime build")
+
+
+@needs_second_provider
+def test_two_providers_run_all_comparisons_in_one_pass(models):
+    result = check(DIGITS, models["int8"], DIGITS_EVAL, labels="labels", providers=["cpu", AZURE])
+    assert [c["name"] for c in result.comparisons] == [
+        "reference@cpu vs candidate@cpu", f"reference@{AZURE} vs candidate@{AZURE}",
+        f"reference@cpu vs candidate@{AZURE}", f"reference@cpu vs reference@{AZURE}"]
+    assert [c["judged"] for c in result.comparisons] == [True, True, True, False]
+    drift = result.output("logits", 3)
+    assert drift["max_abs"] == 0 and result.output("logits", 2)["max_abs"] > 0  # same kernels, int8 error
+    assert result.providers["used"] == ["CPUExecutionProvider", AZURE] and result
+
+
+@needs_second_provider
+def test_provider_that_falls_back_to_cpu_is_reported(models, monkeypatch):
+    monkeypatch.setattr(ort.InferenceSession, "get_providers", lambda self: ["CPUExecutionProvider"])
+    result = check(models["net"], models["net"], providers=["cpu", AZURE])
+    assert [u["provider"] for u in result.providers["unavailable"]] == [AZURE]
+    assert any("could not initialise" in n for n in result.notes) and len(result.comparisons) == 1
+    with pytest.raises(UsageError, match=f"required execution provider {AZURE} unusable"):
+        check(models["net"], models["net"], providers=["cpu", AZURE], require_providers=True)
+
+
 @pytest.mark.skipif(not HAS_CUDA, reason="CUDA execution provider not available (CPU-only onnxruntime; "
                     "install onnxruntime-gpu on a machine with an NVIDIA GPU)")
 def test_cpu_vs_cuda_on_digits(models):
