@@ -11,13 +11,14 @@ Tools: ``onnxprune`` (defaults: uint8 asymmetric activations, per-channel int8 w
 ``ort-matched`` (quantize_static with the same choices: QUInt8 activations, per_channel=True);
 ``ort-default`` (quantize_static as it ships: QInt8 activations, per-tensor weights).
 
-    python bench/quantize_bench.py                       # digits + resnet, minmax/entropy, 100/500
+    python bench/quantize_bench.py                       # digits, resnet, transformer; minmax/entropy; 100/500
     python bench/quantize_bench.py --models resnet --methods minmax --samples 500
 
 Digits has 269 calibration images; the 500-sample set adds 231 copies of them shifted by one
 pixel (the same set for both tools). The ResNet-style model (ResNet-18 layout at half width,
 3x64x64, random weights with randomized BatchNorm statistics) is calibrated and scored on
-low-pass filtered noise images.
+low-pass filtered noise images; the transformer (two pre-LN encoder layers and a classifier
+head, random weights) on standard-normal [32, 128] token sequences.
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def resnet_module():
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 100)).eval()
 
 
+def transformer_module():
+    """Two pre-LN encoder layers (dim 128, 4 heads, MLP 512), mean-pooled, a 10-class head."""
+    import torch
+    from torch import nn
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True, norm_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(128, 10)
+
+        def forward(self, x):
+            return self.head(self.encoder(x).mean(dim=1))
+
+    torch.manual_seed(0)
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused fast path does not export
+    return Classifier().eval()
+
+
 def smooth_images(n: int, seed: int) -> np.ndarray:
     """Low-pass filtered noise: spatially correlated like photos, roughly unit variance."""
     rng = np.random.default_rng(seed)
@@ -96,7 +117,7 @@ def prepare(name: str) -> dict:
         held = np.load(DIGITS / "eval.npz")
         held_inputs, labels = held["input"], held["labels"]
         source = DIGITS / "digits.onnx"
-    else:
+    elif name == "resnet":
         pool, held_inputs, labels = smooth_images(500, seed=1), smooth_images(256, seed=2), None
         source = folder / "exported.onnx"
         if not source.exists():
@@ -108,6 +129,14 @@ def prepare(name: str) -> dict:
             module = resnet_module()
             zoo.randomize_norms(module, torch.Generator().manual_seed(zlib.crc32(b"resnet-half")))
             zoo.export_module(module, (1, 3, 64, 64), source, dynamic_batch=True)
+    else:
+        rng = np.random.default_rng(1)
+        pool, held_inputs, labels = rng.standard_normal((500, 32, 128), np.float32), rng.standard_normal((256, 32, 128), np.float32), None
+        source = folder / "exported.onnx"
+        if not source.exists():
+            import zoo
+
+            zoo.export_module(transformer_module(), (1, 32, 128), source, dynamic_batch=True)
     if not model.exists():
         optimize(source, model)
     sets = {}
@@ -202,7 +231,7 @@ def score(path: Path, reference: np.ndarray, data: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="digits,resnet")
+    parser.add_argument("--models", default="digits,resnet,transformer")
     parser.add_argument("--methods", default="minmax,entropy")
     parser.add_argument("--samples", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--tools", default=",".join(TOOLS))

@@ -21,6 +21,7 @@ from onnxprune.passes.quantize.quantize_pass import QuantizePass, nothing_to_qua
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
+LATENCY_BIG_MODEL = 50 << 20  # bytes of weights above which latency is timed on 3 runs, not 10
 
 
 @dataclasses.dataclass
@@ -106,7 +107,8 @@ def quantize(
 
     size_before = weights_nbytes(loaded)
     feeds = _latency_feeds(loaded, calib, preprocess, latency_batch) if latency else None
-    latency_before = runtime.latency_ms(loaded, feeds) if feeds is not None else None
+    runs = 10 if size_before < LATENCY_BIG_MODEL else 3  # medians of a few runs, bounded time
+    latency_before = runtime.latency_ms(loaded, feeds, runs=runs) if feeds is not None else None
 
     source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress)
     quantize_pass = source.make_pass(config)
@@ -114,7 +116,7 @@ def quantize(
     emitted = quantize_pass.emitted
     if emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
-    latency_after = runtime.latency_ms(result.model, feeds) if feeds is not None else None
+    latency_after = runtime.latency_ms(result.model, feeds, runs=runs) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
         _as_table(source.used).save(save_table)
     saved = save_model(result.model, output, input_path=path) if output is not None else None
