@@ -22,10 +22,17 @@ written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs
     failures         [str]: one line per failing output of a judged comparison
     notes            [str]: what the user should know (random inputs, missing providers...)
     layerwise        null, or {reference_provider, candidate_provider, samples,
-                      tensors: [{name, node, op_type, status, reference_shape,
-                                 candidate_shape, passed, failures, STATS}],
+                      tensors: [{name, node, op_type, candidate_node, candidate_tensor,
+                                 status, reference_shape, candidate_shape, passed, failures,
+                                 max_abs, mean_abs, max_rel, cosine, sqnr_db, mismatches,
+                                 mismatch_fraction}],
                       first_failures: [tensor names], matched, unmatched}
-                     status: compared | surviving-channels | shape-differs
+                     tensors in the reference's topological order; node/op_type: the
+                     reference producer; candidate_tensor: what it was compared with (a
+                     DequantizeLinear output in QDQ models); status: compared |
+                     surviving-channels (pruned, compared on the kept channels) |
+                     shape-differs (pruned, channel map unknown: statistics null);
+                     first_failures: failing tensors with nothing failing upstream
     seconds          wall time of the check
 
     STATS            elements, samples, max_abs, mean_abs, p50_abs, p99_abs, max_rel,
