@@ -91,6 +91,18 @@ def test_residual_net_runs_in_int8_fused_by_the_cpu_ep():
     assert cosine(runtime.run(fresh(proto), x)["head_out"], runtime.run(model, x)["head_out"]) > 0.999
 
 
+def test_a_relu_producing_a_model_output_is_kept():
+    g = Tiny({"x": [4, 16]})
+    y = g.op("Relu", [g.op("Gemm", ["x", g.init("w", rand(8, 16)), g.init("b", rand(8))], name="fc", transB=1)])
+    proto = g.proto(y)
+    model = fresh(proto)
+    batches = [{"x": rand(4, 16)} for _ in range(3)]
+    quantized(model, batches)
+    assert model.graph.outputs[0].producer().op_type == "Relu"
+    got = runtime.run(model, batches[0])[y]
+    assert got.min() >= 0 and cosine(runtime.run(fresh(proto), batches[0])[y], got) > 0.999
+
+
 def test_int8_activations_give_the_same_numbers_as_uint8():
     x, proto = feeds(1, seed=5)[0], residual_net()
     outputs = []

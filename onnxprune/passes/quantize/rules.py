@@ -201,7 +201,9 @@ def foldable_activations(compute: list[ir.Node], config: QuantConfig) -> list[ir
         if len(users) != 1 or len(output.uses()) != 1 or output.is_graph_output():
             continue
         act = users[0]
-        if act.op_type in ABSORBABLE and act.domain == "" and not config.excludes(act.name or "", act.op_type):
+        if act.op_type not in ABSORBABLE or act.domain != "" or config.excludes(act.name or "", act.op_type):
+            continue
+        if not act.outputs[0].is_graph_output():  # model outputs keep their Relu (and may stay float)
             found.append(act)
     return found
 
