@@ -184,8 +184,10 @@ def test_result_schema_is_stable(models):
         "accuracy_candidate", "accuracy_drop", "failures", "passed"}
     assert set(data["layerwise"]) == {"reference_provider", "candidate_provider", "samples", "tensors",
                                       "first_failures", "matched", "unmatched"}
-    assert set(data["layerwise"]["tensors"][0]) >= {"name", "node", "op_type", "status", "reference_shape",
-                                                    "candidate_shape", "passed", "failures", "sqnr_db", "cosine"}
+    assert set(data["layerwise"]["tensors"][0]) == {
+        "name", "node", "op_type", "candidate_node", "candidate_tensor", "status", "reference_shape",
+        "candidate_shape", "passed", "failures", "max_abs", "mean_abs", "max_rel", "cosine", "sqnr_db",
+        "mismatches", "mismatch_fraction"}
     if not HAS_CUDA:
         assert data["providers"]["unavailable"][0]["provider"] == CUDA
         assert any("CUDAExecutionProvider skipped" in n for n in data["notes"])
