@@ -275,15 +275,58 @@ def save_model(
                 ir.save(model, staged, external_data=data_name, size_threshold_bytes=1024,
                         alignment=EXTERNAL_DATA_ALIGNMENT)
             else:  # one tensor at a time: ir.save would hold two more copies of the weights
-                save_streamed(model, staged)
-            # Data first: a model file on disk must never point at data that is not there yet.
-            if (tmp / data_name).exists():
-                os.replace(tmp / data_name, path.parent / data_name)
-            os.replace(staged, path)
+                with _external_inlined(model):
+                    save_streamed(model, staged)
+            _commit(tmp, staged, path, data_name)
     except OSError as exc:
         reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
         raise UsageError(f"{path}: could not write the model ({reason}); nothing was written") from None
     return path
+
+
+@contextlib.contextmanager
+def _external_inlined(model: ir.Model) -> Iterator[None]:
+    """External initializers as in-memory tensors (views of their mapped data, no copy) while
+    saving a single-file model; otherwise the file would still point at the data files."""
+    swapped = []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                swapped.append((value, tensor))
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+    try:
+        yield
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+
+
+def _commit(tmp: Path, staged: Path, path: Path, data_name: str) -> None:
+    """Rename the staged model (and its data) into place: all or nothing.
+
+    Data first: a model file on disk must never point at data that is not there yet. A data
+    file being replaced is kept aside until the model is in place and put back if renaming
+    the model fails (or is interrupted), so an old output stays consistent.
+    """
+    new_data, data = tmp / data_name, path.parent / data_name
+    if not new_data.exists():
+        os.replace(staged, path)
+        return
+    previous = tmp / ".previous.data"
+    had_previous = data.exists()
+    if had_previous:
+        os.replace(data, previous)
+    try:
+        os.replace(new_data, data)
+        os.replace(staged, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            if had_previous:
+                os.replace(previous, data)
+            elif not new_data.exists():
+                data.unlink()
+        raise
 
 
 @contextlib.contextmanager
