@@ -93,7 +93,8 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
         ))
     hidden = len(report.groups) - len(rows)
     text = table(["group", "status", "channels", "removed", "score min/med/max", "max removed", "note"], rows, align="llrrrrl")
-    ratio = f"ratio {report.ratio:.3f}" + (f" (searched for target {report.target})" if report.target else "")
+    target = ", ".join(f"keep {share:.0%} of {'MACs' if k == 'macs' else 'parameters'}" for k, share in (report.target or {}).items())
+    ratio = f"ratio {report.ratio:.3f}" + (f" (searched to {target})" if target else "")
     lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]
     if hidden:
         lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")

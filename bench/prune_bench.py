@@ -1,0 +1,326 @@
+"""Structured pruning benchmark: onnxprune vs onnxsim's structured pruning, side by side.
+
+For a ResNet50-sized and a ViT-B/16-sized graph (defined below in PyTorch, exported with the
+legacy exporter, BatchNorm unfolded), each tool prunes the same share of channels per layer
+in a fresh subprocess (wall time and peak RSS (VmHWM) of that process), then every result is checked
+here: ONNX checker, an ONNX Runtime run, output shapes equal to the original's; and the share
+of weights actually removed.
+
+    python bench/prune_bench.py                  # both models, ratio 0.3
+    python bench/prune_bench.py --models resnet50 --ratio 0.5
+
+onnxprune's time is split into analysis (dependency groups), scoring + planning, and rewrite;
+the goal is analysis + rewrite <= 10 s on ResNet50 and zero broken models.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+# --- models (PyTorch definitions, no torchvision) ------------------------------------------
+
+def resnet50():
+    import torch.nn as nn
+
+    class Bottleneck(nn.Module):
+        def __init__(self, cin, width, stride):
+            super().__init__()
+            cout = width * 4
+            self.body = nn.Sequential(
+                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
+            )
+            self.short = (
+                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                if stride != 1 or cin != cout else nn.Identity()
+            )
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.body(x) + self.short(x))
+
+    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+        for i in range(blocks):
+            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
+            cin = width * 4
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
+    return nn.Sequential(*layers), (1, 3, 224, 224)
+
+
+def vit_b16():
+    import torch
+    import torch.nn as nn
+
+    dim, heads, depth, mlp = 768, 12, 12, 3072
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+        def forward(self, x):
+            b, n, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            attn = torch.softmax(q @ k.transpose(-2, -1) * (dim // heads) ** -0.5, dim=-1)
+            x = x + self.proj((attn @ v).transpose(1, 2).reshape(b, n, dim))
+            return x + self.mlp(self.ln2(x))
+
+    class ViT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.patch = nn.Conv2d(3, dim, 16, 16)
+            self.cls = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+            self.pos = nn.Parameter(torch.randn(1, 197, dim) * 0.02)
+            self.blocks = nn.Sequential(*(Block() for _ in range(depth)))
+            self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, 1000)
+
+        def forward(self, x):
+            x = self.patch(x).flatten(2).transpose(1, 2)
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+            return self.head(self.norm(self.blocks(x))[:, 0])
+
+    return ViT(), (1, 3, 224, 224)
+
+
+MODELS = {"resnet50": resnet50, "vit_b16": vit_b16}
+
+
+def export(name: str, folder: Path) -> Path:
+    """Export once per torch version into ``folder`` (atomic rename; reused by later runs)."""
+    import torch
+
+    path = folder / f"{name}-torch{torch.__version__}.onnx"
+    if path.exists():
+        return path
+    torch.manual_seed(0)
+    module, shape = MODELS[name]()
+    module.eval()
+    for m in module.modules():  # trained-looking BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.2, 1.5)
+    tmp = path.with_suffix(".tmp.onnx")
+    torch.onnx.export(module, (torch.randn(shape),), str(tmp), dynamo=False, do_constant_folding=False,
+                      opset_version=17, input_names=["input"], output_names=["output"])
+    os.replace(tmp, path)
+    return path
+
+
+# --- workers (each run in a fresh process) ----------------------------------------------
+
+def work_onnxprune(src: str, dst: str, ratio: float) -> dict:
+    from onnxprune.io import load_model, save_model
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.passes.prune.api import PREPARE
+    from onnxprune.passes.prune.importance import get_criterion, normalize
+    from onnxprune.passes.prune.planner import make_candidates, plan_at
+    from onnxprune.passes.prune.rewrite import apply_plan
+    from onnxprune.pipeline import run_pipeline
+
+    model = load_model(src)
+    start = time.perf_counter()
+    run_pipeline(model, PREPARE)  # what prune() does first: Identity/Constant clean-up
+    t0 = time.perf_counter()
+    groups = analyze(model)
+    t1 = time.perf_counter()
+    crit = get_criterion("l1")
+    active = [g for g in groups if g.prunable and g.size > 1]
+    # Per-layer ratio, no rounding: the same amount as onnxsim's per-layer sparsity.
+    plan = plan_at(make_candidates(active, {g.id: normalize(crit(g)) for g in active}), ratio, uniform=True)
+    t2 = time.perf_counter()
+    apply_plan(model, groups, plan)
+    t3 = time.perf_counter()
+    save_model(model, dst)
+    return {
+        "prepare_s": t0 - start, "analysis_s": t1 - t0, "plan_s": t2 - t1, "rewrite_s": t3 - t2,
+        "groups": len(groups), "prunable": sum(g.prunable for g in groups), "pruned": len(plan.keep),
+    }
+
+
+def work_onnxsim(src: str, dst: str, ratio: float) -> dict:
+    import onnx
+    import onnxsim
+
+    proto = onnx.load(src)
+    t0 = time.perf_counter()
+    pruned = onnxsim.apply_structured_pruning_cpp(proto, sparsity=ratio)
+    t1 = time.perf_counter()
+    onnx.save(pruned, dst)
+    return {"prune_s": t1 - t0}
+
+
+WORKERS = {"onnxprune": work_onnxprune, "onnxsim": work_onnxsim}
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark (VmHWM).
+
+    Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts from its parent's RSS at fork,
+    before exec (a 10 MB child of an 800 MB parent reports 800 MB), and the parent here holds
+    models. VmHWM belongs to the address space, which exec replaces.
+    """
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def run_worker(tool: str, src: Path, dst: Path, ratio: float) -> dict:
+    """Run one tool in a fresh interpreter: its wall time and peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", tool, str(src), str(dst), str(ratio)], capture_output=True, text=True
+    )
+    result = {"wall_s": time.perf_counter() - start, "peak_rss_mb": float("nan"), "error": None}
+    if proc.returncode != 0:
+        result["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:160]
+    else:
+        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return result
+
+
+def check(original: Path, pruned: Path) -> dict:
+    """ONNX checker, ONNX Runtime run, output shapes, share of weights removed."""
+    import onnx
+    import onnxruntime as ort
+
+    def weights(path):
+        return sum(int(np.prod(t.dims)) for t in onnx.load(str(path), load_external_data=False).graph.initializer)
+
+    info = {"valid": False, "shapes_kept": False, "weights_removed": 1 - weights(pruned) / weights(original)}
+    try:
+        onnx.checker.check_model(str(pruned))
+        feeds = {"input": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        ref = ort.InferenceSession(str(original), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+        got = ort.InferenceSession(str(pruned), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+        info["valid"] = True
+        info["shapes_kept"] = [a.shape for a in ref] == [b.shape for b in got]
+    except Exception as exc:  # any failure = a broken model; say which
+        info["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+    return info
+
+
+# --- digits: accuracy after pruning, no retraining ----------------------------------------
+
+DIGITS = ROOT / "models" / "digits"
+
+
+def digits(criteria: list[str], targets: list[float]) -> None:
+    """Held-out accuracy of the digits model pruned to keep each MAC share, per criterion and order."""
+    from onnxprune import load_model, optimize, runtime, stats
+    from onnxprune.passes.prune import prune
+    from onnxprune.report import table
+
+    data = np.load(DIGITS / "eval.npz")
+    inputs, labels = data["input"], data["labels"]
+    calib = DIGITS / "calib.npz"
+
+    def accuracy(model) -> float:
+        return float((runtime.run(model, {"input": inputs})["logits"].argmax(1) == labels).mean())
+
+    original = load_model(DIGITS / "digits.onnx")
+    rows = [("original", "", "", "100%", f"{accuracy(original):.2%}", f"{stats.summarize(original)['parameters']:,}",
+             "", "")]
+    # (label, fold before pruning, bias compensation from calibration means, round_to)
+    variants = [("prune→fold, compensate, round 8", False, True, 8), ("prune→fold, compensate", False, True, 1),
+                ("prune→fold, no compensation", False, False, 1), ("fold→prune, compensate", True, True, 1)]
+    base_latency = runtime.latency_ms(original, runtime.random_inputs(original), runs=200)
+    for target in targets:
+        for criterion in criteria:
+            for label, fold_first, compensate, round_to in variants:
+                source = optimize(DIGITS / "digits.onnx").model if fold_first else DIGITS / "digits.onnx"
+                r = prune(source, criterion=criterion, target_macs=target, calib=calib, compensate=compensate,
+                          round_to=round_to, latency_runs=0)
+                latency = runtime.latency_ms(r.model, runtime.random_inputs(r.model), runs=200)
+                notes = sorted({g.reason for g in r.report.groups if g.reason and g.status == "pruned"})
+                rows.append((
+                    criterion, f"{target:.0%}", label, f"{r.after['macs'] / r.before['macs']:.1%}",
+                    f"{accuracy(r.model):.2%}", f"{r.after['parameters']:,}",
+                    f"{latency / base_latency - 1:+.0%}", "; ".join(notes),
+                ))
+    print(f"digits: held-out accuracy ({len(labels)} images), no retraining; calibration: {calib.name};"
+          " latency: ORT CPU, 1 thread, batch 1, median of 200, vs the original")
+    print(table(["criterion", "keep MACs", "variant", "MACs kept", "accuracy", "parameters", "latency", "note"], rows,
+                align="llllrrrl"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "onnxprune-bench")
+    parser.add_argument("--digits", action="store_true", help="accuracy study on the digits sample model")
+    parser.add_argument("--worker", nargs=4, metavar=("TOOL", "SRC", "DST", "RATIO"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        tool, src, dst, ratio = args.worker
+        result = WORKERS[tool](src, dst, float(ratio))
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+        return
+    if args.digits:
+        digits(["l1", "l2", "bn", "activation", "apoz"], [0.7, 0.5])
+        return
+    from onnxprune import optimize
+    from onnxprune.report import table
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models.split(","):
+        print(f"exporting {name} ...", file=sys.stderr)
+        exported = export(name, args.workdir)
+        folded = args.workdir / f"{exported.stem}-folded.onnx"
+        if not folded.exists():
+            optimize(exported, folded)  # exact clean-up: BatchNorm and constants folded
+        for form, original in (("exported", exported), ("optimized", folded)):
+            for tool in WORKERS:
+                print(f"{name} ({form}): {tool} ...", file=sys.stderr)
+                dst = args.workdir / f"{original.stem}-{tool}-{args.ratio}.onnx"
+                dst.unlink(missing_ok=True)
+                r = run_worker(tool, original, dst, args.ratio)
+                r.update(check(original, dst) if r["error"] is None else {"valid": False, "error": r["error"]})
+                rows.append(_row(name, form, tool, r))
+    print(f"\nratio {args.ratio} of each layer's channels (l1 / L2-norm ranking), batch-1 224x224 inputs")
+    print(table(
+        ["model", "input", "tool", "prune time s", "process wall s", "peak RSS MB", "weights removed", "valid",
+         "shapes kept", "groups pruned/prunable/all", "error"],
+        rows, align="lllrrrrllrl",
+    ))
+    print("onnxprune time: prepare (Identity/Constant clean-up) + analysis + scoring/planning + rewrite;"
+          " process wall includes Python start, imports, load and save.")
+
+
+def _row(name: str, form: str, tool: str, r: dict) -> tuple:
+    if tool == "onnxprune" and "analysis_s" in r:
+        t = f"{r['prepare_s']:.2f} + {r['analysis_s']:.2f} + {r['plan_s']:.2f} + {r['rewrite_s']:.2f}"
+        groups = f"{r['pruned']}/{r['prunable']}/{r['groups']}"
+    else:
+        t, groups = (f"{r['prune_s']:.2f}" if "prune_s" in r else ""), ""
+    return (
+        name, form, tool, t, f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+        f"{r['weights_removed']:.1%}" if "weights_removed" in r else "",
+        "yes" if r["valid"] else "NO", "yes" if r.get("shapes_kept") else "no", groups, r.get("error") or "",
+    )
+
+
+if __name__ == "__main__":
+    main()
