@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from onnxprune import __version__
@@ -29,5 +31,10 @@ for _command in (inspect_cmd, optimize_cmd, check_cmd, quantize_cmd, prune_cmd):
     cli.add_command(_command)
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt  # `kill`/CI timeouts clean up like Ctrl-C: no partial output, no temp files
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     cli(prog_name="onnxprune")
