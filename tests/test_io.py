@@ -241,3 +241,30 @@ def test_session_of_a_large_in_memory_model_goes_through_a_temporary_file(tmp_pa
 def test_runtime_errors_are_project_errors(external):
     with pytest.raises(DataError):
         runtime.run(external, {"x": np.zeros((1, 5, 8, 8), np.float32)})
+
+
+def test_sigterm_during_a_run_cleans_up_like_ctrl_c(tmp_path, external):
+    """`kill` (or a CI timeout) mid-run: exit 130, no output, no temporary folder left."""
+    import signal
+    import subprocess
+    import sys
+
+    child = (
+        "import sys, time\n"
+        "from onnxprune.passes import PASSES\n"
+        "def slow(self, model):\n"
+        "    sys.stderr.write('busy\\n'); sys.stderr.flush(); time.sleep(60)\n"
+        "PASSES['fold-batchnorm'].call = slow\n"
+        "from onnxprune.cli import main\n"
+        "sys.argv = ['onnxprune', *sys.argv[1:]]\n"
+        "main()\n"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", child, "-q", "optimize", str(external), "-o", str(out / "o.onnx")],
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr.readline().strip() == "busy"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    assert "nothing was written" in proc.stderr.read()
+    assert list(out.iterdir()) == []
