@@ -68,11 +68,25 @@ def cnn():
 
 
 def transformer():
-    """4 encoder layers, dim 128, 4 heads, MLP 512 (~0.8 M parameters), [batch, seq, 128]."""
+    """4 pre-LN encoder blocks, dim 128, 4 heads, MLP 512 (~0.8 M parameters), [batch, seq, 128]."""
+    import torch
     from torch import nn
 
-    layer = nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, batch_first=True, norm_first=True)
-    return nn.TransformerEncoder(layer, 4, enable_nested_tensor=False), (48, 128), {0: "batch", 1: "seq"}
+    class Block(nn.Module):
+        def __init__(self, dim=128, heads=4, hidden=512):
+            super().__init__()
+            self.heads, self.ln1, self.ln2 = heads, nn.LayerNorm(dim), nn.LayerNorm(dim)
+            self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+            self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+        def forward(self, x):
+            b, n, d = x.shape  # traced as Shape ops: the sequence axis stays dynamic
+            q, k, v = self.qkv(self.ln1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+            attention = torch.softmax(q @ k.transpose(-1, -2) / (d // self.heads) ** 0.5, dim=-1) @ v
+            x = x + self.proj(attention.transpose(1, 2).reshape(b, n, d))
+            return x + self.mlp(self.ln2(x))
+
+    return nn.Sequential(*(Block() for _ in range(4))), (48, 128), {0: "batch", 1: "seq"}
 
 
 MODELS = {"cnn": cnn, "transformer": transformer}
@@ -116,8 +130,6 @@ def make_data(name: str, samples: int, folder: Path) -> Path:
 
 
 def worker(tool: str, model_path: str, data: str, method: str, samples: int, batch: int, out: str) -> None:
-    import resource
-
     from onnxprune.calibration import QUANTIZABLE_OPS, calibrate, open_dataset
     from onnxprune.io import load_model
 
@@ -144,8 +156,21 @@ def worker(tool: str, model_path: str, data: str, method: str, samples: int, bat
             result = calibrator.compute_data()
         ranges = {k: tuple(float(v) for v in np.ravel(result[k].range_value)) for k in result}
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    Path(out).write_text(json.dumps({"seconds": seconds, "peak": peak, "ranges": ranges}))
+    Path(out).write_text(json.dumps({"seconds": seconds, "peak": peak_rss(), "ranges": ranges}))
+
+
+def peak_rss() -> int:
+    """This process's peak RSS. Linux's ru_maxrss survives exec (a child started from a big
+    parent reports the parent's size), so read the memory map's own high-water mark."""
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_worker(args: list[str], cap_bytes: int) -> tuple[dict | None, str, int]:

@@ -44,7 +44,7 @@ from onnxprune.io import (
     load_model,
     weights_nbytes,
 )
-from onnxprune.runtime import session
+from onnxprune.runtime import run_session, session
 
 DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of exposed tensors per run
 # No graph optimisation, as ONNX Runtime's own calibrators: fusions (Conv+BatchNorm...) apply
@@ -124,7 +124,7 @@ def _pipelined(sess, names: Sequence[str], batches: Iterator[dict]) -> Iterator[
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = None
         for feeds in batches:
-            running = (feeds, pool.submit(sess.run, list(names), feeds) if names else None)
+            running = (feeds, pool.submit(run_session, sess, names, feeds) if names else None)
             if pending is not None:
                 yield pending[0], (pending[1].result() if pending[1] else [])
             pending = running
@@ -140,7 +140,7 @@ def _collect_reduced(model, dataset, computed, fed, stats, batch_size, providers
             for name in fed:
                 stats.update(name, feeds[name])
             if outputs:
-                values = iter(sess.run(outputs, feeds))
+                values = iter(run_session(sess, outputs, feeds))
                 for name in computed:
                     stats.update_range(name, *(next(values) for _ in _REDUCTIONS))
 

@@ -4,7 +4,8 @@
 first axis), a folder of ``.npy`` / ``.npz`` files, a folder of images (flat, or one
 sub-folder per class), a dict of arrays, or any iterable of ``{input name: array}`` dicts
 (one sample or a batch each). Whatever the source, ``Dataset.batches`` streams batches:
-files are memory-mapped or read one at a time, never all at once.
+stored arrays are read row by row from their files, compressed ones and images one file
+at a time, so memory does not grow with the size of the dataset.
 
 Data is checked against the model as it is opened (names, per-sample shapes, dtypes, from
 the file headers) and as it streams (NaN/Inf, shapes of decoded images). Every problem is a
