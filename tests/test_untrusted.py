@@ -143,6 +143,26 @@ def test_control_flow_subgraphs_are_handled(tmp_path):
     assert branch.initializers["tw"].const_value.shape[0] == 3
 
 
+def test_loop_is_handled_and_quantize_says_it_works_on_the_main_graph(tmp_path):
+    vec = [1, 4]
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "k"], ["v_out"]),
+         helper.make_node("Identity", ["v_out"], ["scan"])], "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_in", TensorProto.FLOAT, vec)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, vec),
+         helper.make_tensor_value_info("scan", TensorProto.FLOAT, vec)],
+        [numpy_helper.from_array(np.ones(vec, np.float32), "k")])
+    inits = [numpy_helper.from_array(np.array(3, np.int64), "M"), numpy_helper.from_array(np.array(True), "C")]
+    path = make(tmp_path, [helper.make_node("Loop", ["M", "C", "x"], ["y", "ys"], body=body, name="loop")],
+                [image("x", vec)], [image("y", vec), image("ys", [3, *vec])], inits)
+    assert_optimize_exact(path, tmp_path)
+    assert cli_run("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.5", "--latency-runs", "0").exit_code == 0
+    quantized = cli_run("quantize", path, "-o", tmp_path / "q.onnx", "--synthetic", "--no-latency")
+    assert quantized.exit_code == 2 and "main graph" in quantized.stderr
+    assert not (tmp_path / "q.onnx").exists()
+
+
 def test_symbolic_shapes(tmp_path):
     rng = np.random.default_rng(0)
     nodes, inits = conv_bn("a", "x", "y", rng)
