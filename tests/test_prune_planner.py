@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 from test_prune_importance import toy_groups, toy_model
 
-from onnxprune import stats
+from zoo import ARCHITECTURES, export
+
+from onnxprune import load_model, stats
 from onnxprune.errors import UsageError
+from onnxprune.passes.prune.analysis import analyze
+from onnxprune.passes.prune.api import PREPARE
 from onnxprune.passes.prune.group import Group, PrunePlan
+from onnxprune.passes.prune.importance import Magnitude, normalize
 from onnxprune.passes.prune.planner import (
     CostModel,
     make_candidates,
@@ -16,6 +21,8 @@ from onnxprune.passes.prune.planner import (
     plan_at,
     search_ratio,
 )
+from onnxprune.passes.prune.rewrite import apply_plan
+from onnxprune.pipeline import run_pipeline
 
 
 def bare(gid: int, size: int, **attrs) -> Group:
@@ -150,3 +157,22 @@ def test_exclusions_by_name_and_glob_and_a_typo_is_an_error():
     assert match_groups(model, groups, ["fc"])["fc"] == {1}
     with pytest.raises(UsageError, match="'conv9' names no node"):
         match_groups(model, groups, ["conv9"])
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_cost_model_estimate_equals_the_rewritten_model_on_every_zoo_architecture(name):
+    """The planner's MAC/parameter estimate is what apply_plan really produces."""
+    model = load_model(export(name))
+    run_pipeline(model, PREPARE)
+    groups = analyze(model)
+    active = [g for g in groups if g.prunable and g.size > 1]
+    scores = {g.id: normalize(Magnitude(1)(g)) for g in active}
+    plan = plan_at(make_candidates(active, scores), 0.4)
+    for g in active:
+        if g.id in plan.keep and g.divisions > 1:
+            assert len(set(g.division_counts(plan.keep[g.id]))) == 1  # equal per conv group
+    cost = CostModel(model, groups)
+    estimate = cost.estimate(plan)
+    apply_plan(model, groups, plan)
+    after = stats.summarize(model)
+    assert estimate == (after["macs"], after["parameters"])

@@ -152,20 +152,28 @@ class CostModel:
     def kept_share(self, plan: PrunePlan) -> dict[int, float]:
         """Kept share of the elements of every constant the plan touches (id(value) -> share).
 
-        Removed indices are united per axis: slots that cut the same entries count once, and
-        a grouped Conv weight's per-division columns (``Slot.indices``) come out right.
+        Removed indices are united per axis, so slots that cut the same entries count once;
+        a grouped Conv weight's columns (``Slot.groups > 1``) differ per division, and lose
+        ``Slot.removed_count`` each.
         """
         removed = {g.id: plan.removed(g) for g in self.groups}
         shares = {}
         for key, pairs in self.slots.items():
             cut: dict[int, np.ndarray] = {}
+            grouped: dict[int, int] = {}
             for group, slot in pairs:
-                if len(removed[group.id]):
-                    idx = slot.indices(removed[group.id], group.size)
+                gone = removed[group.id]
+                if not len(gone):
+                    continue
+                if slot.groups > 1:
+                    grouped[slot.axis] = grouped.get(slot.axis, 0) + slot.removed_count(gone, group.size)
+                else:
+                    idx = slot.indices(gone, group.size)
                     cut[slot.axis] = np.union1d(cut.get(slot.axis, idx[:0]), idx)
-            if cut:
+            if cut or grouped:
                 dims = list(self.values[key].const_value.shape.numpy())
-                shares[key] = math.prod((d - len(cut.get(a, ()))) / d for a, d in enumerate(dims) if d)
+                lost = [len(cut.get(a, ())) + grouped.get(a, 0) for a in range(len(dims))]
+                shares[key] = math.prod((d - n) / d for d, n in zip(dims, lost) if d)
         return shares
 
     def estimate(self, plan: PrunePlan) -> tuple[int, int]:
