@@ -56,12 +56,16 @@ def test_a_saved_table_reproduces_the_model(quantized_digits, tmp_path):
 def test_options_reach_the_model(tmp_path):
     out = tmp_path / "q.onnx"
     result = invoke(DIGITS / "digits.onnx", "-o", out, "--calib", DIGITS / "calib.npz", "--samples", 64,
-                    "--per-tensor", "--symmetric", "--activation-type", "int8", "--exclude", "Gemm", "--no-latency")
+                    "--per-tensor", "--symmetric", "--activation-type", "int8", "--exclude", "Gemm", "--reduce-range",
+                    "--no-latency")
     assert result.exit_code == 0, result.output
     model = onnx.load(str(out))
     zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_zero_point")}
     assert not any(z.any() for z in zero_points.values())  # symmetric int8: every zero point is 0
     assert {z.dtype for z in zero_points.values()} == {np.dtype(np.int8), np.dtype(np.int32)}  # int32: biases
+    weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8
+               and i.dims and len(i.dims) > 1]
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 63  # 7-bit weights
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert not any(i.endswith("_dequantized") for i in gemm.input[1:])  # excluded: float weights
     assert "Relu" in {n.op_type for n in model.graph.node}  # symmetric ranges cannot absorb Relu
