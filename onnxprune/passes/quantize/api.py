@@ -89,7 +89,7 @@ def quantize(
     {tensor: (min, max)} mapping). ``clean`` first runs the exact clean-up pipeline (BatchNorm
     folding matters: a BatchNormalization left between a Conv and its Q/DQ keeps the Conv
     float). ``latency`` times ONNX Runtime CPU (one thread) before and after on a batch of
-    ``latency_batch`` calibration samples.
+    ``latency_batch`` calibration samples. An ``ir.Model`` passed in is quantized in place.
     """
     config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, frozenset(exclude))
     if (calib is None and not synthetic) == (table is None):

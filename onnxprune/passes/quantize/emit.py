@@ -106,8 +106,7 @@ class Emitter:
         return name
 
     def _initializer(self, base: str, array: np.ndarray) -> ir.Value:
-        value = add_initializer(self.graph, self._name(base), array, exact=True)
-        return value
+        return add_initializer(self.graph, self._name(base), array, exact=True)
 
     def _activation_params(self, value: ir.Value) -> qp.QParams:
         if id(value) not in self.params:
