@@ -241,16 +241,24 @@ def digits(criteria: list[str], targets: list[float]) -> None:
     original = load_model(DIGITS / "digits.onnx")
     rows = [("original", "", "", "100%", f"{accuracy(original):.2%}", f"{stats.summarize(original)['parameters']:,}",
              "", "")]
-    # (label, fold before pruning, bias compensation from calibration means, round_to)
-    variants = [("prune→fold, compensate, round 8", False, True, 8), ("prune→fold, compensate", False, True, 1),
-                ("prune→fold, no compensation", False, False, 1), ("fold→prune, compensate", True, True, 1)]
+    # label -> (fold before pruning, compensate, calibration means, round_to)
+    variants = {
+        "default (round 8, BN-stat compensation)": (False, True, False, 8),
+        "round 1, BN-stat compensation": (False, True, False, 1),
+        "round 1, calibration compensation": (False, True, True, 1),
+        "round 1, no compensation": (False, False, False, 1),
+        "fold first, round 1, calibration": (True, True, True, 1),
+    }
     base_latency = runtime.latency_ms(original, runtime.random_inputs(original), runs=200)
     for target in targets:
         for criterion in criteria:
-            for label, fold_first, compensate, round_to in variants:
+            for label, (fold_first, compensate, use_calib, round_to) in variants.items():
+                data_driven = criterion in ("activation", "apoz")
+                if data_driven and label == "round 1, BN-stat compensation":
+                    continue  # these criteria always have calibration data: the calibration row
                 source = optimize(DIGITS / "digits.onnx").model if fold_first else DIGITS / "digits.onnx"
-                r = prune(source, criterion=criterion, target_macs=target, calib=calib, compensate=compensate,
-                          round_to=round_to, latency_runs=0)
+                r = prune(source, criterion=criterion, target_macs=target, compensate=compensate,
+                          calib=calib if use_calib or data_driven else None, round_to=round_to, latency_runs=0)
                 latency = runtime.latency_ms(r.model, runtime.random_inputs(r.model), runs=200)
                 notes = sorted({g.reason for g in r.report.groups if g.reason and g.status == "pruned"})
                 rows.append((

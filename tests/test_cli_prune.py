@@ -43,6 +43,7 @@ def test_prune_writes_a_smaller_valid_model_and_a_report(model, tmp_path):
     assert data["after"]["parameters"] < data["before"]["parameters"]
     assert data["latency_ms"]["before"] > 0 and data["latency_ms"]["after"] > 0
     assert data["criterion"] == "l1" and data["groups"]
+    assert data["compensation"] == "BatchNorm statistics (data-free)"  # no --calib given
     assert {g["status"] for g in data["groups"]} <= {"pruned", "kept", "declined", "excluded"}
     assert any(g["status"] == "pruned" and g["kept"] < g["channels"] for g in data["groups"])
     # BatchNorm folded after pruning (fold is on by default).
@@ -88,6 +89,16 @@ def test_calibration_data_that_does_not_fit_is_exit_2(model, tmp_path):
     result = invoke(model, "-o", out, "--ratio", "0.3", "--criterion", "activation", "--calib", bad)
     assert result.exit_code == 2, result.output
     assert "input" in result.output and not out.exists()
+
+
+def test_calibration_data_feeds_the_activation_criterion_and_the_compensation(model, tmp_path):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    result = invoke(model, "-o", out, "--ratio", "0.3", "--criterion", "apoz", "--calib", DIGITS / "calib.npz",
+                    "--calib-limit", "64", "--batch-size", "16", "--report", report, "--latency-runs", "0")
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["criterion"] == "apoz" and data["compensation"] == "calibration means"
+    check_model(load_model(out))
 
 
 def test_refuses_to_overwrite_the_input(model):

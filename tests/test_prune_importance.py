@@ -198,3 +198,45 @@ def test_toy_model_runs():
     model = toy_model()
     out = runtime.run(model, {"x": np.zeros((2, 3, 8, 8), np.float32)})
     assert out["y"].shape == (2, 2)
+
+
+def test_batchnorm_moments_give_beta_and_the_gaussian_relu_mean():
+    """BN output ~ N(β, γ²); after ReLU, E = μΦ(μ/σ) + σφ(μ/σ) (closed form)."""
+    from math import erf, exp, pi, sqrt
+
+    from onnxprune.passes.prune.moments import batchnorm_channel_means
+
+    model = toy_model()
+    g0, _ = toy_groups(model)
+    slots = {s.value.name: s for s in g0.by_role(Role.ACTIVATION)}
+    gamma, beta = np.abs(array(model, "gamma")), array(model, "beta")
+    np.testing.assert_allclose(batchnorm_channel_means(g0, [slots["bn1"]]), beta)
+    expected = [
+        m * 0.5 * (1 + erf(m / s / sqrt(2))) + s * exp(-((m / s) ** 2) / 2) / sqrt(2 * pi)
+        for m, s in zip(beta, gamma)
+    ]
+    np.testing.assert_allclose(batchnorm_channel_means(g0, [slots["r1"]]), expected, rtol=1e-4, atol=1e-9)
+    # The conv output before BN is not a BN statistic: no estimate.
+    assert batchnorm_channel_means(g0, [slots["c1"]]) is None
+
+
+def test_batchnorm_moments_track_calibration_means_on_the_trained_digits_model():
+    from pathlib import Path
+
+    from onnxprune import load_model
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.passes.prune.importance import hooked_slots
+    from onnxprune.passes.prune.moments import batchnorm_channel_means
+
+    digits = Path(__file__).resolve().parents[1] / "models" / "digits"
+    model = load_model(digits / "digits.onnx")
+    groups = [g for g in analyze(model) if g.prunable]
+    data = np.load(digits / "calib.npz")["input"]
+    measured = collect_channel_stats(model, groups, [{"input": data}])
+    for g in groups:
+        estimate = batchnorm_channel_means(g, hooked_slots(g))
+        assert estimate is not None
+        # A trained network's BN statistics predict its channel means to within ~10 % (not
+        # exactly: the Gaussian assumption and independent residual branches approximate).
+        mean = measured[g.id].mean
+        assert np.abs(estimate - mean).mean() < 0.15 * np.abs(mean).mean()

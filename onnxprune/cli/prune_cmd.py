@@ -45,7 +45,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--calib-limit", type=int, help="Use at most this many calibration samples.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
-@click.option("--compensate/--no-compensate", default=True, show_default=True, help="With --calib, fold removed channels' mean into the next bias.")
+@click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
@@ -96,6 +96,8 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
     target = ", ".join(f"keep {share:.0%} of {'MACs' if k == 'macs' else 'parameters'}" for k, share in (report.target or {}).items())
     ratio = f"ratio {report.ratio:.3f}" + (f" (searched to {target})" if target else "")
     lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]
+    if report.compensation:
+        lines.append(f"removed channels' mean folded into the next layers' biases, from {report.compensation}")
     if hidden:
         lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")
     return "\n".join(lines)

@@ -22,7 +22,15 @@ from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.group import Group, PrunePlan
-from onnxprune.passes.prune.importance import CRITERIA, Criterion, collect_channel_stats, get_criterion, normalize
+from onnxprune.passes.prune.importance import (
+    CRITERIA,
+    Criterion,
+    collect_channel_stats,
+    get_criterion,
+    hooked_slots,
+    normalize,
+)
+from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.validate import check_model
@@ -55,6 +63,7 @@ class PruneReport:
     macs: tuple[int, int]  # before, after (estimated on the graph the pass saw)
     params: tuple[int, int]
     changes: list[str] = dataclasses.field(default_factory=list)
+    compensation: str | None = None  # where the removed channels' means came from, if folded
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -71,6 +80,7 @@ class PruneReport:
                 "parameters": {"before": self.params[0], "after": self.params[1]},
             },
             "groups": [g.to_dict() for g in self.groups],
+            "compensation": self.compensation,
             "changes": self.changes,
         }
 
@@ -93,9 +103,10 @@ class PrunePass(Pass):
     How much: ``ratio`` (global ranking, or per group with ``uniform``), ``group_ratios``
     ({node name or glob: ratio}, ranked within the matching groups), or a target share of
     MACs/parameters to keep (``target_macs``/``target_params``; the ratio is searched).
-    ``calibration`` (a callable returning fresh batches) feeds data-driven criteria and,
-    with ``compensate``, the per-channel means folded into the next layer's bias for the
-    removed channels. ``dry_run`` plans and reports without changing the model.
+    ``calibration`` (a callable returning fresh batches) feeds data-driven criteria. With
+    ``compensate``, each removed channel's mean contribution is folded into the next layer's
+    bias: means from the calibration data when given, else estimated from BatchNorm
+    statistics (:mod:`.moments`). ``dry_run`` plans and reports without changing the model.
     """
 
     name = "prune"
@@ -178,7 +189,8 @@ class PrunePass(Pass):
             return PrunePassResult(model, False, [], report, plan)
         bar.set_postfix_str("rewrite")
         reference = self._output_shapes(model) if self.verify else None
-        report.changes = apply_plan(model, groups, plan, channel_constants=self._channel_means(model, groups, plan))
+        means, report.compensation = self._channel_means(model, groups, plan)
+        report.changes = apply_plan(model, groups, plan, channel_constants=means)
         if self.verify:
             self._check(model, reference)
         bar.update()
@@ -211,15 +223,19 @@ class PrunePass(Pass):
             rows.append(row)
         return rows
 
-    def _channel_means(self, model, groups, plan) -> dict[int, np.ndarray] | None:
-        """Mean of each channel on the calibration data, for the removed channels' bias folding."""
-        if not self.compensate or self.calibration is None:
-            return None
-        stats = getattr(self.criterion, "stats", None)  # already collected by a data-driven criterion
+    def _channel_means(self, model, groups, plan) -> tuple[dict[int, np.ndarray] | None, str | None]:
+        """Each pruned group's channel means at its consumers, folded into their biases for the
+        removed channels: from calibration data when given, else estimated from BatchNorm."""
+        if not self.compensate:
+            return None, None
         pruned = [g for g in groups if g.id in plan.keep]
-        if not stats or any(g.id not in stats for g in pruned):
-            stats = collect_channel_stats(model, pruned, self.calibration(), progress=self.progress)
-        return {g.id: stats[g.id].mean for g in pruned}
+        if self.calibration is not None:
+            stats = getattr(self.criterion, "stats", None)  # already collected by a data-driven criterion
+            if not stats or any(g.id not in stats for g in pruned):
+                stats = collect_channel_stats(model, pruned, self.calibration(), progress=self.progress)
+            return {g.id: stats[g.id].mean for g in pruned}, "calibration means"
+        means = {g.id: m for g in pruned if (m := batchnorm_channel_means(g, hooked_slots(g))) is not None}
+        return (means, "BatchNorm statistics (data-free)") if means else (None, None)
 
     @staticmethod
     def _output_shapes(model: ir.Model) -> tuple[dict, dict[str, tuple]]:

@@ -99,8 +99,8 @@ def prune(
     ``exclude``: node names or globs whose tensors stay untouched. ``round_to``: kept channel
     counts are multiples of it (default 8, see :data:`DEFAULT_ROUND_TO`; 1 lets the ranking
     alone decide, which can keep more accuracy on tiny layers but run slower). ``fold``: run the exact clean-up pipeline (BatchNorm folding)
-    after pruning. ``compensate``: with ``calib``, fold the removed channels' mean
-    contribution into the next layer's bias. ``dry_run``: plan and report only (estimated
+    after pruning. ``compensate``: fold the removed channels' mean contribution into the
+    next layer's bias (means from ``calib`` if given, else estimated from BatchNorm statistics). ``dry_run``: plan and report only (estimated
     MACs/parameters), nothing changed or written. ``latency_runs``: ONNX Runtime CPU timing
     (median, ``threads`` threads, batch 1) before and after; 0 skips it.
     """
