@@ -8,6 +8,7 @@ external data otherwise (protobuf bytes cannot exceed 2 GiB).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -32,6 +33,9 @@ from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_mod
 # In-memory weights up to this size are handed to ONNX Runtime as serialized bytes (fast);
 # beyond it, through a temporary file (serializing would hold two more copies in memory).
 SESSION_BYTES_LIMIT = 512 * 2**20
+# Random inputs are for parity checks; a shape asking for more than this is a hostile or
+# broken model (the data could exhaust memory), not something to allocate.
+RANDOM_INPUT_LIMIT = 2**30
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -187,6 +191,11 @@ def random_inputs(
             raise DataError(
                 f"input '{name}' has shape {list(shape)} with a zero dimension: no data can flow "
                 "through the model, so there is nothing to run or compare"
+            )
+        if math.prod(dims) * dtype.itemsize > RANDOM_INPUT_LIMIT:
+            raise DataError(
+                f"input '{name}' has shape {list(shape)}: {math.prod(dims) * dtype.itemsize / 2**30:.1f} GiB "
+                "of random data per run; give real sample data instead"
             )
         if dtype == ir.DataType.BFLOAT16.numpy():
             raise UnsupportedError(

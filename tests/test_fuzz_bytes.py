@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import corrupt
 from onnxprune import api
 from onnxprune.errors import InvalidModelError, ModelLoadError, OnnxPruneError
 from onnxprune.io import load_model
@@ -80,6 +81,23 @@ def test_damaged_model_loads_or_fails_cleanly(original, workdir, data):
             step(path)
         except OnnxPruneError as exc:
             assert "\n" not in str(exc)
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_damaged_model_with_external_data(workdir, data):
+    """The .onnx of a model whose weights are in a data file: damage can point the data
+    anywhere (locations, offsets, lengths); loading refuses or works, never escapes."""
+    folder = workdir / "external"
+    if not (folder / "model.onnx.data").exists():
+        corrupt.good_model(folder, external=True)
+        (folder / "pristine.onnx").write_bytes((folder / "model.onnx").read_bytes())
+    original = (folder / "pristine.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes(data.draw(damage(len(original)))(original))
+    try:
+        api.optimize(folder / "model.onnx")
+    except OnnxPruneError as exc:
+        assert "\n" not in str(exc)
 
 
 @pytest.mark.parametrize("cut", [1, 2, 10, 100, 1000, -1000, -10, -1])

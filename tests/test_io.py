@@ -238,6 +238,15 @@ def test_session_of_a_large_in_memory_model_goes_through_a_temporary_file(tmp_pa
     assert [p for p in tmp_path.iterdir() if p.name.startswith("onnxprune-session")] == []
 
 
+def test_random_inputs_refuse_absurd_shapes(tmp_path):
+    path = corrupt.good_model(tmp_path)
+    proto = onnx.load(str(path))
+    proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 10**8
+    onnx.save(proto, str(path))
+    with pytest.raises(DataError, match="GiB of random data"):
+        runtime.random_inputs(io.load_model(path))
+
+
 def test_runtime_errors_are_project_errors(external):
     with pytest.raises(DataError):
         runtime.run(external, {"x": np.zeros((1, 5, 8, 8), np.float32)})
