@@ -3,7 +3,7 @@
     python bench/large_model_bench.py                 # 2.25 GiB MLP in a temporary folder
     python bench/large_model_bench.py --gib 3 --json out.json --skip-peers
 
-The model is ``graphgen.write_large_mlp``: float32 8192x8192 MatMul layers, weights in
+The model is ``largemodel.write_large_mlp``: float32 8192x8192 MatMul layers, weights in
 ``model.onnx.data`` (streamed to disk, never held in memory). Each run is a fresh process
 (``common.measure``): wall time and peak RSS (VmHWM), also as a multiple of the model's
 size. Goal (issue 6): exact passes with peak RSS <= 1.5x the model size. The peers load the
@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (also puts tests/ on sys.path)
-import graphgen  # noqa: E402
+import largemodel  # noqa: E402
 
 GOAL_MEMORY_FACTOR = 1.5
 
@@ -108,7 +108,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="onnxprune-large-"))
     try:
-        src, _ = graphgen.write_large_mlp(root, total_bytes=int(args.gib * 2**30))
+        src, _ = largemodel.write_large_mlp(root, total_bytes=int(args.gib * 2**30))
         size = sum(p.stat().st_size for p in root.iterdir())
         print(f"model: {src} ({common.human(size, 'B')} with external data)\n", flush=True)
         rows, results = [], {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -28,8 +27,9 @@ import onnx
 import onnx_ir as ir
 
 from onnxprune import _protocheck
+from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
-from onnxprune.errors import InvalidModelError, ModelLoadError, UnsafeModelError, UsageError
+from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -38,7 +38,6 @@ EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # bytes of weights above which we save 
 # memory-map them instead of copying (it needs offsets aligned to its mapping granularity).
 EXTERNAL_DATA_ALIGNMENT = 65536
 EXTERNAL_DATA_META = "onnxprune.external_data"  # model.meta flag: loaded with external data
-_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 def iter_tensors(model: ir.Model) -> Iterator[ir.TensorProtocol]:
@@ -119,7 +118,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({_one_line(exc)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    _check_external_data(model, path)
+    check_external_data(iter_tensors(model), path)
     if has_external_data(model):  # saved results keep the layout, even once weights are rewritten
         model.meta[EXTERNAL_DATA_META] = True
     _protocheck.sort_if_needed(model, str(path))
@@ -144,64 +143,6 @@ def _check_model_file(path: Path) -> None:
             f"{path}: file is {size / 2**30:.1f} GiB, over protobuf's 2 GiB limit; an ONNX model "
             "this large must keep its weights in external data files"
         )
-
-
-def _check_external_data(model: ir.Model, path: Path) -> None:
-    """Refuse external data outside the model's folder (via '..', absolute paths, symlinks
-    or hard links) and missing or short files, before anything reads them."""
-    base = path.parent.resolve()
-    sizes: dict[str, int] = {}
-    for tensor in iter_tensors(model):
-        if not isinstance(tensor, ir.ExternalTensor):
-            continue
-        where = f"{path}: tensor '{tensor.name}'"
-        location = str(tensor.location)
-        if not location or "\0" in location:
-            raise ModelLoadError(f"{where} has an invalid external data location {location!r}")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or _WINDOWS_DRIVE.match(location):
-            raise UnsafeModelError(
-                f"{where} has external data at absolute path '{location}'; only paths inside "
-                "the model's folder are allowed"
-            )
-        lexical = Path(os.path.normpath(base / location))
-        target = (base / location).resolve()  # resolves '..' and symlinks
-        for candidate, how in ((lexical, ""), (target, " through a symlink")):
-            if candidate != base and base not in candidate.parents:
-                raise UnsafeModelError(
-                    f"{where} has external data '{location}' that resolves{how} outside the "
-                    f"model's folder ({candidate}); copy the data next to the model"
-                )
-        if location not in sizes:
-            sizes[location] = _external_file_size(where, location, target)
-        offset, length = tensor.offset or 0, tensor.length
-        if offset < 0 or (length is not None and length < 0):
-            raise ModelLoadError(f"{where} has a negative external data offset or length")
-        if length is not None and length != tensor.nbytes:
-            raise ModelLoadError(
-                f"{where}: external data length {length} does not match its type and shape "
-                f"({tensor.dtype}, {list(tensor.shape)}: {tensor.nbytes} bytes)"
-            )
-        end = offset + tensor.nbytes
-        if end > sizes[location]:
-            raise ModelLoadError(
-                f"{where}: external data file '{location}' is too short (needs bytes up to "
-                f"{end}, file has {sizes[location]})"
-            )
-
-
-def _external_file_size(where: str, location: str, target: Path) -> int:
-    try:
-        stat = target.stat()
-    except OSError:
-        raise ModelLoadError(f"{where}: external data file '{location}' is missing") from None
-    if not target.is_file():
-        raise ModelLoadError(f"{where}: external data '{location}' is not a regular file")
-    if stat.st_nlink > 1:  # onnx-ir refuses these too, later and less clearly
-        raise UnsafeModelError(
-            f"{where}: external data file '{location}' has {stat.st_nlink} hard links; "
-            "refusing it (a hard link can expose a file from outside the model's folder)"
-        )
-    return stat.st_size
 
 
 def _same_file(a: Path, b: Path) -> bool:

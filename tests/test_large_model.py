@@ -1,6 +1,6 @@
 """A model over 2 GiB (protobuf's limit) through every command, with peak memory measured.
 
-The model (``graphgen.write_large_mlp``: nine 8192x8192 float32 MatMul layers, 2.25 GiB in
+The model (``largemodel.write_large_mlp``: nine 8192x8192 float32 MatMul layers, 2.25 GiB in
 ``model.onnx.data``) is streamed to disk, never held in memory. Each command runs in a fresh
 process (the CLI, as users run it) and reports its peak RSS (VmHWM). Goals: ``inspect``
 reads no weights; ``optimize --verify`` and ``prune`` stay within 1.5x the model's size;
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import graphgen
+import largemodel
 from onnxprune.io import load_model
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def big(tmp_path_factory):
     root = tmp_path_factory.mktemp("large_model")
     (root / "in").mkdir()
     (root / "out").mkdir()
-    path, _ = graphgen.write_large_mlp(root / "in", total_bytes=2**31 + 1)
+    path, _ = largemodel.write_large_mlp(root / "in", total_bytes=2**31 + 1)
     size = sum(p.stat().st_size for p in (root / "in").iterdir())
     assert size > 2**31
     before = digest(root / "in")
