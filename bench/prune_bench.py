@@ -8,6 +8,8 @@ of weights actually removed.
 
     python bench/prune_bench.py                  # both models, ratio 0.3
     python bench/prune_bench.py --models resnet50 --ratio 0.5
+    python bench/prune_bench.py --digits              # accuracy after pruning, per criterion
+    python bench/prune_bench.py --activation-memory   # memory of activation statistics vs samples
 
 onnxprune's time is split into analysis (dependency groups), scoring + planning, and rewrite;
 the goal is analysis + rewrite <= 10 s on ResNet50 and zero broken models.
@@ -168,7 +170,43 @@ def work_onnxsim(src: str, dst: str, ratio: float) -> dict:
     return {"prune_s": t1 - t0}
 
 
-WORKERS = {"onnxprune": work_onnxprune, "onnxsim": work_onnxsim}
+def work_activation(src: str, _: str, samples: float) -> dict:
+    """Streamed activation statistics over ``samples`` random inputs, batches of 32."""
+    from onnxprune import runtime
+    from onnxprune.io import load_model
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.passes.prune.importance import collect_channel_stats
+
+    model = load_model(src)
+    groups = analyze(model)
+
+    def batches():
+        for start in range(0, int(samples), 32):
+            yield runtime.random_inputs(model, batch=min(32, int(samples) - start), seed=start)
+
+    t0 = time.perf_counter()
+    stats = collect_channel_stats(model, groups, batches())
+    return {"collect_s": time.perf_counter() - t0, "groups": len(stats)}
+
+
+WORKERS = {"onnxprune": work_onnxprune, "onnxsim": work_onnxsim, "activation": work_activation}
+
+
+def activation_memory(sample_counts: list[int]) -> None:
+    """Peak RSS of activation statistics vs number of samples: it must not grow."""
+    from onnxprune.report import table
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import zoo
+
+    rows = []
+    for name in ("resnet_basic", "unet"):
+        src = zoo.export(name, dynamic_batch=True)
+        for n in sample_counts:
+            r = run_worker("activation", src, Path(os.devnull), n)
+            rows.append((name, n, f"{r.get('collect_s', float('nan')):.2f}", f"{r['peak_rss_mb']:.0f}", r["error"] or ""))
+    print("activation statistics (ORT, every prunable group's consumer inputs exposed), batches of 32")
+    print(table(["model", "samples", "collect s", "peak RSS MB", "error"], rows, align="lrrrl"))
 
 
 def peak_rss_mb() -> float:
@@ -278,6 +316,7 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "onnxprune-bench")
     parser.add_argument("--digits", action="store_true", help="accuracy study on the digits sample model")
+    parser.add_argument("--activation-memory", action="store_true", help="peak RSS of activation statistics vs samples")
     parser.add_argument("--worker", nargs=4, metavar=("TOOL", "SRC", "DST", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -287,6 +326,9 @@ def main() -> None:
         return
     if args.digits:
         digits(["l1", "l2", "bn", "activation", "apoz"], [0.7, 0.5])
+        return
+    if args.activation_memory:
+        activation_memory([64, 640, 6400])
         return
     from onnxprune import optimize
     from onnxprune.report import table

@@ -219,7 +219,8 @@ def search_ratio(
     if not fits(deepest):
         raise UsageError(
             f"target {kind} {target:.0%} is out of reach: at most {1 - share(deepest):.1%} of the {kind} "
-            f"can be removed ({len(candidates)} prunable groups, the others are declined or excluded; "
+            f"can be removed ({len(candidates)} prunable group{'s' if len(candidates) != 1 else ''}, the others are "
+            f"declined or excluded; "
             f"each keeps at least its minimum channel count)"
         )
     if fits(plan_at(candidates, 0.0, uniform=uniform)):
