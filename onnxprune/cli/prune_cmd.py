@@ -7,8 +7,7 @@ import click
 from onnxprune.cli._common import show_progress, split_list
 from onnxprune.errors import UsageError
 from onnxprune.io import check_output_path
-from onnxprune.passes.prune import CRITERIA, PruneReport, PruneResult, prune
-from onnxprune.passes.prune.api import DEFAULT_ROUND_TO
+from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport, PruneResult, prune
 from onnxprune.report import change, human, table, write_json
 
 

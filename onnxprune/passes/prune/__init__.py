@@ -37,6 +37,12 @@ from onnxprune.validate import check_model
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
+# Kept channel counts are multiples of 8 unless asked otherwise: ONNX Runtime's CPU convolutions
+# (MLAS NCHWc, blocks of 8 or 16 channels) and GPU tensor cores want them. Measured on ResNet50
+# keeping 60 % of the MACs (bench/prune_bench.py): unrounded counts ran 37 % *slower* than the
+# unpruned model on ORT CPU, multiples of 8 11 % faster, of 16 17 % faster (AVX-512 machine).
+DEFAULT_ROUND_TO = 8
+
 
 @dataclasses.dataclass
 class GroupReport:
@@ -107,6 +113,9 @@ class PrunePass(Pass):
     ``compensate``, each removed channel's mean contribution is folded into the next layer's
     bias: means from the calibration data when given, else estimated from BatchNorm
     statistics (:mod:`.moments`). ``dry_run`` plans and reports without changing the model.
+
+    In a pipeline, run ``eliminate-identity`` and ``fold-constants`` before it (as ``prune()``
+    does): parameters hidden behind Identity/Constant nodes make the analysis decline groups.
     """
 
     name = "prune"
@@ -121,7 +130,7 @@ class PrunePass(Pass):
         target_params: float | None = None,
         uniform: bool = False,
         group_ratios: Mapping[str, float] | None = None,
-        round_to: int = 1,
+        round_to: int = DEFAULT_ROUND_TO,
         min_channels: int = 1,
         exclude: Sequence[str] = (),
         calibration: Batches | None = None,
@@ -153,6 +162,7 @@ class PrunePass(Pass):
             return self._run(model, bar)
 
     def _run(self, model: ir.Model, bar: tqdm) -> PrunePassResult:
+        self.criterion.notes.clear()  # group ids are per model
         bar.set_postfix_str("analysis")
         groups = analyze(model)
         bar.update()
@@ -257,4 +267,4 @@ class PrunePass(Pass):
 
 from onnxprune.passes.prune.api import PruneResult, prune  # noqa: E402  (api uses PrunePass)
 
-__all__ = ["CRITERIA", "GroupReport", "PrunePass", "PrunePassResult", "PruneReport", "PruneResult", "prune"]
+__all__ = ["CRITERIA", "DEFAULT_ROUND_TO", "GroupReport", "PrunePass", "PrunePassResult", "PruneReport", "PruneResult", "prune"]

@@ -24,7 +24,7 @@ from onnxprune.api import ModelLike, as_model
 from onnxprune.calibration import Dataset, open_dataset
 from onnxprune.errors import UsageError
 from onnxprune.io import check_output_path, save_model
-from onnxprune.passes.prune import PrunePass, PruneReport
+from onnxprune.passes.prune import DEFAULT_ROUND_TO, PrunePass, PruneReport
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 
 SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
@@ -33,12 +33,6 @@ SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 # constants behind Identity nodes (PyTorch deduplicates equal initializers, e.g. all-zero BN
 # biases, into Identity outputs) and Constant nodes; the analysis needs them as initializers.
 PREPARE: tuple[str, ...] = ("eliminate-identity", "fold-constants", "remove-unused")
-
-# Kept channel counts are multiples of 8 unless asked otherwise: ONNX Runtime's CPU convolutions
-# (MLAS NCHWc, blocks of 8 or 16 channels) and GPU tensor cores want them. Measured on ResNet50
-# keeping 60 % of the MACs (bench/prune_bench.py): unrounded counts ran 37 % *slower* than the
-# unpruned model on ORT CPU, multiples of 8 11 % faster, of 16 17 % faster (AVX-512 machine).
-DEFAULT_ROUND_TO = 8
 
 
 @dataclasses.dataclass
@@ -94,15 +88,18 @@ def prune(
     How much: ``ratio`` (share of channels, ranked globally across layers; per layer with
     ``uniform``), ``group_ratios`` ({node name or glob: ratio}), or ``target_macs`` /
     ``target_params`` (share to keep, e.g. 0.6). ``criterion``: l1, l2, bn, activation, apoz
-    (the last two need ``calib``: anything :func:`onnxprune.calibration.open_dataset`
-    reads, e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most).
+    (the last two need ``calib``: anything :func:`onnxprune.calibration.open_dataset` reads,
+    e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most).
     ``exclude``: node names or globs whose tensors stay untouched. ``round_to``: kept channel
     counts are multiples of it (default 8, see :data:`DEFAULT_ROUND_TO`; 1 lets the ranking
-    alone decide, which can keep more accuracy on tiny layers but run slower). ``fold``: run the exact clean-up pipeline (BatchNorm folding)
-    after pruning. ``compensate``: fold the removed channels' mean contribution into the
-    next layer's bias (means from ``calib`` if given, else estimated from BatchNorm statistics). ``dry_run``: plan and report only (estimated
-    MACs/parameters), nothing changed or written. ``latency_runs``: ONNX Runtime CPU timing
-    (median, ``threads`` threads, batch 1) before and after; 0 skips it.
+    alone decide, which can keep more accuracy on tiny layers but runs slower).
+    ``fold``: run the exact clean-up pipeline (BatchNorm folding) after pruning.
+    ``compensate``: fold the removed channels' mean contribution into the next layer's bias
+    (means from ``calib`` if given, else estimated from BatchNorm statistics).
+    ``dry_run``: plan and report only (estimated MACs/parameters); nothing is pruned or
+    written (the exact preparation, :data:`PREPARE`, still runs on an in-memory model).
+    ``latency_runs``: ONNX Runtime CPU timing (median, ``threads`` threads, batch 1) before
+    and after; 0 skips it. "before" numbers are those of the prepared model.
     """
     loaded, path = as_model(model)
     if output is not None and not dry_run:
@@ -118,11 +115,11 @@ def prune(
         group_ratios=group_ratios, round_to=round_to, min_channels=min_channels, exclude=exclude,
         calibration=batches, compensate=compensate, dry_run=dry_run, progress=progress,
     )
+    run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
     feeds = runtime.random_inputs(loaded) if timing else None
     latency = {"before": runtime.latency_ms(loaded, feeds, runs=latency_runs, threads=threads)} if timing else None
-    run_pipeline(loaded, PREPARE)
     result = prune_pass(loaded)
     report = result.report
     if dry_run:
