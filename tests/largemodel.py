@@ -17,14 +17,15 @@ from onnx import helper, numpy_helper
 OPSET = 17
 
 
-def write_large_mlp(folder, *, total_bytes: int = 2_300_000_000, width: int = 8192,
-                    seed: int = 0) -> tuple[os.PathLike, dict[str, np.ndarray]]:
+def write_large_mlp(folder, *, total_bytes: int = 2_300_000_000, width: int = 8192, seed: int = 0,
+                    batchnorm: bool = True) -> tuple[os.PathLike, dict[str, np.ndarray]]:
     """Write an MLP of float32 (width x width) MatMul layers, ``total_bytes`` of weights or more.
 
     ``model.onnx`` + ``model.onnx.data`` in ``folder``; the data is streamed to disk a chunk
     at a time (never held in memory), from a small random block varied per chunk, so the
     file is not sparse and no two layers are equal. The hidden widths are prunable groups:
-    input (N, width) -> [MatMul W_i -> Add b_i -> Relu] * L -> output (N, width).
+    input (N, width) -> [MatMul W_i -> Add b_i (-> BatchNormalization, first layer) -> Relu] * L
+    -> output (N, width).
     Returns the model path and sample inputs (batch 2).
     """
     folder = pathlib.Path(folder)
@@ -48,8 +49,15 @@ def write_large_mlp(folder, *, total_bytes: int = 2_300_000_000, width: int = 81
             bias = numpy_helper.from_array(rng.uniform(-0.1, 0.1, width).astype(np.float32), f"b{i}")
             inits += [tensor, bias]
             nodes += [helper.make_node("MatMul", [x, f"w{i}"], [f"mm{i}"], name=f"MatMul_{i}"),
-                      helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"add{i}"], name=f"Add_{i}"),
-                      helper.make_node("Relu", [f"add{i}"], [f"relu{i}"], name=f"Relu_{i}")]
+                      helper.make_node("Add", [f"mm{i}", f"b{i}"], [f"add{i}"], name=f"Add_{i}")]
+            x = f"add{i}"
+            if i == 0 and batchnorm:  # BatchNorm1d: folding it rewrites a 256 MiB weight
+                stats = [numpy_helper.from_array(rng.uniform(lo, hi, width).astype(np.float32), f"bn_{k}")
+                         for k, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.1, 0.1), ("mean", -0.1, 0.1), ("var", 0.5, 1.5))]
+                inits += stats
+                nodes.append(helper.make_node("BatchNormalization", [x, *(t.name for t in stats)], ["bn0"], name="BN_0"))
+                x = "bn0"
+            nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"Relu_{i}"))
             x = f"relu{i}"
     nodes.append(helper.make_node("Identity", [x], ["output"], name="out"))
     graph = helper.make_graph(
