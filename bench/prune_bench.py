@@ -10,6 +10,7 @@ of weights actually removed.
     python bench/prune_bench.py --models resnet50 --ratio 0.5
     python bench/prune_bench.py --digits              # accuracy after pruning, per criterion
     python bench/prune_bench.py --activation-memory   # memory of activation statistics vs samples
+    python bench/prune_bench.py --latency             # ORT CPU latency after pruning, by round_to
 
 onnxprune's time is split into analysis (dependency groups), scoring + planning, and rewrite;
 the goal is analysis + rewrite <= 10 s on ResNet50 and zero broken models.
@@ -310,6 +311,29 @@ def digits(criteria: list[str], targets: list[float]) -> None:
                 align="llllrrrl"))
 
 
+def latency(reps: int = 5) -> None:
+    """ORT CPU latency of pruned models vs the original, by round_to (best of several medians)."""
+    from onnxprune import load_model, runtime
+    from onnxprune.passes.prune import prune
+    from onnxprune.report import table
+
+    cases = [("digits", DIGITS / "digits.onnx", (0.7, 0.5), 300),
+             ("resnet50", export("resnet50", Path(tempfile.gettempdir()) / "onnxprune-bench"), (0.6,), 15)]
+    rows = []
+    for name, src, targets, runs in cases:
+        models = {("original", ""): load_model(src)}
+        for target in targets:
+            for round_to in (1, 8, 16):
+                r = prune(src, criterion="l1", target_macs=target, round_to=round_to, latency_runs=0)
+                models[(f"keep {target:.0%} MACs", round_to)] = r.model
+        feeds = runtime.random_inputs(models[("original", "")])
+        best = {key: min(runtime.latency_ms(m, feeds, runs=runs) for _ in range(reps)) for key, m in models.items()}
+        base = best[("original", "")]
+        rows += [(name, label, rt, f"{ms:.3f}", f"{ms / base - 1:+.0%}") for (label, rt), ms in best.items()]
+    print(f"ORT CPU latency, 1 thread, batch 1: best of {reps} medians; l1 criterion, BatchNorm folded")
+    print(table(["model", "pruned to", "round_to", "ms", "vs original"], rows, align="llrrr"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(MODELS))
@@ -317,6 +341,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "onnxprune-bench")
     parser.add_argument("--digits", action="store_true", help="accuracy study on the digits sample model")
     parser.add_argument("--activation-memory", action="store_true", help="peak RSS of activation statistics vs samples")
+    parser.add_argument("--latency", action="store_true", help="ORT CPU latency of pruned models by round_to")
     parser.add_argument("--worker", nargs=4, metavar=("TOOL", "SRC", "DST", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -326,6 +351,9 @@ def main() -> None:
         return
     if args.digits:
         digits(["l1", "l2", "bn", "activation", "apoz"], [0.7, 0.5])
+        return
+    if args.latency:
+        latency()
         return
     if args.activation_memory:
         activation_memory([64, 640, 6400])
