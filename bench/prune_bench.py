@@ -278,37 +278,38 @@ def digits(criteria: list[str], targets: list[float]) -> None:
         return float((runtime.run(model, {"input": inputs})["logits"].argmax(1) == labels).mean())
 
     original = load_model(DIGITS / "digits.onnx")
-    rows = [("original", "", "", "100%", f"{accuracy(original):.2%}", f"{stats.summarize(original)['parameters']:,}",
+    rows = [("original", "", "", "", "100%", f"{accuracy(original):.2%}", f"{stats.summarize(original)['parameters']:,}",
              "", "")]
     # label -> (fold before pruning, compensate, calibration means, round_to)
     variants = {
-        "default (round 8, BN-stat compensation)": (False, True, False, 8),
-        "round 1, BN-stat compensation": (False, True, False, 1),
-        "round 1, calibration compensation": (False, True, True, 1),
-        "round 1, no compensation": (False, False, False, 1),
-        "fold first, round 1, calibration": (True, True, True, 1),
+        "default (round 8)": (False, True, False, 8),
+        "round 1": (False, True, False, 1),
+        "round 1, --calib": (False, True, True, 1),
+        "round 1, --no-compensate": (False, False, False, 1),
+        "fold first, round 1, --calib": (True, True, True, 1),
     }
     base_latency = runtime.latency_ms(original, runtime.random_inputs(original), runs=200)
     for target in targets:
         for criterion in criteria:
             for label, (fold_first, compensate, use_calib, round_to) in variants.items():
                 data_driven = criterion in ("activation", "apoz")
-                if data_driven and label == "round 1, BN-stat compensation":
-                    continue  # these criteria always have calibration data: the calibration row
+                if data_driven and label == "round 1":
+                    continue  # these criteria always have calibration data: the --calib row
                 source = optimize(DIGITS / "digits.onnx").model if fold_first else DIGITS / "digits.onnx"
                 r = prune(source, criterion=criterion, target_macs=target, compensate=compensate,
                           calib=calib if use_calib or data_driven else None, round_to=round_to, latency_runs=0)
                 latency = runtime.latency_ms(r.model, runtime.random_inputs(r.model), runs=200)
                 notes = sorted({g.reason for g in r.report.groups if g.reason and g.status == "pruned"})
                 rows.append((
-                    criterion, f"{target:.0%}", label, f"{r.after['macs'] / r.before['macs']:.1%}",
+                    criterion, f"{target:.0%}", label, r.report.compensation or "none",
+                    f"{r.after['macs'] / r.before['macs']:.1%}",
                     f"{accuracy(r.model):.2%}", f"{r.after['parameters']:,}",
                     f"{latency / base_latency - 1:+.0%}", "; ".join(notes),
                 ))
     print(f"digits: held-out accuracy ({len(labels)} images), no retraining; calibration: {calib.name};"
           " latency: ORT CPU, 1 thread, batch 1, median of 200, vs the original")
-    print(table(["criterion", "keep MACs", "variant", "MACs kept", "accuracy", "parameters", "latency", "note"], rows,
-                align="llllrrrl"))
+    print(table(["criterion", "keep MACs", "variant", "compensation", "MACs kept", "accuracy", "parameters", "latency",
+                 "note"], rows, align="lllllrrrl"))
 
 
 def latency(reps: int = 5) -> None:
