@@ -10,16 +10,17 @@ size. Goal (issue 6): exact passes with peak RSS <= 1.5x the model size. The pee
 model with ``onnx.load`` (all weights in memory); whatever happens to them is recorded, not
 hidden. Files are deleted afterwards.
 
-Measured here (2.25 GiB model, 2 shared cores; onnxsim 0.8.1, onnxslim as installed):
+Measured here (2.25 GiB model with one BatchNorm to fold, 2 shared cores; onnxsim 0.8.1):
 
-    onnxprune inspect                  0.0 s   137 MiB  0.06x
-    onnxprune optimize                 1.3 s   138 MiB  0.06x   (kernel file-to-file copy)
-    onnxprune optimize --verify        3.8 s  2.40 GiB  1.06x   (ORT maps the weights)
-    onnxprune prune --ratio 0.5        5.2 s  2.39 GiB  1.06x
-    onnxprune quantize --synthetic     5.7 s  4.21 GiB  1.87x
-    onnxprune check (model vs itself)  0.7 s  4.64 GiB  2.06x   (two ORT sessions)
-    onnxsim                           43.8 s  7.33 GiB  3.26x   (works, external data)
-    onnxslim                          25.3 s  7.39 GiB  3.28x
+    onnxprune inspect                   0.0 s   131 MiB  0.06x
+    onnxprune optimize                  2.0 s  1.13 GiB  0.50x   (BN folded into a 256 MiB weight;
+                                                                  other weights copied file to file)
+    onnxprune optimize --verify        10.0 s  2.89 GiB  1.29x   (ORT maps the weights)
+    onnxprune prune --ratio 0.5         4.9 s  2.39 GiB  1.06x
+    onnxprune quantize --synthetic      8.6 s  4.20 GiB  1.87x
+    onnxprune check (model vs itself)   1.0 s  4.64 GiB  2.06x   (two ORT sessions)
+    onnxsim                            34.8 s  7.33 GiB  3.26x   (works, external data)
+    onnxslim                           12.6 s  7.38 GiB  3.28x
 """
 
 from __future__ import annotations
