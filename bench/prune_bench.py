@@ -371,7 +371,7 @@ def main() -> None:
         if not folded.exists():
             optimize(exported, folded)  # exact clean-up: BatchNorm and constants folded
         for form, original in (("exported", exported), ("optimized", folded)):
-            for tool in WORKERS:
+            for tool in ("onnxprune", "onnxsim"):
                 print(f"{name} ({form}): {tool} ...", file=sys.stderr)
                 dst = args.workdir / f"{original.stem}-{tool}-{args.ratio}.onnx"
                 dst.unlink(missing_ok=True)
