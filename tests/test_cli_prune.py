@@ -128,6 +128,12 @@ def test_exclusions_round_to_and_target(model, tmp_path):
             assert g["kept"] % 8 == 0
 
 
+def test_group_ratio_prunes_the_groups_the_named_layers_produce(model):
+    result = prune(model, group_ratios={"/down/*": 0.5}, round_to=1, dry_run=True)
+    pruned = {g.name: g.kept for g in result.report.groups if g.status == "pruned"}
+    assert pruned == {"/down/conv/Conv": 32}  # not the stem group that /down/conv reads
+
+
 def test_api_in_memory_and_pass_composes_in_a_pipeline(model):
     loaded = load_model(model)
     result = prune(loaded, ratio=0.25, latency_runs=0)

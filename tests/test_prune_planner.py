@@ -12,7 +12,7 @@ from onnxprune import load_model, stats
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.api import PREPARE
-from onnxprune.passes.prune.group import Group, PrunePlan
+from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import Magnitude, normalize
 from onnxprune.passes.prune.planner import (
     CostModel,
@@ -157,6 +157,9 @@ def test_exclusions_by_name_and_glob_and_a_typo_is_an_error():
     assert match_groups(model, groups, ["fc"])["fc"] == {1}
     with pytest.raises(UsageError, match="'conv9' names no node"):
         match_groups(model, groups, ["conv9"])
+    # c2 produces the residual group's channels and reads c1's: a ratio for 'c2' means the former.
+    assert match_groups(model, groups, ["c2"]) == {"c2": {0, 1}}
+    assert match_groups(model, groups, ["c2"], roles=[Role.PRODUCER]) == {"c2": {1}}
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

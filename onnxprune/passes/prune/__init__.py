@@ -21,7 +21,7 @@ from onnxprune import runtime
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.prune.analysis import analyze
-from onnxprune.passes.prune.group import Group, PrunePlan
+from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import (
     CRITERIA,
     Criterion,
@@ -171,7 +171,8 @@ class PrunePass(Pass):
         excluded = self._matched(model, groups, self.exclude, "exclusion")
         local = {}
         for pattern, ratio in self.group_ratios.items():
-            local.update(dict.fromkeys(match_groups(model, groups, [pattern], "group ratio")[pattern], ratio))
+            matched = match_groups(model, groups, [pattern], "group ratio", roles=[Role.PRODUCER])[pattern]
+            local.update(dict.fromkeys(matched, ratio))
         active = [g for g in groups if g.prunable and g.id not in excluded and g.size > 1]
         self.criterion.prepare(model, active)
         raw = {g.id: np.asarray(self.criterion(g), dtype=np.float64) for g in active}

@@ -266,20 +266,28 @@ def give_back(candidates: Sequence[Candidate], plan: PrunePlan, fits: Callable[[
 
 
 def match_groups(
-    model: ir.Model, groups: Sequence[Group], patterns: Sequence[str], what: str = "exclusion"
+    model: ir.Model,
+    groups: Sequence[Group],
+    patterns: Sequence[str],
+    what: str = "exclusion",
+    roles: Iterable[Role] | None = None,
 ) -> dict[str, set[int]]:
-    """Group ids touching a node whose name matches each pattern (exact name or glob).
+    """Group ids with a slot on a node whose name matches each pattern (exact name or glob).
 
-    A pattern that matches no node of the model is an error (a typo would otherwise
-    silently prune the layer the user meant to keep).
+    ``roles`` limits the slots considered: an exclusion leaves a node untouched, so every
+    group slicing any of its tensors matches (all roles); a per-group ratio names the layers
+    whose output channels form the group (``roles=[Role.PRODUCER]``), not those reading them.
+    A pattern that matches no node of the model is an error (a typo would otherwise silently
+    prune the layer the user meant to keep).
     """
     names = [n.name for n in model.graph.all_nodes() if n.name]
+    roles = set(roles) if roles is not None else set(Role)
     result = {}
     for pattern in patterns:
         matched = {n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)}
         if not matched:
             raise UsageError(f"{what} '{pattern}' names no node of the model")
         result[pattern] = {
-            g.id for g in groups if any(s.node.name in matched for s in g.slots)
+            g.id for g in groups if any(s.node.name in matched for s in g.slots if s.role in roles)
         }
     return result
