@@ -22,14 +22,8 @@ from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
-from onnxprune.passes.prune.importance import (
-    CRITERIA,
-    Criterion,
-    collect_channel_stats,
-    get_criterion,
-    hooked_slots,
-    normalize,
-)
+from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slots
+from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
 from onnxprune.passes.prune.rewrite import apply_plan

@@ -3,7 +3,7 @@
 As in Torch-Pruning, a criterion is a small callable ``criterion(group) -> scores`` (higher =
 more important), not a configurable monolith. Data-driven criteria first collect statistics
 over the whole model in :meth:`Criterion.prepare` (one streamed ONNX Runtime pass over the
-data, :func:`collect_channel_stats`); weight criteria need nothing but the group.
+data, :mod:`.activations`); weight criteria need nothing but the group.
 
 Scores of different layers live on different scales (fan-in, BatchNorm scale, activation
 range), so before a global ranking each group's scores are divided by the group's mean
@@ -15,18 +15,14 @@ average channel" in every layer. (Torch-Pruning's default normaliser is the mean
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-from tqdm import tqdm
 
-from onnxprune import runtime
-from onnxprune.errors import DataError, UsageError
+from onnxprune.errors import UsageError
 from onnxprune.graphutils import attr, const_array
-from onnxprune.passes.cleanup import ShapeInference
+from onnxprune.passes.prune.activations import ChannelStats, collect_channel_stats, hooked_slots, per_channel
 from onnxprune.passes.prune.group import Group, Role, Slot
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -37,18 +33,6 @@ def normalize(scores: np.ndarray) -> np.ndarray:
     scores = np.asarray(scores, dtype=np.float64)
     mean = float(scores.mean()) if scores.size else 0.0
     return scores / mean if mean > 0 else np.zeros_like(scores)
-
-
-def per_channel(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
-    """Map per-index values along ``slot.axis`` to the group channels the slot covers.
-
-    Returns ``(channels, per-channel values)``; the ``slot.block`` indices of one channel
-    (features of a flattened channel) are summed, or averaged with ``reduce="mean"``.
-    """
-    hi = size if slot.hi is None else slot.hi
-    channels = np.arange(slot.lo, hi)
-    blocks = values[slot.positions(channels, size)].reshape(len(channels), slot.block)
-    return channels, blocks.mean(axis=1) if reduce == "mean" else blocks.sum(axis=1)
 
 
 def combine(size: int, parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -242,125 +226,6 @@ def get_criterion(
     raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")
 
 
-# --- Streaming activation statistics ------------------------------------------------------
-
-# Bytes of extra outputs fetched per ONNX Runtime call; more tensors are fetched in several
-# calls per batch, so that a big model on a big batch does not hold all its activations at once.
-FETCH_BUDGET = 256 * 1024 * 1024
-
-
-@dataclasses.dataclass
-class ChannelStats:
-    """Per-channel statistics of the activation a group's consumers read."""
-
-    mean_abs: np.ndarray  # E|x_c|
-    mean: np.ndarray  # E x_c (what a removed channel contributed on average)
-    nonzero: np.ndarray  # share of x_c != 0
-    samples: int
-
-
-class _Running:
-    """Running sums along one axis of one tensor: memory is O(channels), not O(samples)."""
-
-    def __init__(self, axis: int) -> None:
-        self.axis = axis
-        self.abs = self.sum = self.nonzero = self.count = None
-
-    def update(self, x: np.ndarray) -> None:
-        rows = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
-        parts = (
-            np.abs(rows).sum(axis=1, dtype=np.float64),
-            rows.sum(axis=1, dtype=np.float64),
-            np.count_nonzero(rows, axis=1).astype(np.float64),
-            np.full(rows.shape[0], rows.shape[1], dtype=np.float64),
-        )
-        if self.abs is None:
-            self.abs, self.sum, self.nonzero, self.count = parts
-        else:
-            for total, part in zip((self.abs, self.sum, self.nonzero, self.count), parts):
-                total += part
-
-
-def hooked_slots(group: Group) -> list[Slot]:
-    """The ACTIVATION slots the group's consumers read (all of them if none is read directly)."""
-    consumers = {id(s.node) for s in group.by_role(Role.CONSUMER)}
-    activations = group.by_role(Role.ACTIVATION)
-    read = [s for s in activations if any(id(user) in consumers for user, _ in s.value.uses())]
-    return read or activations
-
-
-def collect_channel_stats(
-    model: ir.Model,
-    groups: Sequence[Group],
-    batches: Iterable[Mapping[str, np.ndarray]],
-    *,
-    progress: bool = False,
-) -> dict[int, ChannelStats]:
-    """Run ONNX Runtime over ``batches`` exposing the groups' activations as extra outputs.
-
-    Only running per-channel sums are kept, so memory does not grow with the number of
-    samples. The model's outputs are restored afterwards.
-    """
-    slots = {g.id: hooked_slots(g) for g in groups if g.prunable}
-    values: dict[str, ir.Value] = {}
-    running: dict[str, _Running] = {}
-    for group_slots in slots.values():
-        for slot in group_slots:
-            values.setdefault(slot.value.name, slot.value)
-            running.setdefault(slot.value.name, _Running(slot.axis))
-    if not values:
-        return {}
-    if any(v.type is None for v in values.values()):
-        ShapeInference()(model)
-    inputs = set(runtime.input_specs(model))
-    added = [v for v in values.values() if not v.is_graph_output()]
-    model.graph.outputs.extend(added)
-    samples = 0
-    try:
-        with runtime.session(model) as sess:
-            for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
-                feeds = {k: v for k, v in feeds.items() if k in inputs}
-                batch = len(next(iter(feeds.values()))) if feeds else 1
-                for names in _fetch_chunks(list(values.values()), batch):
-                    try:
-                        arrays = sess.run(names, feeds)
-                    except Exception as exc:  # ORT's own error types
-                        raise DataError(f"calibration batch does not run: {str(exc).splitlines()[0]}") from None
-                    for name, array in zip(names, arrays):
-                        running[name].update(array)
-                    del arrays
-                samples += batch
-    finally:
-        for _ in added:
-            model.graph.outputs.pop()
-    if samples == 0:
-        raise DataError("calibration data is empty")
-    sizes = {g.id: g.size for g in groups}
-    return {gid: _group_stats(s, running, sizes[gid], samples) for gid, s in slots.items()}
-
-
-def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, samples: int) -> ChannelStats:
-    sums = {k: np.zeros(size) for k in ("abs", "sum", "nonzero", "count")}
-    for slot in slots:
-        r = running[slot.value.name]
-        for key in sums:
-            channels, per = per_channel(getattr(r, key), slot, size)
-            sums[key][channels] += per
-    count = np.maximum(sums["count"], 1)
-    return ChannelStats(sums["abs"] / count, sums["sum"] / count, sums["nonzero"] / count, samples)
-
-
-def _fetch_chunks(values: list[ir.Value], batch: int) -> list[list[str]]:
-    """Split the names to fetch so that one call's outputs stay under FETCH_BUDGET bytes."""
-    chunks: list[list[str]] = [[]]
-    used = 0
-    for value in values:
-        dims = [d if isinstance(d, int) else 1 for d in (value.shape or ())]
-        itemsize = value.dtype.itemsize if value.dtype is not None else 4
-        nbytes = math.prod(dims[1:]) * batch * itemsize
-        if chunks[-1] and used + nbytes > FETCH_BUDGET:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(value.name)
-        used += nbytes
-    return chunks
+__all__ = [
+    "CRITERIA", "ChannelStats", "Criterion", "collect_channel_stats", "get_criterion", "hooked_slots", "normalize",
+]
