@@ -200,6 +200,14 @@ def test_ort_cache_is_used_by_quantize_static(resnet, images, tmp_path):
     assert float(scales["input"]) == pytest.approx((max(high, 0) - min(low, 0)) / 255, rel=1e-5)  # our range
 
 
+def test_data_opened_without_the_model(resnet, images):
+    _, model = resnet
+    loose = open_dataset({**images, "labels": np.arange(16)})  # labels are not fed to the model
+    assert calibrate(model, loose, method="minmax").as_dict() == calibrate(model, open_dataset(images, model)).as_dict()
+    with pytest.raises(DataError, match="the data has no input 'input'"):
+        calibrate(model, open_dataset({"pixels": images["input"]}))
+
+
 def test_bad_tensor_requests(resnet, images):
     _, model = resnet
     ds = open_dataset(images, model, limit=2)

@@ -23,7 +23,6 @@ import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnx
@@ -77,7 +76,7 @@ def collect(
     """
     if not isinstance(model, ir.Model):
         model = load_model(model)
-    _check_inputs(model, dataset)
+    inputs = _model_inputs(model, dataset)
     names = select_tensors(model, tensors)
     stats = Statistics({n: TensorStats(bins, histogram=histogram) for n in names})
     stats.samples = len(dataset)
@@ -85,23 +84,23 @@ def collect(
     fed = [n for n in names if n in graph_inputs]  # read from the feeds, not from ORT
     computed = [n for n in names if n not in graph_inputs]
     if not histogram:
-        _collect_reduced(model, dataset, computed, fed, stats, batch_size, providers, progress)
+        _collect_reduced(model, dataset, inputs, computed, fed, stats, batch_size, providers, progress)
         return stats.finish()
     first = next(dataset.batches(1))  # a fixed-batch model gets its fixed size
     samples_in_first = len(next(iter(first.values())))
     sizes = {n: -(-b // samples_in_first) for n, b in _bytes_per_sample(model, computed, first).items()}
-    # two batches of outputs are alive at once: one counted, the next one being computed
-    per_batch = memory_limit // 2
-    batch = dataset.fixed_batch or min(batch_size, max(1, per_batch // max(1, sum(sizes.values()))))
-    groups = _pack(computed, sizes, per_batch // batch) or [[]]
+    batch = dataset.fixed_batch or min(batch_size, max(1, memory_limit // max(1, sum(sizes.values()))))
+    groups = _pack(computed, sizes, memory_limit // batch) or [[]]
     total = math.ceil(len(dataset) / batch) * len(groups)
     with tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:
         for number, group in enumerate(groups):
             with _exposed_session(model, group, providers) as sess:
-                for feeds, outputs in _pipelined(sess, group, dataset.batches(batch)):
+                for feeds in dataset.batches(batch):
+                    feeds = {k: feeds[k] for k in inputs}
                     if number == 0:
                         for name in fed:
                             stats.update(name, feeds[name])
+                    outputs = run_session(sess, group, feeds) if group else []
                     for i, name in enumerate(group):
                         stats.update(name, outputs[i])
                         outputs[i] = None  # drop each output as soon as it is counted
@@ -109,34 +108,23 @@ def collect(
     return stats.finish()
 
 
-def _check_inputs(model: ir.Model, dataset: Dataset) -> None:
+def _model_inputs(model: ir.Model, dataset: Dataset) -> list[str]:
+    """The model's inputs, all of which the data must provide (other data arrays are not fed)."""
     wanted = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
     missing = [n for n in wanted if n not in dataset.input_names]
     if missing:
         raise DataError(
             f"the data has no input '{missing[0]}' for this model (data inputs: {', '.join(dataset.input_names)})"
         )
+    return wanted
 
 
-def _pipelined(sess, names: Sequence[str], batches: Iterator[dict]) -> Iterator[tuple[dict, list]]:
-    """(feeds, outputs) per batch, with the next batch already running in ONNX Runtime
-    (which releases the GIL) while the caller counts the current one."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = None
-        for feeds in batches:
-            running = (feeds, pool.submit(run_session, sess, names, feeds) if names else None)
-            if pending is not None:
-                yield pending[0], (pending[1].result() if pending[1] else [])
-            pending = running
-        if pending is not None:
-            yield pending[0], (pending[1].result() if pending[1] else [])
-
-
-def _collect_reduced(model, dataset, computed, fed, stats, batch_size, providers, progress):
+def _collect_reduced(model, dataset, inputs, computed, fed, stats, batch_size, providers, progress):
     total = math.ceil(len(dataset) / (dataset.fixed_batch or batch_size))
     batches = dataset.batches(batch_size)
     with _reduced_session(model, computed, providers) as (sess, outputs):
         for feeds in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress, leave=False):
+            feeds = {k: feeds[k] for k in inputs}
             for name in fed:
                 stats.update(name, feeds[name])
             if outputs:
