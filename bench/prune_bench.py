@@ -1,10 +1,10 @@
 """Structured pruning benchmark: onnxprune vs onnxsim's structured pruning, side by side.
 
-For a ResNet50-sized and a ViT-B/16-sized graph (defined below in PyTorch, exported with the
-legacy exporter, BatchNorm unfolded), each tool prunes the same share of channels per layer
-in a fresh subprocess (wall time and peak RSS (VmHWM) of that process), then every result is checked
-here: ONNX checker, an ONNX Runtime run, output shapes equal to the original's; and the share
-of weights actually removed.
+For a ResNet50 (bench/common.py) and a ViT-B/16 (defined below) exported with the legacy
+exporter, BatchNorm unfolded, each tool prunes the same share of channels per layer in a fresh
+process (common.measure: wall time of load + prune + save, peak RSS), then every result is
+checked here: ONNX checker, an ONNX Runtime run, output shapes equal to the original's; and
+the share of weights actually removed.
 
     python bench/prune_bench.py                  # both models, ratio 0.3
     python bench/prune_bench.py --models resnet50 --ratio 0.5
@@ -19,52 +19,16 @@ the goal is analysis + rewrite <= 10 s on ResNet50 and zero broken models.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from common import CACHE, ROOT, measure, resnet50, table
 
 
-# --- models (PyTorch definitions, no torchvision) ------------------------------------------
-
-def resnet50():
-    import torch.nn as nn
-
-    class Bottleneck(nn.Module):
-        def __init__(self, cin, width, stride):
-            super().__init__()
-            cout = width * 4
-            self.body = nn.Sequential(
-                nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-                nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout),
-            )
-            self.short = (
-                nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-                if stride != 1 or cin != cout else nn.Identity()
-            )
-            self.relu = nn.ReLU()
-
-        def forward(self, x):
-            return self.relu(self.body(x) + self.short(x))
-
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-        for i in range(blocks):
-            layers.append(Bottleneck(cin, width, stride if i == 0 else 1))
-            cin = width * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000)]
-    return nn.Sequential(*layers), (1, 3, 224, 224)
-
+# --- models -----------------------------------------------------------------------------
 
 def vit_b16():
     import torch
@@ -103,18 +67,18 @@ def vit_b16():
     return ViT(), (1, 3, 224, 224)
 
 
-MODELS = {"resnet50": resnet50, "vit_b16": vit_b16}
-
-
-def export(name: str, folder: Path) -> Path:
-    """Export once per torch version into ``folder`` (atomic rename; reused by later runs)."""
+def export(name: str) -> Path:
+    """The model file: ResNet50 from bench/common.py; ViT-B/16 exported once into CACHE."""
     import torch
 
-    path = folder / f"{name}-torch{torch.__version__}.onnx"
+    if name == "resnet50":
+        return resnet50()
+    path = CACHE / f"{name}-torch{torch.__version__}.onnx"
     if path.exists():
         return path
+    CACHE.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    module, shape = MODELS[name]()
+    module, shape = vit_b16()
     module.eval()
     for m in module.modules():  # trained-looking BatchNorm statistics
         if isinstance(m, torch.nn.BatchNorm2d):
@@ -175,15 +139,16 @@ def work_activation(src: str, _: str, samples: float) -> dict:
     """Streamed activation statistics over ``samples`` random inputs, batches of 32."""
     from onnxprune import runtime
     from onnxprune.io import load_model
+    from onnxprune.passes.prune.activations import collect_channel_stats
     from onnxprune.passes.prune.analysis import analyze
-    from onnxprune.passes.prune.importance import collect_channel_stats
 
+    samples = int(samples)
     model = load_model(src)
     groups = analyze(model)
 
     def batches():
-        for start in range(0, int(samples), 32):
-            yield runtime.random_inputs(model, batch=min(32, int(samples) - start), seed=start)
+        for start in range(0, samples, 32):
+            yield runtime.random_inputs(model, batch=min(32, samples - start), seed=start)
 
     t0 = time.perf_counter()
     stats = collect_channel_stats(model, groups, batches())
@@ -195,10 +160,7 @@ WORKERS = {"onnxprune": work_onnxprune, "onnxsim": work_onnxsim, "activation": w
 
 def activation_memory(sample_counts: list[int]) -> None:
     """Peak RSS of activation statistics vs number of samples: it must not grow."""
-    from onnxprune.report import table
-
-    sys.path.insert(0, str(ROOT / "tests"))
-    import zoo
+    import zoo  # tests/zoo.py, on sys.path through common
 
     rows = []
     for name in ("resnet_basic", "unet"):
@@ -210,29 +172,15 @@ def activation_memory(sample_counts: list[int]) -> None:
     print(table(["model", "samples", "collect s", "peak RSS MB", "error"], rows, align="lrrrl"))
 
 
-def peak_rss_mb() -> float:
-    """This process's RSS high-water mark (VmHWM).
-
-    Not ``ru_maxrss``: on Linux a child's ``ru_maxrss`` starts from its parent's RSS at fork,
-    before exec (a 10 MB child of an 800 MB parent reports 800 MB), and the parent here holds
-    models. VmHWM belongs to the address space, which exec replaces.
-    """
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+PRELOAD = ("numpy", "onnx", "onnx_ir", "onnxruntime", "onnxscript", "onnxprune.pipeline")
 
 
-def run_worker(tool: str, src: Path, dst: Path, ratio: float) -> dict:
-    """Run one tool in a fresh interpreter: its wall time and peak RSS."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", tool, str(src), str(dst), str(ratio)], capture_output=True, text=True
-    )
-    result = {"wall_s": time.perf_counter() - start, "peak_rss_mb": float("nan"), "error": None}
-    if proc.returncode != 0:
-        result["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:160]
-    else:
-        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+def run_worker(tool: str, src: Path, dst: Path, arg: float) -> dict:
+    """Run one tool in a fresh process (common.measure): wall time, peak RSS, result."""
+    m = measure(WORKERS[tool], str(src), str(dst), arg, preload=PRELOAD + (("onnxsim",) if tool == "onnxsim" else ()))
+    result = {"wall_s": m.wall_s, "peak_rss_mb": m.peak_rss / 2**20, "extra_rss_mb": m.extra_rss / 2**20,
+              "error": m.error}
+    result.update(m.result or {})
     return result
 
 
@@ -268,8 +216,6 @@ def digits(criteria: list[str], targets: list[float]) -> None:
     """Held-out accuracy of the digits model pruned to keep each MAC share, per criterion and order."""
     from onnxprune import load_model, optimize, runtime, stats
     from onnxprune.passes.prune import prune
-    from onnxprune.report import table
-
     data = np.load(DIGITS / "eval.npz")
     inputs, labels = data["input"], data["labels"]
     calib = DIGITS / "calib.npz"
@@ -316,10 +262,8 @@ def latency(reps: int = 5) -> None:
     """ORT CPU latency of pruned models vs the original, by round_to (best of several medians)."""
     from onnxprune import load_model, runtime
     from onnxprune.passes.prune import prune
-    from onnxprune.report import table
-
     cases = [("digits", DIGITS / "digits.onnx", (0.7, 0.5), 300),
-             ("resnet50", export("resnet50", Path(tempfile.gettempdir()) / "onnxprune-bench"), (0.6,), 15)]
+             ("resnet50", export("resnet50"), (0.6,), 15)]
     rows = []
     for name, src, targets, runs in cases:
         models = {("original", ""): load_model(src)}
@@ -337,19 +281,12 @@ def latency(reps: int = 5) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default="resnet50,vit_b16")
     parser.add_argument("--ratio", type=float, default=0.3)
-    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "onnxprune-bench")
     parser.add_argument("--digits", action="store_true", help="accuracy study on the digits sample model")
     parser.add_argument("--activation-memory", action="store_true", help="peak RSS of activation statistics vs samples")
     parser.add_argument("--latency", action="store_true", help="ORT CPU latency of pruned models by round_to")
-    parser.add_argument("--worker", nargs=4, metavar=("TOOL", "SRC", "DST", "RATIO"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        tool, src, dst, ratio = args.worker
-        result = WORKERS[tool](src, dst, float(ratio))
-        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
-        return
     if args.digits:
         digits(["l1", "l2", "bn", "activation", "apoz"], [0.7, 0.5])
         return
@@ -360,32 +297,30 @@ def main() -> None:
         activation_memory([64, 640, 6400])
         return
     from onnxprune import optimize
-    from onnxprune.report import table
 
-    args.workdir.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.models.split(","):
         print(f"exporting {name} ...", file=sys.stderr)
-        exported = export(name, args.workdir)
-        folded = args.workdir / f"{exported.stem}-folded.onnx"
+        exported = export(name)
+        folded = CACHE / f"{exported.stem}-folded.onnx"
         if not folded.exists():
             optimize(exported, folded)  # exact clean-up: BatchNorm and constants folded
         for form, original in (("exported", exported), ("optimized", folded)):
             for tool in ("onnxprune", "onnxsim"):
                 print(f"{name} ({form}): {tool} ...", file=sys.stderr)
-                dst = args.workdir / f"{original.stem}-{tool}-{args.ratio}.onnx"
+                dst = CACHE / f"{original.stem}-{tool}-{args.ratio}.onnx"
                 dst.unlink(missing_ok=True)
                 r = run_worker(tool, original, dst, args.ratio)
                 r.update(check(original, dst) if r["error"] is None else {"valid": False, "error": r["error"]})
                 rows.append(_row(name, form, tool, r))
     print(f"\nratio {args.ratio} of each layer's channels (l1 / L2-norm ranking), batch-1 224x224 inputs")
     print(table(
-        ["model", "input", "tool", "prune time s", "process wall s", "peak RSS MB", "weights removed", "valid",
-         "shapes kept", "groups pruned/prunable/all", "error"],
-        rows, align="lllrrrrllrl",
+        ["model", "input", "tool", "prune time s", "load+prune+save s", "peak RSS MB", "of which imports",
+         "weights removed", "valid", "shapes kept", "groups pruned/prunable/all", "error"],
+        rows, align="lllrrrrrllrl",
     ))
     print("onnxprune time: prepare (Identity/Constant clean-up) + analysis + scoring/planning + rewrite;"
-          " process wall includes Python start, imports, load and save.")
+          " each tool runs in a fresh process (bench/common.py measure), imports preloaded.")
 
 
 def _row(name: str, form: str, tool: str, r: dict) -> tuple:
@@ -396,6 +331,7 @@ def _row(name: str, form: str, tool: str, r: dict) -> tuple:
         t, groups = (f"{r['prune_s']:.2f}" if "prune_s" in r else ""), ""
     return (
         name, form, tool, t, f"{r['wall_s']:.1f}", f"{r['peak_rss_mb']:.0f}",
+        f"{r['peak_rss_mb'] - r['extra_rss_mb']:.0f}",
         f"{r['weights_removed']:.1%}" if "weights_removed" in r else "",
         "yes" if r["valid"] else "NO", "yes" if r.get("shapes_kept") else "no", groups, r.get("error") or "",
     )
