@@ -261,14 +261,12 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int |
                     header_len = member.tell()
                 if dtype.hasobject:
                     raise DataError(f"{path}: array '{info.filename[:-4]}' holds Python objects (refused)")
-                offset = None
+                offset = None  # compressed or Fortran-ordered: np.load reads it whole
                 if info.compress_type == zipfile.ZIP_STORED and not fortran:
+                    # data = local file header (30 bytes + name + extra field) + .npy header
                     raw.seek(info.header_offset)
-                    local = raw.read(30)
-                    name_len, extra_len = struct.unpack("<HH", local[26:30])
+                    name_len, extra_len = struct.unpack("<HH", raw.read(30)[26:30])
                     offset = info.header_offset + 30 + name_len + extra_len + header_len
-                elif fortran:
-                    offset = None  # np.load handles the transpose
                 members[info.filename[:-4]] = (tuple(shape), dtype, offset)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataError(f"{path}: not a readable .npz file ({exc})") from None
