@@ -72,6 +72,11 @@ def test_stored_arrays_are_read_by_rows(tmp_path, model, samples):
         rows = np.array([7, 2, 3, 3, 9, 0])
         np.testing.assert_array_equal(stored[rows], samples[rows])
         np.testing.assert_array_equal(np.sort(stack(ds), axis=0), np.sort(samples, axis=0))
+    fortran = np.asfortranarray(samples)  # not row-contiguous: loaded by numpy instead
+    np.savez(tmp_path / "f.npz", x=fortran)
+    np.save(tmp_path / "f.npy", fortran)
+    for path in (tmp_path / "f.npz", tmp_path / "f.npy"):
+        np.testing.assert_array_equal(stack(open_dataset(path, model)), samples)
     truncated = tmp_path / "short.npy"
     truncated.write_bytes((tmp_path / "data.npy").read_bytes()[:-8])
     with pytest.raises(DataError, match="short.npy"):
