@@ -6,6 +6,7 @@ import click
 
 from onnxprune import api
 from onnxprune.cli._common import show_progress, split_list
+from onnxprune.io import check_output_path
 from onnxprune.passes import PASSES, get_pass
 from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import change, human, table, write_json
@@ -28,6 +29,8 @@ def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> 
     names = split_list(passes) or list(DEFAULT_PIPELINE)
     for name in names:
         get_pass(name)  # fail on an unknown name before any work
+    if report_path:
+        check_output_path(report_path, model)  # never write the report over the input model
     result = api.optimize(
         model, output, passes=names, verify=verify, tolerance=tolerance, progress=show_progress(ctx)
     )
