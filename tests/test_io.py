@@ -277,3 +277,20 @@ def test_sigterm_during_a_run_cleans_up_like_ctrl_c(tmp_path, external):
     assert proc.wait(timeout=30) == 130
     assert "nothing was written" in proc.stderr.read()
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", [
+    ("optimize", "-o", "{out}/o.onnx", "--report", "{model}"),
+    ("prune", "-o", "{out}/p.onnx", "--ratio", "0.5", "--latency-runs", "0", "--report", "{model}"),
+    ("quantize", "-o", "{out}/q.onnx", "--synthetic", "--no-latency", "--report", "{model}"),
+    ("quantize", "-o", "{out}/q.onnx", "--synthetic", "--no-latency", "--save-table", "{model}"),
+    ("check", "{model}", "--json", "{model}"),
+], ids=lambda c: f"{c[0]}-{c[-2]}")
+def test_reports_are_never_written_over_the_input(tmp_path, command):
+    model = corrupt.good_model(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    before = digest(model.parent)
+    result = cli_run(command[0], model, *(a.format(out=out, model=model) for a in command[1:]))
+    assert result.exit_code == 2 and "refusing to overwrite the input" in result.stderr, result.output
+    assert digest(model.parent) == before and list(out.iterdir()) == []
