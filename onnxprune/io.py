@@ -4,8 +4,9 @@ Loading parses the protobuf without its external data, checks what a hostile or 
 file could use against us (tensor sizes that lie, external data outside the model's
 folder, symlinks or hard links out of it, duplicate tensor names, a cycle) and then
 hands the proto to onnx-ir, which memory-maps external data instead of reading it.
-Every refusal is a :class:`ModelLoadError` (or a subclass) with one line naming the file
-and the problem.
+Every refusal is one line naming the file and the problem: :class:`ModelLoadError` (a
+file that is not a readable model), :class:`UnsafeModelError` (data outside its folder) or
+:class:`InvalidModelError` (a graph that is not valid ONNX).
 
 Saving is atomic: the model (and its external data) is written into a temporary folder
 beside the destination and renamed into place only once complete, so an interrupted run
