@@ -11,16 +11,26 @@ from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.passes.quantize.api import QuantizeResult, quantize
 from onnxprune.passes.prune import PruneResult, prune
+from onnxprune.compress import CompressResult, compress
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PIPELINE",
+    "CheckResult",
+    "CompressResult",
     "OnnxPruneError",
     "OptimizeResult",
+    "PruneResult",
+    "QuantizeResult",
+    "Tolerances",
+    "check",
+    "compress",
     "inspect",
     "load_model",
     "optimize",
+    "prune",
+    "quantize",
     "run_pipeline",
     "save_model",
 ]

@@ -22,12 +22,13 @@ def cli(debug: bool, quiet: bool) -> None:
 
 
 from onnxprune.cli.check_cmd import check_cmd  # noqa: E402
+from onnxprune.cli.compress_cmd import compress_cmd  # noqa: E402
 from onnxprune.cli.inspect_cmd import inspect_cmd  # noqa: E402
 from onnxprune.cli.optimize_cmd import optimize_cmd  # noqa: E402
 from onnxprune.cli.prune_cmd import prune_cmd  # noqa: E402
 from onnxprune.cli.quantize_cmd import quantize_cmd  # noqa: E402
 
-for _command in (inspect_cmd, optimize_cmd, check_cmd, quantize_cmd, prune_cmd):
+for _command in (inspect_cmd, optimize_cmd, prune_cmd, quantize_cmd, check_cmd, compress_cmd):
     cli.add_command(_command)
 
 

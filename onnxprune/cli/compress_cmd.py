@@ -1,0 +1,82 @@
+"""`onnxprune compress`: the whole job in one command."""
+
+from __future__ import annotations
+
+import click
+
+from onnxprune.cli._common import show_progress, split_list
+from onnxprune.compress import STAGES, compress
+from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
+from onnxprune.passes.quantize.api import METHODS
+from onnxprune.report import change, human, table, write_json
+
+EPILOG = """\b
+Examples:
+  onnxprune compress model.onnx -o model.small.onnx --calib calib.npz --target-macs 0.7
+  onnxprune compress model.onnx -o model.int8.onnx --calib calib.npz --eval eval.npz --labels labels \\
+      --max-accuracy-drop 0.01
+
+\b
+Stages, in order: """ + " -> ".join(STAGES) + """. Pruning runs when --ratio, --target-macs
+or --target-params is given; quantization unless --no-quantize. For every option of a stage,
+run it on its own (onnxprune prune / quantize / check). Exit codes: 0 parity holds, 1 the
+final check failed (the output is still written, for inspection), 2 bad input or usage.
+"""
+
+
+@click.command("compress", epilog=EPILOG)
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the compressed model.")
+@click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
+@click.option("--eval", "eval_data", type=click.Path(), help="Data for the final check (default: --calib).")
+@click.option("--labels", help="Name of the labels array in the check data: accuracy before/after.")
+@click.option("--ratio", type=float, help="Prune this share of channels.")
+@click.option("--target-macs", type=float, help="Prune to keep this share of MACs, e.g. 0.7.")
+@click.option("--target-params", type=float, help="Prune to keep this share of parameters.")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default="l1", show_default=True, help="Channel importance.")
+@click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this.")
+@click.option("--exclude", multiple=True, help="Node names or globs not to prune (repeatable or comma list).")
+@click.option("--quantize/--no-quantize", "quantize_model", default=True, show_default=True, help="Static INT8 (QDQ) quantization.")
+@click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="Calibration method.")
+@click.option("--samples", type=int, help="Calibrate on at most this many samples.")
+@click.option("--max-accuracy-drop", type=float, help="Fail (exit 1) if accuracy on --labels drops more than this (0..1).")
+@click.option("--providers", help="Execution providers for the check (default: every available one of cpu,cuda).")
+@click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime CPU before/after on a batch this big (0: skip).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@click.pass_context
+def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_macs, target_params, criterion,
+                 round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
+                 latency_batch, report_path) -> None:
+    """Clean up, prune, quantize and check a model in one go."""
+    result = compress(
+        model, output, calib=calib, eval_data=eval_data, labels=labels, ratio=ratio,
+        target_macs=target_macs, target_params=target_params, criterion=criterion,
+        prune_options={"round_to": round_to, "exclude": [e for x in exclude for e in split_list(x)]},
+        quantize_model=quantize_model, method=method, samples=samples,
+        max_accuracy_drop=max_accuracy_drop, providers=split_list(providers) or None,
+        latency_batch=latency_batch or None, progress=show_progress(ctx),
+    )
+    rows = [("original", "", *_cells(result.before, result.before))]
+    rows += [(s.name, f"{s.seconds:.2f} s", *_cells(s.summary, result.before)) for s in result.stages]
+    click.echo(table(["stage", "time", "nodes", "parameters", "MACs", "weights"], rows, align="lrrrrr"))
+    if result.latency_ms:
+        lat = result.latency_ms
+        click.echo(f"\nlatency (ONNX Runtime CPU, 1 thread, batch {lat['batch']}): "
+                   f"{lat['before']:.2f} ms -> {lat['after']:.2f} ms ({change(lat['before'], lat['after'])})")
+    click.echo("\n" + str(result.check))
+    click.echo(f"\nwrote {result.output}")
+    if report_path:
+        write_json(report_path, result.to_dict())
+    result.check.raise_on_failure()
+
+
+def _cells(summary: dict, before: dict) -> tuple[str, ...]:
+    def cell(key: str, text: str) -> str:
+        return text if summary is before else f"{text} ({change(before[key], summary[key])})"
+
+    return (
+        cell("nodes", str(summary["nodes"])),
+        cell("parameters", f"{summary['parameters']:,}"),
+        cell("macs", human(summary["macs"])),
+        cell("weights_bytes", human(summary["weights_bytes"], "B")),
+    )

@@ -1,0 +1,168 @@
+"""The whole job in one call: clean up, prune, quantize, then check against the original.
+
+The product's stage order is written here, once (:data:`STAGES`); each stage is the public
+API of its own package, so ``compress`` is exactly what a user gets by chaining
+``optimize`` → ``prune`` → ``quantize`` → ``check`` by hand, on one in-memory model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import onnx_ir as ir
+
+from onnxprune import runtime, stats
+from onnxprune.api import ModelLike, as_model, optimize
+from onnxprune.errors import UsageError
+from onnxprune.io import check_output_path, save_model
+from onnxprune.parity import CheckResult, Tolerances, check
+from onnxprune.passes.prune import prune
+from onnxprune.passes.quantize.api import quantize
+
+STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
+SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
+PRUNED_MIN_TOP1 = 0.95
+PRUNED_MAX_ACCURACY_DROP = 0.01
+
+
+@dataclasses.dataclass
+class StageRecord:
+    name: str
+    seconds: float
+    summary: dict  # nodes, parameters, weights_bytes, macs after the stage
+    result: object  # the stage's own result (OptimizeResult, PruneResult, ...)
+
+
+@dataclasses.dataclass
+class CompressResult:
+    """Truthy when the final parity check holds."""
+
+    model: ir.Model
+    before: dict
+    stages: list[StageRecord]
+    check: CheckResult
+    latency_ms: dict | None = None  # ONNX Runtime CPU median {"before", "after", "batch", "threads"}
+    output: Path | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.check)
+
+    @property
+    def after(self) -> dict:
+        return self.stages[-1].summary if self.stages else self.before
+
+    def to_dict(self) -> dict:
+        return {
+            "output": str(self.output) if self.output else None,
+            "passed": bool(self.check),
+            "before": self.before,
+            "latency_ms": self.latency_ms,
+            "stages": [
+                {"name": s.name, "seconds": s.seconds, "after": s.summary,
+                 "report": s.result.to_dict() if hasattr(s.result, "to_dict") else None}
+                for s in self.stages
+            ],
+        }
+
+
+def _summary(model: ir.Model) -> dict:
+    return {k: v for k, v in stats.summarize(model).items() if k in SUMMARY_KEYS}
+
+
+def _reference_copy(model: ModelLike) -> ir.Model:
+    """The untouched original to check against (stages work in place on their model)."""
+    if isinstance(model, ir.Model):
+        return ir.from_proto(ir.to_proto(model))
+    return as_model(model)[0]
+
+
+def _tolerances(pruned: bool, quantized: bool, max_accuracy_drop: float | None) -> Tolerances | str:
+    """Exact when only exact stages ran; the int8 preset after quantization alone. Pruning
+    without retraining changes the outputs by design, so then only what users judge a
+    classifier by counts: top-1 agreement >= 95 % and the accuracy drop on labels."""
+    if not (pruned or quantized):
+        return "exact"
+    if not pruned:
+        return Tolerances.from_preset("int8", max_accuracy_drop=max_accuracy_drop)
+    drop = PRUNED_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+    return Tolerances(atol=None, rtol=0.0, min_top1=PRUNED_MIN_TOP1, max_accuracy_drop=drop, preset="pruned")
+
+
+def compress(
+    model: ModelLike,
+    output: str | os.PathLike | None = None,
+    *,
+    calib=None,
+    eval_data=None,
+    labels: str | None = None,
+    ratio: float | None = None,
+    target_macs: float | None = None,
+    target_params: float | None = None,
+    criterion: str = "l1",
+    prune_options: Mapping | None = None,
+    quantize_model: bool = True,
+    method: str = "minmax",
+    samples: int | None = None,
+    quantize_options: Mapping | None = None,
+    max_accuracy_drop: float | None = None,
+    providers: Sequence[str] | None = None,
+    latency_batch: int | None = None,
+    progress: bool = False,
+) -> CompressResult:
+    """Run :data:`STAGES` on ``model`` and save the result to ``output`` (if given).
+
+    Pruning runs when ``ratio``, ``target_macs`` or ``target_params`` is given (extra
+    :func:`onnxprune.prune` arguments in ``prune_options``); quantization runs when
+    ``quantize_model`` and needs ``calib`` (extra :func:`onnxprune.quantize` arguments in
+    ``quantize_options``). The check compares the result with the original on ``eval_data``
+    (else ``calib``), judged as :func:`_tolerances` says, with ``max_accuracy_drop`` on
+    ``labels``. The output is
+    written even when the check fails (the result is falsy then), so it can be inspected.
+    ``latency_batch``: also time ONNX Runtime CPU (one thread, median) before and after on a
+    random batch of that size.
+    """
+    pruning = any(x is not None for x in (ratio, target_macs, target_params))
+    if quantize_model and calib is None:
+        raise UsageError("quantization needs calibration data (calib); or skip it with quantize_model=False")
+    loaded, path = as_model(model)
+    if output is not None:
+        check_output_path(output, path)
+    reference = _reference_copy(model)
+    before = _summary(loaded)
+
+    stages: list[StageRecord] = []
+
+    def run(name: str, fn) -> None:
+        start = time.perf_counter()
+        result = fn()
+        stages.append(StageRecord(name, time.perf_counter() - start, _summary(result.model), result))
+
+    run("optimize", lambda: optimize(loaded, progress=progress))
+    if pruning:
+        run("prune", lambda: prune(
+            loaded, criterion=criterion, ratio=ratio, target_macs=target_macs,
+            target_params=target_params, calib=calib, latency_runs=0, progress=progress,
+            **dict(prune_options or {})))
+    current = stages[-1].result.model
+    if quantize_model:
+        run("quantize", lambda: quantize(
+            current, calib=calib, method=method, samples=samples, progress=progress,
+            **dict(quantize_options or {})))
+        current = stages[-1].result.model
+
+    result = check(
+        reference, current, eval_data if eval_data is not None else calib, providers=providers,
+        tolerances=_tolerances(pruning, quantize_model, max_accuracy_drop), labels=labels,
+        progress=progress,
+    )
+    latency = None
+    if latency_batch:
+        feeds = runtime.random_inputs(reference, batch=latency_batch)
+        latency = {"before": runtime.latency_ms(reference, feeds), "after": runtime.latency_ms(current, feeds),
+                   "batch": latency_batch, "threads": 1}
+    saved = save_model(current, output, input_path=path) if output is not None else None
+    return CompressResult(current, before, stages, result, latency, saved)

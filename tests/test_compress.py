@@ -1,0 +1,90 @@
+"""`compress`: optimize -> prune -> quantize -> check on the shipped digits model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+import onnxprune
+from onnxprune.cli import cli
+from onnxprune.compress import STAGES, compress
+from onnxprune.errors import UsageError
+
+DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"
+MODEL, CALIB, EVAL = DIGITS / "digits.onnx", DIGITS / "calib.npz", DIGITS / "eval.npz"
+
+
+def test_stage_order_is_the_products():
+    assert STAGES == ("optimize", "prune", "quantize", "check")
+
+
+def test_quantize_only_keeps_accuracy_and_records_every_stage():
+    result = compress(MODEL, calib=CALIB, eval_data=EVAL, labels="labels")
+    assert [s.name for s in result.stages] == ["optimize", "quantize"]
+    assert result, result.check.failures
+    logits = result.check.output("logits")
+    assert logits["accuracy_reference"] == pytest.approx(logits["accuracy_candidate"], abs=0.01)
+    assert result.after["weights_bytes"] < result.before["weights_bytes"] / 3  # int8 weights
+    ops = {n.op_type for n in result.model.graph}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_pruning_stage_runs_on_request_and_is_judged_on_accuracy():
+    result = compress(MODEL, calib=CALIB, eval_data=EVAL, labels="labels", target_macs=0.7,
+                      prune_options={"round_to": 1}, quantize_model=False)
+    assert [s.name for s in result.stages] == ["optimize", "prune"]
+    assert result.after["macs"] <= 0.72 * result.before["macs"]
+    assert result.check.tolerances.preset == "pruned"
+    assert result.check.tolerances.max_accuracy_drop == 0.01
+    logits = result.check.output("logits")
+    assert bool(result) == (logits["accuracy_drop"] <= 0.01 and logits["top1_agreement"] >= 0.95)
+
+
+def test_exact_only_is_checked_exactly():
+    result = compress(MODEL, quantize_model=False, eval_data=EVAL)
+    assert result.check.tolerances.preset == "exact" and result
+
+
+def test_quantization_needs_calibration_data():
+    with pytest.raises(UsageError, match="calibration data"):
+        compress(MODEL)
+
+
+def test_in_memory_model_is_checked_against_its_original():
+    model = onnxprune.load_model(MODEL)
+    result = compress(model, calib=CALIB, eval_data=EVAL, labels="labels")
+    assert result and result.model is model  # stages work in place; the reference is a copy
+
+
+def test_cli_writes_model_and_report(tmp_path):
+    out, report = tmp_path / "small.onnx", tmp_path / "report.json"
+    res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB),
+                                   "--eval", str(EVAL), "--labels", "labels", "--target-macs", "0.8",
+                                   "--round-to", "1", "--latency-batch", "0", "--report", str(report)])
+    assert res.exit_code in (0, 1), res.output
+    onnx.checker.check_model(str(out))
+    data = json.loads(report.read_text())
+    assert [s["name"] for s in data["stages"]] == ["optimize", "prune", "quantize"]
+    assert data["passed"] == (res.exit_code == 0)
+    assert "stage" in res.output and "parity" in res.output
+
+
+def test_cli_failed_check_exits_1_and_still_writes(tmp_path):
+    out = tmp_path / "tiny.onnx"
+    res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB),
+                                   "--eval", str(EVAL), "--labels", "labels", "--target-macs", "0.3",
+                                   "--max-accuracy-drop", "0", "--latency-batch", "0"])
+    assert res.exit_code == 1, res.output
+    assert "accuracy drop" in res.output and out.exists()
+
+
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out)])
+    assert res.exit_code == 2 and "calibration data" in res.output and not out.exists()
+    res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--ratio", "1.5"])
+    assert res.exit_code == 2 and not out.exists()
