@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -34,6 +35,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: nothing was written", err=True)
             ctx.exit(130)
+        except BrokenPipeError:  # `onnxprune inspect m.onnx | head`: the reader left; stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(141)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug: say so plainly
@@ -53,7 +57,7 @@ def _quiet_libraries(debug: bool) -> None:
     if debug:  # our own debug lines (why a pass left a node alone) go to stderr
         logging.basicConfig(format="%(name)s: %(message)s", stream=sys.stderr)
         logging.getLogger("onnxprune").setLevel(logging.DEBUG)
-    if not debug:
+    else:
         warnings.filterwarnings("ignore")
 
 
