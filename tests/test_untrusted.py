@@ -34,6 +34,8 @@ COMMANDS = {
                                       "--report", out / "r.json"],
     "check": lambda m, out, good: ["check", m, good, "--json", out / "r.json"],
     "check-candidate": lambda m, out, good: ["check", good, m, "--json", out / "r.json"],
+    "compress": lambda m, out, good: ["compress", m, "-o", out / "c.onnx", "--no-quantize", "--latency-batch", "0",
+                                      "--report", out / "r.json"],
 }
 
 
