@@ -1,0 +1,223 @@
+"""One layer that reads pruned channels, seen as ``y = M x + bias`` for the least-squares refit.
+
+The weight, read as the layer uses it (through the exporter's Transposes), becomes the
+output-space matrix ``M`` [O, D]: Conv ``W.reshape(O, C·K)`` (rows of the input: im2col
+patches), Gemm ``alpha · B'ᵀ``, MatMul ``Bᵀ``. The bias is Conv ``B``, Gemm ``beta · C``, and
+0 for MatMul (torch's Linear adds it in the next node: the refit's bias goes there, through
+:func:`.fold.install`). Refitting solves for the kept columns of the kept rows
+(:mod:`.lstsq`) and writes them back in the pruned layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune.graphutils import attr, set_initializer
+from onnxprune.passes.prune import fold
+from onnxprune.passes.prune.fold import _layer as consumer_layer  # the layer a CONSUMER slot feeds
+from onnxprune.passes.prune.group import Group, PrunePlan, Role
+from onnxprune.passes.prune.layers import resolve_weight
+from onnxprune.passes.prune.lstsq import NormalEquations, conv_rows
+from onnxprune.passes.prune.rules import constant, is_const
+
+# Rows (output positions) sampled per batch and layer when a batch has more (seeded).
+MAX_ROWS = 4096
+
+
+@dataclasses.dataclass
+class LayerFit:
+    """One refitted (or skipped) layer in the report."""
+
+    layer: str
+    op: str
+    inputs: tuple[int, int]  # input channels/features read: before, after pruning
+    status: str  # "refit"; "recentred": sliced weights, bias re-centred; "skipped"
+    error_before: float | None = None  # relative output error, sliced weights + mean compensation
+    error_after: float | None = None  # after the refit (calibration data)
+    rows: int = 0  # rows (samples × positions) in the fit
+    note: str | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        head = f"{self.layer}: "
+        if self.status == "skipped":
+            return head + f"not refit ({self.note})"
+        error = f"relative output error {self.error_before:.3f} -> {self.error_after:.3f}"
+        if self.status == "refit":
+            return head + f"refit by least squares on {self.rows} rows, {error}"
+        return head + f"sliced weights, bias re-centred ({self.note}), {error}"
+
+
+class Target:
+    """A layer to refit: the inputs it loses and its weight read as an output-space matrix."""
+
+    def __init__(self, layer: ir.Node, removed_in: np.ndarray, removed_out: np.ndarray, seed: int) -> None:
+        self.layer, self.op = layer, layer.op_type
+        weight = resolve_weight(layer, 1)
+        self.perm = weight.perm
+        w = np.transpose(constant(weight.value), self.perm)  # as the layer reads it
+        self.dtype = w.dtype
+        self.kernel = tuple(w.shape[2:]) if self.op == "Conv" else ()
+        self.scale = attr(layer, "alpha", 1.0) if self.op == "Gemm" else 1.0
+        self.transposed = self.op == "Gemm" and bool(attr(layer, "transB", 0))
+        matrix = self.matrix(w)
+        outputs, self.width = matrix.shape[0], matrix.shape[1] // math.prod(self.kernel)
+        self.kept_in = np.setdiff1d(np.arange(self.width), removed_in)
+        self.kept_out = np.setdiff1d(np.arange(outputs), removed_out)
+        self.sliced = matrix[np.ix_(self.kept_out, self.columns(self.kept_in))].T  # A0 [D, O]
+        self.bias = _output_bias(layer, outputs)[self.kept_out]
+        self.rng = np.random.default_rng(seed)
+        self.equations: NormalEquations | None = None  # while its calibration pass runs
+        self.x_value, self.y_value = layer.inputs[0], layer.outputs[0]
+        self.solution: tuple[np.ndarray, np.ndarray] | None = None
+        self.report: LayerFit | None = None
+
+    def matrix(self, w: np.ndarray) -> np.ndarray:
+        """``M`` [O, D] with ``y = M x + bias`` (Conv columns: channel-major, then kernel)."""
+        if self.op == "Conv":
+            return w.reshape(w.shape[0], -1).astype(np.float64)
+        return self.scale * (w if self.transposed else w.T).astype(np.float64)
+
+    def columns(self, channels: np.ndarray) -> np.ndarray:
+        """The columns of ``M`` that read the given input channels."""
+        k = math.prod(self.kernel)
+        return (channels[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+
+    def update(self, x: np.ndarray, y: np.ndarray, pruned_input: bool) -> None:
+        """Add one batch: the layer's input ``x`` (already without the removed channels when
+        read from the pruned model) and the original output ``y``."""
+        if self.op == "Conv":
+            outs = y.shape[0] * math.prod(y.shape[2:])
+            index = self._sample(outs)
+            x = x if pruned_input else np.take(x, self.kept_in, axis=1)
+            rows = conv_rows(self.layer, self.kernel, x, y.shape, index)
+            targets = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])[index]
+        else:
+            x = x.reshape(-1, x.shape[-1])
+            index = self._sample(len(x))
+            rows = x[index] if pruned_input else x[np.ix_(index, self.kept_in)]
+            targets = y.reshape(-1, y.shape[-1])[index]
+        self.equations.update(rows, targets[:, self.kept_out])
+
+    def _sample(self, count: int) -> np.ndarray:
+        if count <= MAX_ROWS:
+            return np.arange(count)
+        return np.sort(self.rng.choice(count, MAX_ROWS, replace=False))
+
+    def solve(self, ridge: float) -> None:
+        """Solve the equations (then freed): the refit, or the sliced weights with the bias
+        re-centred when the system is ill-conditioned or the refit is no better."""
+        eq, self.equations = self.equations, None
+        a0 = self.sliced
+        c0 = eq.recentred(a0)
+        before = eq.error(a0, c0)
+        solved = eq.solve(ridge)
+        status, note = "refit", None
+        if isinstance(solved, str):
+            status, note, solved = "recentred", solved, (a0, c0)
+        elif eq.error(*solved) > before * (1 + 1e-9) + 1e-12:  # the ridge can cost a little
+            status, note, solved = "recentred", "the refit was no better", (a0, c0)
+        self.solution = solved
+        self.report = LayerFit(self.layer.name, self.op, (self.width, len(self.kept_in)), status,
+                               before, eq.error(*solved), eq.n, note)
+
+    def zero_removed(self) -> None:
+        """Zero the weight columns of the removed inputs, so that no mean is folded here."""
+        weight = resolve_weight(self.layer, 1)
+        w = np.transpose(constant(weight.value), self.perm).copy()
+        removed = np.setdiff1d(np.arange(self.width), self.kept_in)
+        if self.op == "Conv":
+            w[:, removed] = 0
+        elif self.transposed:
+            w[:, removed] = 0
+        else:
+            w[removed, :] = 0
+        set_initializer(weight.value, np.transpose(w, np.argsort(self.perm)))
+
+    def write(self, graph: ir.Graph, a: np.ndarray, c: np.ndarray) -> None:
+        """Set the pruned layer to ``y = aᵀ x + c`` (after :func:`apply_plan` sliced it)."""
+        m = a.T
+        if self.op == "Conv":
+            w = m.reshape(len(self.kept_out), len(self.kept_in), *self.kernel)
+        else:
+            m = m / self.scale
+            w = m if self.transposed else m.T
+        weight = resolve_weight(self.layer, 1)
+        set_initializer(weight.value, np.transpose(w, np.argsort(self.perm)).astype(self.dtype))
+        fold.install(graph, [(self.layer, c - self.bias)], lambda _: np.empty(0, dtype=np.int64))
+
+
+def _output_bias(layer: ir.Node, outputs: int) -> np.ndarray:
+    """What the layer adds to ``M x`` per output channel (Conv B, Gemm beta·C; 0 for MatMul)."""
+    value = layer.inputs[2] if len(layer.inputs) > 2 else None
+    if value is None or layer.op_type == "MatMul":
+        return np.zeros(outputs)
+    bias = np.asarray(constant(value), dtype=np.float64).reshape(-1)
+    beta = attr(layer, "beta", 1.0) if layer.op_type == "Gemm" else 1.0
+    return beta * np.broadcast_to(bias, (outputs,))
+
+
+def _unsupported(layer: ir.Node) -> str | None:
+    """Why ``layer`` cannot be refit (None: it can)."""
+    op = layer.op_type
+    if op not in ("Conv", "Gemm", "MatMul"):
+        return f"{op}: keeps the mean compensation"
+    if op == "Conv" and attr(layer, "group", 1) != 1:
+        return "grouped Conv: keeps the mean compensation"
+    if op == "Gemm" and attr(layer, "transA", 0):
+        return "Gemm with transA"
+    weight = resolve_weight(layer, 1)
+    if weight is None or not weight.value.is_initializer() or len(weight.value.uses()) != 1:
+        return "its weight is shared or not an initializer"
+    if weight.value.is_graph_input() or weight.value.is_graph_output():
+        return "its weight is a graph input or output"
+    if op == "MatMul" and len(weight.perm) != 2:
+        return "MatMul with a weight that is not 2-D"
+    if layer.outputs[0].shape is None:
+        return "its output shape is unknown"
+    bias = layer.inputs[2] if op != "MatMul" and len(layer.inputs) > 2 else None
+    if bias is not None:
+        array = constant(bias) if is_const(bias) else None
+        outputs = layer.outputs[0].shape[1] if layer.outputs[0].shape is not None else None
+        if array is None or array.size not in (1, outputs):
+            return "its bias is computed at runtime or not per output channel"
+    return None
+
+
+def find_targets(groups: Sequence[Group], plan: PrunePlan, seed: int = 0) -> tuple[list[Target], list[LayerFit]]:
+    """The layers reading the channels ``plan`` removes: those to refit, and those skipped."""
+    layers: dict[int, tuple[ir.Node, list[np.ndarray]]] = {}
+    removed_out: dict[int, list[np.ndarray]] = {}
+    for group in groups:
+        if group.id not in plan.keep:
+            continue
+        removed = plan.removed(group)
+        for slot in group.by_role(Role.CONSUMER):
+            entry = layers.setdefault(id(consumer_layer(slot)), (consumer_layer(slot), []))
+            entry[1].append(slot.positions(removed, group.size))
+        for slot in group.by_role(Role.ACTIVATION):
+            removed_out.setdefault(id(slot.value), []).append((slot, slot.positions(removed, group.size)))
+    targets, skipped = [], []
+    order = {id(n): i for i, n in enumerate(next(iter(layers.values()))[0].graph)} if layers else {}
+    for layer, parts in sorted(layers.values(), key=lambda entry: order.get(id(entry[0]), -1)):
+        removed_in = np.unique(np.concatenate(parts))
+        reason = _unsupported(layer)
+        if reason is not None:
+            shape = layer.inputs[0].shape
+            width = shape[-1 if layer.op_type == "MatMul" else 1] if shape is not None else None
+            inputs = (width, width - len(removed_in)) if isinstance(width, int) else (None, None)
+            skipped.append(LayerFit(layer.name, layer.op_type, inputs, "skipped", note=reason))
+            continue
+        out = layer.outputs[0]
+        axis = len(out.shape) - 1 if layer.op_type == "MatMul" else 1
+        cut = [p for slot, p in removed_out.get(id(out), []) if slot.axis == axis]
+        cut = np.unique(np.concatenate(cut)) if cut else np.empty(0, dtype=np.int64)
+        targets.append(Target(layer, removed_in, cut, seed + len(targets)))
+    return targets, skipped
