@@ -45,6 +45,8 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
 @click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
+@click.option("--reconstruct/--no-reconstruct", default=None, help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
+@click.option("--refit-inputs", type=click.Choice(["pruned", "original"]), default="pruned", show_default=True, help="Refit inputs from the pruned model layer by layer (upstream error included) or from the original (one pass: faster on deep models).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
@@ -52,7 +54,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
-              min_channels, exclude, calib, calib_limit, batch_size, fold, compensate, dry_run, latency_runs,
+              min_channels, exclude, calib, calib_limit, batch_size, fold, compensate, reconstruct, refit_inputs, dry_run, latency_runs,
               threads, all_groups, report_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
@@ -63,7 +65,8 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
         min_channels=min_channels, exclude=[p for item in exclude for p in split_list(item)], calib=calib,
-        calib_limit=calib_limit, batch_size=batch_size, fold=fold, compensate=compensate, dry_run=dry_run,
+        calib_limit=calib_limit, batch_size=batch_size, fold=fold, compensate=compensate, reconstruct=reconstruct,
+        refit_inputs=refit_inputs, dry_run=dry_run,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )
     click.echo(format_groups(result.report, all_groups))
@@ -95,11 +98,24 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
     target = ", ".join(f"keep {share:.0%} of {'MACs' if k == 'macs' else 'parameters'}" for k, share in (report.target or {}).items())
     ratio = f"ratio {report.ratio:.3f}" + (f" (searched to {target})" if target else "")
     lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]
-    if report.compensation:
+    if report.reconstruction:
+        lines += ["layers reading pruned channels, refit by least squares on the calibration data "
+                  "(relative output error: ‖Y − Ŷ‖ / ‖Y − mean Y‖ vs the original layer)", format_refits(report)]
+    refit_all = report.reconstruction is not None and all(f.status != "skipped" for f in report.reconstruction)
+    if report.compensation and not refit_all:  # else every bias came from the refit
         lines.append(f"removed channels' mean folded into the next layers' biases, from {report.compensation}")
     if hidden:
         lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")
     return "\n".join(lines)
+
+
+def format_refits(report: PruneReport) -> str:
+    rows = [
+        (f.layer, f.op, f"{f.inputs[0]} → {f.inputs[1]}" if f.inputs[0] is not None else "", f.status,
+         "" if f.error_before is None else f"{f.error_before:.3f} → {f.error_after:.3f}", f.rows or "", f.note or "")
+        for f in report.reconstruction
+    ]
+    return table(["layer", "op", "inputs", "status", "output error", "rows", "note"], rows, align="llrlrrl")
 
 
 def format_summary(result: PruneResult) -> str:

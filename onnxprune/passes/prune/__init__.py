@@ -26,6 +26,7 @@ from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slo
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
+from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.validate import check_model
 
@@ -65,6 +66,7 @@ class PruneReport:
     params: tuple[int, int]
     changes: list[str] = dataclasses.field(default_factory=list)
     compensation: str | None = None  # where the removed channels' means came from, if folded
+    reconstruction: list[LayerFit] | None = None  # layers refit by least squares (calibration)
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -82,6 +84,7 @@ class PruneReport:
             },
             "groups": [g.to_dict() for g in self.groups],
             "compensation": self.compensation,
+            "reconstruction": [f.to_dict() for f in self.reconstruction] if self.reconstruction is not None else None,
             "changes": self.changes,
         }
 
@@ -107,7 +110,11 @@ class PrunePass(Pass):
     ``calibration`` (a callable returning fresh batches) feeds data-driven criteria. With
     ``compensate``, each removed channel's mean contribution is folded into the next layer's
     bias: means from the calibration data when given, else estimated from BatchNorm
-    statistics (:mod:`.moments`). ``dry_run`` plans and reports without changing the model.
+    statistics (:mod:`.moments`). ``reconstruct`` (default: on when ``calibration`` is given)
+    refits the layers that read pruned channels by least squares on the calibration data
+    (:mod:`.reconstruct`), their inputs taken from the pruned model layer by layer
+    (``refit_inputs="pruned"``) or from the original (``"original"``, one pass over the data).
+    ``dry_run`` plans and reports without changing the model.
 
     In a pipeline, run ``eliminate-identity`` and ``fold-constants`` before it (as ``prune()``
     does): parameters hidden behind Identity/Constant nodes make the analysis decline groups.
@@ -130,6 +137,8 @@ class PrunePass(Pass):
         exclude: Sequence[str] = (),
         calibration: Batches | None = None,
         compensate: bool = True,
+        reconstruct: bool | None = None,
+        refit_inputs: str = "pruned",
         dry_run: bool = False,
         verify: bool = True,
         progress: bool = False,
@@ -149,6 +158,12 @@ class PrunePass(Pass):
         self.uniform, self.round_to, self.min_channels = uniform, round_to, min_channels
         self.exclude = list(exclude)
         self.calibration, self.compensate = calibration, compensate
+        if reconstruct and calibration is None:
+            raise UsageError("reconstruction refits layers on calibration data: give it (--calib)")
+        if refit_inputs not in ("pruned", "original"):
+            raise UsageError(f"refit_inputs must be 'pruned' or 'original' (given '{refit_inputs}')")
+        self.reconstruct = calibration is not None if reconstruct is None else reconstruct
+        self.refit_inputs = refit_inputs
         self.dry_run, self.verify, self.progress = dry_run, verify, progress
         make_candidates([], {}, min_channels=min_channels, round_to=round_to)  # validates them now
 
@@ -195,8 +210,11 @@ class PrunePass(Pass):
             return PrunePassResult(model, False, [], report, plan)
         bar.set_postfix_str("rewrite")
         reference = self._output_shapes(model) if self.verify else None
-        means, report.compensation = self._channel_means(model, groups, plan)
-        report.changes = apply_plan(model, groups, plan, channel_constants=means)
+        if self.reconstruct:
+            report.changes, report.reconstruction, report.compensation = self._refit(model, groups, plan)
+        else:
+            means, report.compensation = self._channel_means(model, groups, plan)
+            report.changes = apply_plan(model, groups, plan, channel_constants=means)
         if self.verify:
             self._check(model, reference)
         bar.update()
@@ -242,6 +260,15 @@ class PrunePass(Pass):
             return {g.id: stats[g.id].mean for g in pruned}, "calibration means"
         means = {g.id: m for g in pruned if (m := batchnorm_channel_means(g, hooked_slots(g))) is not None}
         return (means, "BatchNorm statistics (data-free)") if means else (None, None)
+
+    def _refit(self, model, groups, plan) -> tuple[list[str], list[LayerFit], str | None]:
+        """apply_plan with least-squares refits; means only for the groups still read by a
+        layer that is not refit (a refit's bias is its own mean compensation)."""
+        changes, fits = prune_and_refit(
+            model, groups, plan, self.calibration, channel_means=lambda part: self._channel_means(model, groups, part)[0],
+            sequential=self.refit_inputs == "pruned", progress=self.progress,
+        )
+        return changes, fits, "calibration means" if self.compensate else None
 
     @staticmethod
     def _output_shapes(model: ir.Model) -> tuple[dict, dict[str, tuple]]:

@@ -78,6 +78,8 @@ def prune(
     batch_size: int = 32,
     fold: bool = True,
     compensate: bool = True,
+    reconstruct: bool | None = None,
+    refit_inputs: str = "pruned",
     dry_run: bool = False,
     latency_runs: int = 10,
     threads: int = 1,
@@ -96,6 +98,10 @@ def prune(
     ``fold``: run the exact clean-up pipeline (BatchNorm folding) after pruning.
     ``compensate``: fold the removed channels' mean contribution into the next layer's bias
     (means from ``calib`` if given, else estimated from BatchNorm statistics).
+    ``reconstruct`` (default: on when ``calib`` is given): refit the layers that read pruned
+    channels by least squares so that their outputs on ``calib`` stay close to the original's
+    (:mod:`.reconstruct`); ``refit_inputs``: "pruned" (layer by layer, upstream error
+    included) or "original" (one pass over the data, faster on deep models).
     ``dry_run``: plan and report only (estimated MACs/parameters); nothing is pruned or
     written (the exact preparation, :data:`PREPARE`, still runs on an in-memory model).
     ``latency_runs``: ONNX Runtime CPU timing (median, ``threads`` threads, batch 1) before
@@ -113,7 +119,8 @@ def prune(
     prune_pass = PrunePass(
         criterion, ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
         group_ratios=group_ratios, round_to=round_to, min_channels=min_channels, exclude=exclude,
-        calibration=batches, compensate=compensate, dry_run=dry_run, progress=progress,
+        calibration=batches, compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
+        dry_run=dry_run, progress=progress,
     )
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
