@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,10 +69,12 @@ def session(
     intra_op_threads: int | None = None,
     optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     execution_order: ort.ExecutionOrder | None = None,
+    configure: Callable[[ort.SessionOptions], None] | None = None,
 ) -> Iterator[ort.InferenceSession]:
     """An InferenceSession for an in-memory model or a model file.
 
-    Load errors become :class:`InvalidModelError`, or :class:`UnsupportedError` when the
+    ``configure`` may set further options (e.g. where to save the optimised model). Load
+    errors become :class:`InvalidModelError`, or :class:`UnsupportedError` when the
     provider has no kernel for an op/type (e.g. bfloat16 on CPU).
     """
     options = ort.SessionOptions()
@@ -82,6 +84,8 @@ def session(
         options.intra_op_num_threads = intra_op_threads
     if execution_order is not None:
         options.execution_order = execution_order
+    if configure is not None:
+        configure(options)
     providers = [resolve_provider(p) for p in providers]
     name = model.graph.name if isinstance(model, ir.Model) else str(model)
     with _session_source(model, options) as source:
