@@ -98,12 +98,20 @@ def test_minmax_agrees_with_onnxruntime_calibrator(resnet, images, tmp_path):
 
 
 def test_chunked_equals_unchunked(resnet, images):
+    """Each pass probes other tensors, so ONNX Runtime's optimiser fuses other nodes and a
+    tensor's values can differ in the last bits (a few values cross a bin edge): equal up to
+    float32 rounding. The histograms themselves are exact (see test_calibration.py)."""
     _, model = resnet
     ds = open_dataset(images, model)
     whole = collect(model, ds, batch_size=1)
     with pytest.warns(UserWarning, match="passes over the data"):
         chunked = collect(model, ds, batch_size=1, memory_limit=20_000)  # a few tensors per pass
-    assert equal_stats(chunked, whole)
+    assert chunked.tensors.keys() == whole.tensors.keys()
+    for name, a in whole.tensors.items():
+        b = chunked.tensors[name]
+        assert (a.count, a.exponent, a.first, len(a.counts)) == (b.count, b.exponent, b.first, len(b.counts))
+        assert (a.min, a.max) == pytest.approx((b.min, b.max), rel=1e-6, abs=1e-6)
+        assert np.abs(a.counts - b.counts).sum() <= 1e-3 * a.counts.sum()
 
 
 def test_merge_equals_union_and_streaming_matches_one_shot(resnet, images):

@@ -17,7 +17,7 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 HISTOGRAM_METHODS = frozenset({"percentile", "entropy", "mse"})
 
 ENTROPY_BINS = 2048  # TensorRT's reference histogram of |x|
-ENTROPY_LEVELS = 128  # int8 magnitude levels
+ENTROPY_LEVELS = 128  # 8-bit levels over [0, t] of a signed range (256 for [0, t] asymmetric)
 
 
 def minmax(stats: TensorStats) -> tuple[float, float]:
@@ -57,21 +57,34 @@ def _quantile(counts: np.ndarray, start: float, width: float, q: float) -> float
     return start + (i + min(max(inside, 0.0), 1.0)) * width
 
 
-def entropy(stats: TensorStats, levels: int = ENTROPY_LEVELS, bins: int = ENTROPY_BINS) -> tuple[float, float]:
+def entropy(stats: TensorStats, symmetric: bool = False, bins: int = ENTROPY_BINS) -> tuple[float, float]:
     """TensorRT's KL-divergence calibration (Migacz, GTC 2017) on the histogram of |x|.
 
     The |x| histogram is resampled to ``bins`` equal bins h_0..h_{n-1} over [0, max|x|]. For
-    each candidate i in [levels, n]: P = h_0..h_{i-1} with the outliers sum(h_i..) added to
-    the last bin; Q = h_0..h_{i-1} merged into ``levels`` groups of i // levels bins (the last
-    group takes the remainder), each group's sum S_g spread evenly over the bins of the
-    group where P is non-zero (n_g of them). With N = sum(P) and T = sum(Q) = sum(h_0..h_{i-1}):
+    each candidate i in [L, n]: P = h_0..h_{i-1} with the outliers sum(h_i..) added to the last
+    bin; Q = h_0..h_{i-1} merged into L groups of i // L bins (the last group takes the
+    remainder), each group's sum S_g spread evenly over the bins of the group where P is
+    non-zero (n_g of them). With N = sum(P) and T = sum(Q) = sum(h_0..h_{i-1}):
 
         KL(P||Q) = sum_j (p_j/N) log((p_j/N) / (q_j/T))
                  = (1/N) [sum_j p_j log p_j - sum_g P_g log(S_g / n_g)] - log N + log T
 
     where P_g is P's mass in group g; infinite when some S_g = 0 < P_g. This closed form
-    evaluates every candidate at once (O(n * levels)) instead of expanding Q bin by bin.
+    evaluates every candidate from prefix sums (O(n) in all) instead of expanding Q bin by bin.
     The threshold is (m + 0.5) bin widths for the best m; range (-t, t) clamped to [min, max].
+
+    Two details follow NVIDIA's reference implementation (pytorch-quantization / TensorRT
+    Model Optimizer, ``_compute_amax_entropy``), and matter for ReLU outputs:
+
+    * L, the quantization levels over [0, t]: 128 for a signed tensor (int8 magnitudes, or
+      half of an asymmetric 8-bit range), 256 for a non-negative tensor quantized
+      asymmetrically (its range [0, t] holds every uint8 level), 128 when ``symmetric``.
+    * h_0 := h_1 before the search. Half or more of a ReLU output is exact zeros, one spike
+      in bin 0, and zero is exact in every candidate range, so it must not steer the choice:
+      left in, it makes every Q with groups of two or more bins smear the spike over its
+      neighbours, and the search settles on the largest i with one bin per group
+      (i = 2L - 1: about 1/8 of max|x|, measured 4.65 -> 0.58 on a ReLU of the benchmark's
+      ResNet). For |x| of a signed tensor, bins 0 and 1 hold about as much anyway.
     """
     absmax = max(abs(stats.min), abs(stats.max))
     if absmax == 0:
@@ -83,7 +96,10 @@ def entropy(stats: TensorStats, levels: int = ENTROPY_LEVELS, bins: int = ENTROP
     cumulative = np.concatenate([[0.0], np.cumsum(fine, dtype=np.float64)])
     hist = np.diff(np.interp(np.linspace(0.0, absmax, bins + 1), fine_edges, cumulative))
     hist[-1] += cumulative[-1] - hist.sum()  # rounding: keep the total exact
-    m = _best_kl_candidate(np.maximum(hist, 0.0), levels)
+    hist = np.maximum(hist, 0.0)
+    hist[0] = hist[1]
+    levels = 2 * ENTROPY_LEVELS if stats.min >= 0 and not symmetric else ENTROPY_LEVELS
+    m = _best_kl_candidate(hist, levels)
     t = min((m + 0.5) * absmax / bins, absmax)
     return max(-t, stats.min), min(t, stats.max)
 
@@ -101,20 +117,23 @@ def _best_kl_candidate(hist: np.ndarray, levels: int) -> int:
     p_last = hist[last] + outliers
     plogp = c_plogp[last] + _xlogx(p_last)  # sum_j p_j log p_j
 
+    # Groups 0..L-2 hold no outliers (P_g = S_g) and depend on the group size i // L alone:
+    # their part of the cross term is computed once per size, O(n) in all instead of O(n L).
     size = candidates // levels
-    bounds = size[:, None] * np.arange(levels + 1)[None, :]
-    bounds[:, -1] = candidates  # the last group takes the remainder
-    starts, stops = bounds[:, :-1], bounds[:, 1:]
-    s_g = c_sum[stops] - c_sum[starts]  # Q's group sums (no outliers)
-    n_g = c_nonzero[stops] - c_nonzero[starts]
-    p_g = s_g.copy()
-    p_g[:, -1] += outliers
-    # the outliers may make P's last bin non-zero where h was zero
-    n_g[:, -1] += (hist[last] == 0) & (p_last > 0)
+    starts = np.arange(1, n // levels + 1)[:, None] * np.arange(levels)[None, :]
+    s_g = c_sum[starts[:, 1:]] - c_sum[starts[:, :-1]]
+    n_g = c_nonzero[starts[:, 1:]] - c_nonzero[starts[:, :-1]]
     with np.errstate(divide="ignore", invalid="ignore"):
-        cross = np.where(p_g > 0, p_g * np.log(s_g / np.maximum(n_g, 1)), 0.0)
-        kl = (plogp - cross.sum(axis=1)) / total - math.log(total) + np.log(c_sum[candidates])
-    kl[np.any((s_g == 0) & (p_g > 0), axis=1)] = np.inf
+        whole_groups = np.where(s_g > 0, s_g * np.log(s_g / np.maximum(n_g, 1)), 0.0).sum(axis=1)
+        # the last group takes the remainder and the outliers, which may make P's last bin
+        # non-zero where h was zero
+        first = size * (levels - 1)
+        s_end = c_sum[candidates] - c_sum[first]
+        n_end = c_nonzero[candidates] - c_nonzero[first] + ((hist[last] == 0) & (p_last > 0))
+        p_end = s_end + outliers
+        end = np.where(p_end > 0, p_end * np.log(s_end / np.maximum(n_end, 1)), 0.0)
+        kl = (plogp - whole_groups[size - 1] - end) / total - math.log(total) + np.log(c_sum[candidates])
+    kl[(s_end == 0) & (p_end > 0)] = np.inf
     return int(candidates[np.argmin(kl)])
 
 
@@ -178,7 +197,7 @@ def compute_range(stats: TensorStats, method: str, **options) -> tuple[float, fl
     if method == "percentile":
         return percentile(stats, options.get("percentile", 99.99), options.get("symmetric", False))
     if method == "entropy":
-        return entropy(stats)
+        return entropy(stats, options.get("symmetric", False))
     if method == "mse":
         return mse(stats, options.get("symmetric", False))
     raise UsageError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")

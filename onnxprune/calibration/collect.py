@@ -2,18 +2,22 @@
 
 ONNX Runtime's calibrators make every calibrated tensor a graph output, run the samples
 and keep every output of every sample in a list until the end (histogram methods), so memory
-grows with the number of samples. Here:
+grows with the number of samples. Here each batch's results update running statistics and
+are dropped at once, and little comes back per batch (see ``probes``): each tensor's exact
+min, max and count, reduced inside the graph, and for the histogram methods a systematic
+sample of its values (every k-th value, k a prime) sized so that about ``sample`` values of
+each tensor are counted over the whole dataset (``sample=None``: every value). Each sampled
+value counts k times, so the histograms estimate those of all values. Counting is what a
+histogram costs (about 2 ns a value in numpy, more than ONNX Runtime's convolutions on a
+ResNet); the sampling error this leaves is measured by ``bench/calib_bench.py --sampling``.
 
-* the tensors become extra outputs only for the session's creation (the model is restored
-  right after), and each batch's outputs update running statistics and are dropped at once;
-* minmax needs no tensor at all: ``ReduceMin``/``ReduceMax`` nodes are added inside the
-  graph and only two scalars per tensor come back (ORT computes them in C++, and the
-  activations are not pinned as outputs, so its memory planner can reuse them);
-* ONNX Runtime allocates every graph output of a session on each run, fetched or not,
-  so exposed tensors cost (sum of their sizes x batch). The batch is shrunk to fit
-  ``memory_limit`` (sizes estimated by ONNX shape inference on the first sample's shapes);
-  if even one sample does not fit, the tensors are split into groups, each with its own
-  session, one data pass per group, one session alive at a time.
+Whole tensors come back only where a tensor is small enough to count every value (or of a
+type ORT cannot reduce). Session outputs are allocated by ONNX Runtime on each run: the batch
+is shrunk to keep them under ``memory_limit`` (sizes estimated by ONNX shape inference on the
+first sample's shapes); if even one sample does not fit, the tensors are split into groups,
+each with its own session, one data pass per group, one session alive at a time. Where a
+batch of a tensor holds NaN/Inf, that batch is run again with the tensor whole, and its
+finite values are counted.
 """
 
 from __future__ import annotations
@@ -22,39 +26,32 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 from tqdm import tqdm
 
 from onnxprune.calibration.calibrators import HISTOGRAM_METHODS, METHODS
 from onnxprune.calibration.data import Dataset
 from onnxprune.calibration.histogram import DEFAULT_BINS, TensorStats
+from onnxprune.calibration.probes import (
+    REDUCIBLE,
+    Probe,
+    graph_values,
+    probed_session,
+    sample_stride,
+    tensor_infos,
+)
 from onnxprune.calibration.statistics import Statistics
 from onnxprune.calibration.table import CalibrationTable
-from onnxprune.calibration.tensors import select_tensors
+from onnxprune.calibration.tensors import FLOAT_TYPES, select_tensors
 from onnxprune.errors import DataError, UsageError
-from onnxprune.io import (
-    EXTERNAL_DATA_THRESHOLD,
-    has_external_data,
-    load_model,
-    weights_nbytes,
-)
-from onnxprune.runtime import run_session, session
+from onnxprune.io import load_model
+from onnxprune.runtime import run_session
 
-DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of exposed tensors per run
-# No graph optimisation, as ONNX Runtime's own calibrators: fusions (Conv+BatchNorm...) apply
-# or not depending on which values are exposed, which would make a tensor's values depend on
-# what else is calibrated with it. Unoptimised, they are the same in every pass.
-_LEVEL = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-# ORT's default order runs nodes whose outputs are graph outputs last, so the added
-# reductions would keep every activation alive to the end (+300 MB at batch 20 on a 3 MB
-# CNN); the priority-based order runs them right after their producer (peak = plain inference).
-_ORDER = ort.ExecutionOrder.PRIORITY_BASED
-_REDUCTIONS = (("ReduceMin", "__onnxprune_min"), ("ReduceMax", "__onnxprune_max"), ("Size", "__onnxprune_size"))
+DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of session outputs per run
+DEFAULT_SAMPLE = 1 << 23  # histogram values counted per tensor (about), over the whole dataset
 
 
 def collect(
@@ -64,6 +61,7 @@ def collect(
     *,
     histogram: bool = True,
     bins: int = DEFAULT_BINS,
+    sample: int | None = DEFAULT_SAMPLE,
     batch_size: int = 32,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -71,8 +69,9 @@ def collect(
 ) -> Statistics:
     """Run ``dataset`` through ``model`` and accumulate statistics of ``tensors``.
 
-    ``histogram=False`` tracks min/max only (in-graph reductions, cheapest). ``tensors``
-    defaults to the float inputs/outputs of quantizable ops (see ``select_tensors``).
+    ``histogram=False`` tracks min/max only (cheapest). ``sample``: about how many values of
+    each tensor the histograms count, spread evenly over the samples (None: all).
+    ``tensors`` defaults to the float inputs/outputs of quantizable ops (see ``select_tensors``).
     """
     if not isinstance(model, ir.Model):
         model = load_model(model)
@@ -80,32 +79,84 @@ def collect(
     names = select_tensors(model, tensors)
     stats = Statistics({n: TensorStats(bins, histogram=histogram) for n in names})
     stats.samples = len(dataset)
-    graph_inputs = {v.name for v in model.graph.inputs}
-    fed = [n for n in names if n in graph_inputs]  # read from the feeds, not from ORT
-    computed = [n for n in names if n not in graph_inputs]
-    if not histogram:
-        _collect_reduced(model, dataset, inputs, computed, fed, stats, batch_size, providers, progress)
-        return stats.finish()
     first = next(dataset.batches(1))  # a fixed-batch model gets its fixed size
-    samples_in_first = len(next(iter(first.values())))
-    sizes = {n: -(-b // samples_in_first) for n, b in _bytes_per_sample(model, computed, first).items()}
+    values = graph_values(model)
+    infer = histogram or any(values[n].dtype is None for n in names)  # sizes or types needed
+    infos = tensor_infos(model, names, {k: first[k] for k in inputs} if infer else None)
+    per_sample = sample and -(-sample // len(dataset))  # histogram values per tensor and sample
+    probes: list[Probe] = []
+    for name in names:
+        dtype = infos[name].dtype
+        if dtype is not None and dtype not in FLOAT_TYPES:
+            stats.skip(name, f"not a float tensor ({dtype.numpy()})")
+        elif not histogram:
+            probes.append(Probe(name, reduce=dtype is None or dtype in REDUCIBLE))
+        else:
+            stride = sample_stride(infos[name].per_sample or 0, per_sample)
+            reduce = (dtype is None or dtype in REDUCIBLE) and stride > 1
+            probes.append(Probe(name, reduce=reduce, stride=stride))
+    graph_inputs = {v.name for v in model.graph.inputs}
+    fed = [p for p in probes if p.name in graph_inputs]  # read from the feeds, not from ORT
+    probes = [p for p in probes if p.name not in graph_inputs]
+    sizes = {p.name: _bytes_per_sample(p, infos[p.name], infos) for p in probes}
     batch = dataset.fixed_batch or min(batch_size, max(1, memory_limit // max(1, sum(sizes.values()))))
-    groups = _pack(computed, sizes, memory_limit // batch) or [[]]
+    groups = _pack(probes, sizes, memory_limit // batch) or [[]]
     total = math.ceil(len(dataset) / batch) * len(groups)
     with tqdm(total=total, desc="calibrating", unit="batch", disable=not progress, leave=False) as bar:
         for number, group in enumerate(groups):
-            with _exposed_session(model, group, providers) as sess:
+            with _Reader(model, group, providers, stats) as reader:
                 for feeds in dataset.batches(batch):
                     feeds = {k: feeds[k] for k in inputs}
                     if number == 0:
-                        for name in fed:
-                            stats.update(name, feeds[name])
-                    outputs = run_session(sess, group, feeds) if group else []
-                    for i, name in enumerate(group):
-                        stats.update(name, outputs[i])
-                        outputs[i] = None  # drop each output as soon as it is counted
+                        for probe in fed:
+                            array = feeds[probe.name]
+                            stride = sample_stride(array[:1].size, per_sample) if histogram else 1
+                            stats.update(probe.name, array, stride)
+                    reader.read(feeds)
                     bar.update()
     return stats.finish()
+
+
+class _Reader(contextlib.ExitStack):
+    """Runs batches through a probed session and hands the results to ``stats``."""
+
+    def __init__(self, model: ir.Model, probes: list[Probe], providers, stats: Statistics):
+        super().__init__()
+        self.model, self.probes, self.providers, self.stats = model, probes, providers, stats
+        self.session, self.outputs = (
+            self.enter_context(probed_session(model, probes, providers)) if probes else (None, [])
+        )
+        self.whole: dict[str, Probe] = {}  # tensors that had NaN/Inf, read whole by ...
+        self.whole_session: contextlib.ExitStack | None = None  # ... this, opened when needed
+
+    def read(self, feeds: dict[str, np.ndarray]) -> None:
+        if not self.probes:
+            return
+        results = iter(run_session(self.session, self.outputs, feeds))
+        dirty = []
+        for probe in self.probes:
+            got = [next(results) for _ in range(probe.outputs)]
+            if not probe.reduce:
+                self.stats.update(probe.name, got[0], probe.stride or 1)  # minmax: stride None
+            elif not self.stats.update_reduced(probe.name, *got, stride=probe.stride or 1):
+                dirty.append(probe)
+        if dirty:
+            self._read_whole(dirty, feeds)
+
+    def _read_whole(self, probes: list[Probe], feeds: dict[str, np.ndarray]) -> None:
+        """Run the batch again with these tensors whole: their reductions were not finite."""
+        if any(p.name not in self.whole for p in probes):
+            if self.whole_session is not None:
+                self.whole_session.close()
+            self.whole.update((p.name, p) for p in probes)
+            self.whole_session = contextlib.ExitStack()
+            self.callback(self.whole_session.close)
+            exposed = [Probe(name, reduce=False) for name in self.whole]
+            self.whole_outputs = self.whole_session.enter_context(probed_session(self.model, exposed, self.providers))
+        sess, outputs = self.whole_outputs
+        arrays = dict(zip(outputs, run_session(sess, outputs, feeds)))
+        for probe in probes:
+            self.stats.update(probe.name, arrays[probe.name], probe.stride or 1)
 
 
 def _model_inputs(model: ir.Model, dataset: Dataset) -> list[str]:
@@ -119,114 +170,26 @@ def _model_inputs(model: ir.Model, dataset: Dataset) -> list[str]:
     return wanted
 
 
-def _collect_reduced(model, dataset, inputs, computed, fed, stats, batch_size, providers, progress):
-    total = math.ceil(len(dataset) / (dataset.fixed_batch or batch_size))
-    batches = dataset.batches(batch_size)
-    with _reduced_session(model, computed, providers) as (sess, outputs):
-        for feeds in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress, leave=False):
-            feeds = {k: feeds[k] for k in inputs}
-            for name in fed:
-                stats.update(name, feeds[name])
-            if outputs:
-                values = iter(run_session(sess, outputs, feeds))
-                for name in computed:
-                    stats.update_range(name, *(next(values) for _ in _REDUCTIONS))
+def _bytes_per_sample(probe: Probe, info, infos) -> int:
+    """Estimated bytes a probe's outputs take per sample (reductions: nothing to speak of)."""
+    if probe.reduce and probe.stride is None:
+        return 0
+    itemsize = info.dtype.itemsize if info.dtype is not None else 4
+    known = [i.per_sample for i in infos.values() if i.per_sample]
+    per_sample = info.per_sample or max(known, default=1 << 20)  # unknown: as large as the largest
+    return -(-per_sample // (probe.stride or 1)) * itemsize
 
 
-@contextlib.contextmanager
-def _session_with_outputs(model: ir.Model, outputs: Sequence[ir.Value], providers, nodes=()):
-    """A session on ``model`` with extra ``outputs`` (and ``nodes``, inserted right after their
-    input's producer); the model is restored as soon as the session exists."""
-    original = list(model.graph.outputs)
-    with contextlib.ExitStack() as stack:
-        for node in nodes:
-            producer = node.inputs[0].producer()
-            if producer is None:
-                model.graph.insert_before(next(iter(model.graph)), node)
-            else:
-                model.graph.insert_after(producer, node)
-        model.graph.outputs.extend(v for v in outputs if v not in original)
-        try:
-            sess = stack.enter_context(
-                session(model, providers, optimization_level=_LEVEL, execution_order=_ORDER)
-            )
-        finally:
-            model.graph.outputs.clear()
-            model.graph.outputs.extend(original)
-            if nodes:
-                model.graph.remove(nodes, safe=True)
-        yield sess
-
-
-def _exposed_session(model: ir.Model, names: Sequence[str], providers):
-    """A session whose extra outputs are the tensors ``names``."""
-    return _session_with_outputs(model, _values(model, names), providers)
-
-
-@contextlib.contextmanager
-def _reduced_session(model: ir.Model, names: Sequence[str], providers) -> Iterator:
-    """A session returning (min, max, size) of each of ``names``, reduced inside the graph."""
-    if not names:
-        yield None, []
-        return
-    nodes = []
-    for value in _values(model, names):
-        for op, suffix in _REDUCTIONS:
-            attributes = {"keepdims": 0} if op != "Size" else {}
-            node = ir.node(op, [value], attributes=attributes, name=value.name + suffix)
-            node.outputs[0].name = value.name + suffix
-            nodes.append(node)
-    outputs = [n.outputs[0] for n in nodes]  # (min, max, size) per tensor, in ``names`` order
-    with _session_with_outputs(model, outputs, providers, nodes) as sess:
-        yield sess, [v.name for v in outputs]
-
-
-def _values(model: ir.Model, names: Sequence[str]) -> list[ir.Value]:
-    by_name = {v.name: v for v in model.graph.inputs}
-    by_name.update((o.name, o) for node in model.graph for o in node.outputs)
-    return [by_name[n] for n in names]
-
-
-def _bytes_per_sample(model: ir.Model, names: Sequence[str], sample: dict[str, np.ndarray]) -> dict[str, int]:
-    """Estimated bytes of each tensor for one sample, by ONNX shape inference.
-
-    Input shapes are fixed to the sample's; a tensor whose shape stays unknown is assumed
-    as large as the largest known one.
-    """
-    known: dict[str, int] = {}
-    if names and (has_external_data(model) or weights_nbytes(model) < EXTERNAL_DATA_THRESHOLD):
-        proto = ir.to_proto(model)
-        for value_info in proto.graph.input:
-            if value_info.name in sample:
-                shape = value_info.type.tensor_type.shape
-                shape.ClearField("dim")
-                for d in sample[value_info.name].shape:
-                    shape.dim.add().dim_value = d
-        try:
-            inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, ValueError, RuntimeError):
-            # only an estimate: fall back below
-            inferred = proto
-        wanted = set(names)
-        for vi in [*inferred.graph.value_info, *inferred.graph.output]:
-            dims = vi.type.tensor_type.shape.dim
-            if vi.name in wanted and dims and all(d.HasField("dim_value") for d in dims):
-                itemsize = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).itemsize
-                known[vi.name] = int(np.prod([d.dim_value for d in dims])) * itemsize
-    fallback = max(known.values(), default=sum(a.nbytes for a in sample.values()) * 4)
-    return {n: known.get(n, fallback) for n in names}
-
-
-def _pack(names: Sequence[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
-    """Consecutive groups of tensors whose sizes add up to at most ``budget`` (>= 1 each)."""
-    groups: list[list[str]] = []
+def _pack(probes: Sequence[Probe], sizes: dict[str, int], budget: int) -> list[list[Probe]]:
+    """Consecutive groups of probes whose sizes add up to at most ``budget`` (>= 1 each)."""
+    groups: list[list[Probe]] = []
     used = 0
-    for name in names:
-        if not groups or (used + sizes[name] > budget and groups[-1]):
+    for probe in probes:
+        if not groups or (used + sizes[probe.name] > budget and groups[-1]):
             groups.append([])
             used = 0
-        groups[-1].append(name)
-        used += sizes[name]
+        groups[-1].append(probe)
+        used += sizes[probe.name]
     if len(groups) > 1:
         warnings.warn(
             f"the tensors to calibrate do not fit the memory limit even for one sample: "
@@ -246,6 +209,7 @@ def calibrate(
     percentile: float = 99.99,
     symmetric: bool = False,
     bins: int = DEFAULT_BINS,
+    sample: int | None = DEFAULT_SAMPLE,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     progress: bool = False,
@@ -253,7 +217,9 @@ def calibrate(
     """Ranges of ``tensors`` (default: quantizable activations) of ``model`` on ``dataset``.
 
     ``method``: minmax | percentile (``percentile``, ``symmetric``) | entropy (TensorRT KL) |
-    mse (``symmetric``). Memory does not grow with the number of samples.
+    mse (``symmetric``). ``symmetric`` also tells entropy how many levels a non-negative
+    tensor gets. ``sample``: histogram values per tensor and sample (None: all; see
+    ``collect``). Memory does not grow with the number of samples.
     """
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}' (known: {', '.join(METHODS)})")
@@ -265,6 +231,7 @@ def calibrate(
         tensors,
         histogram=method in HISTOGRAM_METHODS,
         bins=bins,
+        sample=sample,
         batch_size=batch_size,
         memory_limit=memory_limit,
         providers=providers,
@@ -273,6 +240,6 @@ def calibrate(
     options = {}
     if method == "percentile":
         options["percentile"] = percentile
-    if method in ("percentile", "mse"):
+    if method in ("percentile", "mse", "entropy"):
         options["symmetric"] = symmetric
     return stats.compute(method, **options)

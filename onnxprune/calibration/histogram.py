@@ -74,8 +74,12 @@ class TensorStats:
         """Bin edges, len(counts) + 1 of them."""
         return (self.first + np.arange(len(self.counts) + 1)) * self.width
 
-    def update(self, values: np.ndarray) -> None:
-        """Add one batch of values (any shape)."""
+    def update(self, values: np.ndarray, stride: int = 1) -> None:
+        """Add one batch of values (any shape).
+
+        ``stride`` > 1 counts only every stride-th value in the histogram (see
+        :meth:`count_sample`); count, min and max always cover every value.
+        """
         x = np.asarray(values)
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
@@ -89,25 +93,35 @@ class TensorStats:
             if finite.size == 0:
                 return
             x, low, high = finite, finite.min(), finite.max()
-        self.count += x.size
-        self.update_range(float(low), float(high), count=0)
-        if self.histogram:
-            self._count(x)
+        self.update_range(float(low), float(high), count=x.size)
+        self.count_sample(x[::stride], stride)
 
-    def _count(self, x: np.ndarray, chunk: int = 1 << 16) -> None:
-        """Add x to the histogram: bin = floor(x * 2**-e) - first, all steps exact.
+    def count_sample(self, sample: np.ndarray, stride: int = 1) -> None:
+        """Count a systematic sample (every ``stride``-th value) of a batch already in the range.
+
+        Each sampled value stands for ``stride`` values, so the counts estimate those of all
+        values and merge with exact ones. ``update_range`` with the batch's exact min/max
+        must come first (the grid has to cover the sample).
+        """
+        if self.histogram and sample.size:
+            self._count(sample.reshape(-1), stride)
+
+    def _count(self, x: np.ndarray, weight: int = 1, chunk: int = 1 << 16) -> None:
+        """Add ``weight`` per value of x: bin = floor(x * 2**-e) - first, all steps exact.
 
         Chunked so the temporaries stay in cache (about 3x faster than whole-array passes).
         """
         scale, first = x.dtype.type(math.ldexp(1.0, -self.exponent)), x.dtype.type(self.first)
         scratch = np.empty(min(chunk, x.size), dtype=x.dtype)
+        counts = np.zeros_like(self.counts)
         for start in range(0, x.size, chunk):
             piece = x[start : start + chunk]
             t = scratch[: piece.size]
             np.multiply(piece, scale, out=t)  # exact: a power of two, |t| < 2**21
             np.floor(t, out=t)
             t -= first  # integers below 2**24: exact
-            self.counts += np.bincount(t.astype(np.intp), minlength=len(self.counts))
+            counts += np.bincount(t.astype(np.intp), minlength=len(counts))
+        self.counts += counts * weight
 
     def update_range(self, low: float, high: float, count: int = 0) -> None:
         """Widen the range (also used when min/max were reduced inside the model)."""

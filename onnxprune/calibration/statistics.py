@@ -20,29 +20,36 @@ class Statistics:
         self.samples = samples
         self.skipped: dict[str, str] = {}  # name -> why it is not in the table
 
-    def update(self, name: str, array: np.ndarray) -> None:
+    def update(self, name: str, array: np.ndarray, stride: int = 1) -> None:
+        """A batch of a tensor's values (histogram: every ``stride``-th value, see TensorStats)."""
         if name in self.skipped:
             return
         if array.dtype.kind != "f":
-            self._skip(name, f"not a float tensor ({array.dtype})")
+            self.skip(name, f"not a float tensor ({array.dtype})")
             return
-        self.tensors[name].update(array)
+        self.tensors[name].update(array, stride)
 
-    def update_range(self, name: str, low: np.ndarray, high: np.ndarray, count: int) -> None:
-        """A batch reduced inside the model to (min, max, number of values)."""
+    def update_reduced(self, name: str, low, high, count, total, sample=None, stride: int = 1) -> bool:
+        """A batch reduced inside the model: min, max, number of values, their sum, and maybe a
+        systematic sample (every ``stride``-th value). False when NaN/Inf made the reductions
+        useless (a NaN or infinite sum): the caller then reads that batch of the tensor whole."""
         if name in self.skipped:
-            return
+            return True
         if np.asarray(low).dtype.kind != "f":
-            self._skip(name, f"not a float tensor ({np.asarray(low).dtype})")
-            return
+            self.skip(name, f"not a float tensor ({np.asarray(low).dtype})")
+            return True
+        if not count:
+            return True
+        if not (np.isfinite(low) and np.isfinite(high) and np.isfinite(total)):
+            return False
         stats = self.tensors[name]
-        if not (np.isfinite(low) and np.isfinite(high)):
-            stats.nonfinite += 1  # whole batches: the values themselves never left ORT
-            return
-        if count:
-            stats.update_range(float(low), float(high), count=int(count))
+        stats.update_range(float(low), float(high), count=int(count))
+        if sample is not None:
+            stats.count_sample(sample, stride)
+        return True
 
-    def _skip(self, name: str, why: str) -> None:
+    def skip(self, name: str, why: str) -> None:
+        """Leave ``name`` out of the table, saying why."""
         self.skipped[name] = why
         self.tensors.pop(name, None)
 
@@ -64,7 +71,7 @@ class Statistics:
         dirty = []
         for name, stats in list(self.tensors.items()):
             if stats.count == 0:
-                self._skip(name, "no finite values" if stats.nonfinite else "no values (empty tensor)")
+                self.skip(name, "no finite values" if stats.nonfinite else "no values (empty tensor)")
             elif stats.nonfinite:
                 dirty.append(name)
         if dirty:
