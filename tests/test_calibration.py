@@ -12,6 +12,7 @@ from scipy.stats import entropy as kl_divergence
 from onnxprune.calibration import calibrators
 from onnxprune.calibration.calibrators import _best_kl_candidate, compute_range
 from onnxprune.calibration.histogram import TensorStats
+from onnxprune.calibration.probes import sample_stride
 from onnxprune.errors import UsageError
 
 N = 400_000
@@ -86,6 +87,35 @@ def test_degenerate_inputs():
     assert empty.count == 0
 
 
+def test_systematic_samples_are_weighted_and_the_range_stays_exact():
+    x = np.random.default_rng(3).standard_normal(100_003).astype(np.float32)
+    every = streamed(x)
+    sampled = TensorStats()
+    sampled.update(x, stride=7)
+    assert (sampled.min, sampled.max, sampled.count) == (every.min, every.max, every.count)
+    assert (sampled.exponent, sampled.first) == (every.exponent, every.first)
+    assert sampled.counts.sum() == 7 * len(x[::7])  # each sampled value stands for 7
+    kept = TensorStats()
+    kept.update(x[::7])
+    kept.update_range(every.min, every.max)
+    assert np.array_equal(sampled.counts, 7 * kept.counts)
+    both = streamed(x).merge(sampled)  # exact and sampled counts estimate the same thing
+    assert compute_range(both, "percentile", percentile=99) == pytest.approx(
+        compute_range(every, "percentile", percentile=99), abs=0.02
+    )
+
+
+def test_sample_stride_is_a_prime_coprime_with_the_shape():
+    assert sample_stride(4096, None) == sample_stride(4096, 4096) == 1
+    assert sample_stride(64 * 32 * 32, 8192) == 11  # 8 would read one column in 8, 11 walks them all
+    assert sample_stride(7 * 7 * 512, 1000) == 29  # 26 -> 29 (primes 7 would divide the 7x7 maps)
+    k = sample_stride(3 * 5 * 7 * 64, 3000)
+    assert k >= 3 * 5 * 7 * 64 / 3000 and (3 * 5 * 7 * 64) % k and all(k % p for p in range(2, k))
+    positions = np.arange(0, 4 * 16 * 8 * 8, sample_stride(16 * 8 * 8, 100))  # 4 samples [16, 8, 8]
+    channel, row, column = (positions // 64) % 16, (positions // 8) % 8, positions % 8
+    assert len(set(channel)) == 16 and len(set(row)) == 8 and len(set(column)) == 8
+
+
 # --- methods -------------------------------------------------------------------------------
 
 
@@ -144,9 +174,41 @@ def test_entropy_on_gaussian_with_outliers():
     x = np.concatenate([GAUSS, np.float32([50, -45])])
     low, high = compute_range(streamed(x, 3), "entropy")
     assert low == -high and 2.5 < high < 5  # clips the outliers, keeps the bulk
-    relu = streamed(np.maximum(GAUSS, 0))
-    low, high = compute_range(relu, "entropy")
-    assert low == 0 and 0.5 < high <= relu.max
+    relu = streamed(np.maximum(x, 0))  # half exact zeros: a spike in bin 0
+    positive = streamed(np.abs(x[x > 0]))  # the same non-zero values, no spike
+    low, high = compute_range(relu, "entropy", symmetric=True)  # 128 levels over [0, t]
+    assert low == 0 and 2.5 < high < 5
+    assert high == pytest.approx(compute_range(positive, "entropy", symmetric=True)[1], rel=2e-3)
+
+
+def test_entropy_ignores_the_zero_spike_of_a_relu():
+    """U(0, 1] plus as many exact zeros. For a uniform density, clipping at t < 1 piles the
+    mass above t into P's last bin while Q spreads it evenly, so KL is smallest with no
+    clipping (t = 1, KL = 0). Left in the histogram, the spike in bin 0 would make every Q
+    whose first group spans several bins smear it, and the search would stop at the last
+    candidate with one bin per group: t = 255.5 / 2048 = 0.12 with 128 levels."""
+    u = ideal(lambda q: q, 200_000)
+    spiked = streamed(np.concatenate([np.zeros(200_000, np.float32), u]))
+    assert compute_range(spiked, "entropy") == pytest.approx((0.0, 1.0), abs=1e-5)
+    assert compute_range(spiked, "entropy", symmetric=True) == pytest.approx((0.0, 1.0), abs=1e-5)
+
+
+def test_entropy_gives_a_non_negative_tensor_256_levels_unless_symmetric():
+    """[0, t] holds all 256 uint8 levels (asymmetric) or 128 (symmetric): finer levels lose
+    less inside the range, so the KL optimum clips less."""
+    x = np.abs(np.concatenate([GAUSS, np.float32([8.0])]))
+    asymmetric = compute_range(streamed(x), "entropy")[1]
+    symmetric = compute_range(streamed(x), "entropy", symmetric=True)[1]
+    assert 4 < symmetric < asymmetric < 5
+
+
+def test_entropy_keeps_the_range_of_a_far_outlier_with_256_levels():
+    """A known limit of the method (documented): with 256 levels the last group of Q starts at
+    bin 255 * (i // 256), beyond a bulk that ends before max|x| / 8, so it is empty while P's
+    last bin holds the outlier (infinite KL) for every candidate but the full range."""
+    x = np.abs(np.concatenate([GAUSS, np.float32([40.0])]))
+    assert compute_range(streamed(x), "entropy")[1] == 40.0
+    assert 3 < compute_range(streamed(x), "entropy", symmetric=True)[1] < 5
 
 
 def aciq_optimum(levels: int = 256) -> float:

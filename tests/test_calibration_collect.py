@@ -247,3 +247,75 @@ def test_non_float_and_nan_tensors_are_left_out_with_a_reason():
     assert "shape" in table.skipped and "shape" not in table
     assert table["log"].max == pytest.approx(np.log(4.0))
     assert np.isfinite([r for pair in table.values() for r in pair]).all()
+
+
+def test_sampled_histograms_keep_exact_ranges_and_restore_the_model(resnet, images):
+    _, model = resnet
+    before = ir.to_proto(model).SerializeToString()
+    ds = open_dataset(images, model)
+    every = collect(model, ds, batch_size=4, sample=None)
+    sampled = collect(model, ds, batch_size=4, sample=16 * 1000)  # about 1000 values per sample
+    assert ir.to_proto(model).SerializeToString() == before
+    assert sampled.tensors.keys() == every.tensors.keys()
+    for name, a in every.tensors.items():
+        b = sampled.tensors[name]
+        assert a.count == b.count and (a.min, a.max) == pytest.approx((b.min, b.max), rel=1e-6, abs=1e-6)
+        assert abs(b.counts.sum() - a.count) <= 0.1 * a.count  # each sampled value counts k times
+    # 1000 of 16384 values per sample: a quantile moves by about 1% of the width (KL and MSE
+    # optima of 16 000 values move more; bench/calib_bench.py --sampling measures real sizes)
+    exact, estimated = every.compute("percentile", percentile=99.0), sampled.compute("percentile", percentile=99.0)
+    for name, r in exact.items():
+        assert estimated[name] == pytest.approx(r, abs=0.03 * (r.max - r.min) + 1e-6), name
+
+
+def test_nan_behind_the_first_value_is_found_and_left_out():
+    """ORT's ReduceMin/Max skip a NaN unless it comes first: the in-graph ReduceSum catches it,
+    and the batch is read again whole so that only the NaN values are dropped."""
+    graph = helper.make_graph(
+        [helper.make_node("Log", ["x"], ["log"]), helper.make_node("Relu", ["log"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    x = np.random.default_rng(0).uniform(0.5, 3.0, (8, 256)).astype(np.float32)
+    x[3, 100] = -1.0  # NaN in the middle of the tensor
+    finite = np.log(np.delete(x.ravel(), 3 * 256 + 100))
+    for method in ("minmax", "percentile"):
+        with pytest.warns(UserWarning, match="tensor 'log', 'y' produced NaN/Inf"):
+            stats = collect(model, open_dataset({"x": x}, model), ["x", "log", "y"], histogram=method != "minmax",
+                            batch_size=4, sample=8 * 16)  # fmt: skip
+        log = stats.tensors["log"]
+        assert (log.min, log.max, log.count, log.nonfinite) == pytest.approx((finite.min(), finite.max(), 2047, 1))
+
+
+def test_entropy_levels_follow_the_symmetric_option(resnet, images):
+    _, model = resnet
+    ds = open_dataset(images, model)
+    stats = collect(model, ds, batch_size=8)
+    for symmetric in (False, True):
+        table = calibrate(model, ds, method="entropy", symmetric=symmetric, batch_size=8)
+        assert table.options == {"symmetric": symmetric}
+        assert table.as_dict() == stats.compute("entropy", symmetric=symmetric).as_dict()
+    relu = [n for n in stats.tensors if n.endswith("Relu_output_0")]
+    one, other = stats.compute("entropy"), stats.compute("entropy", symmetric=True)
+    assert any(one[n] != other[n] for n in relu)  # 256 levels over [0, t], or 128
+
+
+def test_probes_run_right_after_their_tensor():
+    """ORT appends the nodes its optimiser adds (a ReorderOutput before a probe of an NCHWc
+    convolution): re-sorted, they and the probes run before the graph goes on."""
+    from onnxprune.calibration.probes import _probes_first
+
+    nodes = [
+        helper.make_node("Relu", ["x"], ["a"], name="first"),
+        helper.make_node("Relu", ["a"], ["b"], name="second"),
+        helper.make_node("Relu", ["b"], ["c"], name="third"),
+        helper.make_node("Identity", ["a"], ["a_nchw"], name="reorder"),  # added by the optimiser
+        helper.make_node("ReduceMax", ["a_nchw"], ["a_max"], name="a__onnxprune_ReduceMax"),
+        helper.make_node("ReduceMax", ["c"], ["c_max"], name="c__onnxprune_ReduceMax"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])], [
+        helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("c", "a_max", "c_max")])
+    _probes_first(graph)
+    assert [n.name for n in graph.node] == [
+        "first", "reorder", "a__onnxprune_ReduceMax", "second", "third", "c__onnxprune_ReduceMax"]

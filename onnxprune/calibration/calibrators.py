@@ -79,12 +79,20 @@ def entropy(stats: TensorStats, symmetric: bool = False, bins: int = ENTROPY_BIN
     * L, the quantization levels over [0, t]: 128 for a signed tensor (int8 magnitudes, or
       half of an asymmetric 8-bit range), 256 for a non-negative tensor quantized
       asymmetrically (its range [0, t] holds every uint8 level), 128 when ``symmetric``.
+      Candidates start at i = L (each level at least one bin wide): with 256 levels the
+      threshold cannot go below max|x| / 8, and a far outlier (the bulk below max|x| / 8)
+      keeps the full range: Q's last group, from bin 255 (i // 256) on, is then empty where
+      P holds the outliers, for every candidate but i = n.
     * h_0 := h_1 before the search. Half or more of a ReLU output is exact zeros, one spike
       in bin 0, and zero is exact in every candidate range, so it must not steer the choice:
       left in, it makes every Q with groups of two or more bins smear the spike over its
       neighbours, and the search settles on the largest i with one bin per group
-      (i = 2L - 1: about 1/8 of max|x|, measured 4.65 -> 0.58 on a ReLU of the benchmark's
+      (i = 2L - 1: about 1/8 of max|x|, measured 5.79 -> 0.72 on a ReLU of the benchmark's
       ResNet). For |x| of a signed tensor, bins 0 and 1 hold about as much anyway.
+
+    Groups with a remainder (ONNX Runtime's and MXNet's choice) rather than NVIDIA's groups of
+    i / L bins spread evenly: on the quantize benchmark the even groups clip a global-average-
+    pool output by a third (cosine 0.994 vs 1.000 to the float model), these do not.
     """
     absmax = max(abs(stats.min), abs(stats.max))
     if absmax == 0:
@@ -124,7 +132,7 @@ def _best_kl_candidate(hist: np.ndarray, levels: int) -> int:
     s_g = c_sum[starts[:, 1:]] - c_sum[starts[:, :-1]]
     n_g = c_nonzero[starts[:, 1:]] - c_nonzero[starts[:, :-1]]
     with np.errstate(divide="ignore", invalid="ignore"):
-        whole_groups = np.where(s_g > 0, s_g * np.log(s_g / np.maximum(n_g, 1)), 0.0).sum(axis=1)
+        per_size = np.where(s_g > 0, s_g * np.log(s_g / np.maximum(n_g, 1)), 0.0).sum(axis=1)
         # the last group takes the remainder and the outliers, which may make P's last bin
         # non-zero where h was zero
         first = size * (levels - 1)
@@ -132,7 +140,7 @@ def _best_kl_candidate(hist: np.ndarray, levels: int) -> int:
         n_end = c_nonzero[candidates] - c_nonzero[first] + ((hist[last] == 0) & (p_last > 0))
         p_end = s_end + outliers
         end = np.where(p_end > 0, p_end * np.log(s_end / np.maximum(n_end, 1)), 0.0)
-        kl = (plogp - whole_groups[size - 1] - end) / total - math.log(total) + np.log(c_sum[candidates])
+        kl = (plogp - per_size[size - 1] - end) / total - math.log(total) + np.log(c_sum[candidates])
     kl[(s_end == 0) & (p_end > 0)] = np.inf
     return int(candidates[np.argmin(kl)])
 
