@@ -153,10 +153,12 @@ class _RangeSource:
     preprocess: object
     synthetic: bool
     progress: bool
+    symmetric: bool = False  # the activations' quantization grid
     info: dict = dataclasses.field(default_factory=dict)  # for the report
     used: Mapping[str, object] | None = None  # the ranges the pass used
 
     def make_pass(self, config: QuantConfig) -> QuantizePass:
+        self.symmetric = config.symmetric  # ranges for the grid they will get (entropy levels...)
         if self.table is None:
             return QuantizePass(config=config, calibrator=self.calibrate)
         self.used = _load_table(self.table)
@@ -168,7 +170,7 @@ class _RangeSource:
         dataset = open_dataset(self.calib, model, limit=self.samples, preprocess=self.preprocess,
                                synthetic=self.synthetic)
         self.used = calibrate(model, dataset, method=self.method, tensors=tensors, batch_size=self.batch_size,
-                              percentile=self.percentile, progress=self.progress)
+                              percentile=self.percentile, symmetric=self.symmetric, progress=self.progress)
         self.info = {"method": self.method, "samples": len(dataset), "tensors": len(tensors),
                      "source": "synthetic" if self.synthetic else str(self.calib)}
         return self.used
