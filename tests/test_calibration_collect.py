@@ -319,3 +319,19 @@ def test_probes_run_right_after_their_tensor():
     _probes_first(graph)
     assert [n.name for n in graph.node] == [
         "first", "reorder", "a__onnxprune_ReduceMax", "second", "third", "c__onnxprune_ReduceMax"]
+
+
+def test_unoptimised_when_the_optimised_graph_cannot_be_saved(resnet, images, monkeypatch):
+    from onnxprune.calibration import probes
+
+    _, model = resnet
+    ds = open_dataset(images, model)
+    optimised = calibrate(model, ds, method="minmax")
+
+    def unsaved(*args, **kwargs):
+        raise OSError("no optimised model")  # as when an execution provider compiles nodes
+
+    monkeypatch.setattr(probes.onnx, "load", unsaved)
+    unoptimised = calibrate(model, ds, method="minmax")
+    for name, r in optimised.items():
+        assert unoptimised[name] == pytest.approx(r, rel=1e-5, abs=1e-6)
