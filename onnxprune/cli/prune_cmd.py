@@ -46,7 +46,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
 @click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
-@click.option("--refit-inputs", type=click.Choice(["pruned", "original"]), default="pruned", show_default=True, help="Refit inputs from the pruned model layer by layer (upstream error included) or from the original (one pass: faster on deep models).")
+@click.option("--refit-inputs", type=click.Choice(["original", "pruned"]), default="original", show_default=True, help="Where the refit reads each layer's inputs: the original model (one pass over --calib) or the pruned one, layer by layer (upstream error included: lower error, one pass per depth).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")

@@ -112,8 +112,9 @@ class PrunePass(Pass):
     bias: means from the calibration data when given, else estimated from BatchNorm
     statistics (:mod:`.moments`). ``reconstruct`` (default: on when ``calibration`` is given)
     refits the layers that read pruned channels by least squares on the calibration data
-    (:mod:`.reconstruct`), their inputs taken from the pruned model layer by layer
-    (``refit_inputs="pruned"``) or from the original (``"original"``, one pass over the data).
+    (:mod:`.reconstruct`), their inputs taken from the original model (``refit_inputs=
+    "original"``, one pass over the data) or from the pruned one layer by layer (``"pruned"``:
+    upstream error included, one pass per depth of refitted layers).
     ``dry_run`` plans and reports without changing the model.
 
     In a pipeline, run ``eliminate-identity`` and ``fold-constants`` before it (as ``prune()``
@@ -138,7 +139,7 @@ class PrunePass(Pass):
         calibration: Batches | None = None,
         compensate: bool = True,
         reconstruct: bool | None = None,
-        refit_inputs: str = "pruned",
+        refit_inputs: str = "original",
         dry_run: bool = False,
         verify: bool = True,
         progress: bool = False,

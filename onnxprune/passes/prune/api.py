@@ -79,7 +79,7 @@ def prune(
     fold: bool = True,
     compensate: bool = True,
     reconstruct: bool | None = None,
-    refit_inputs: str = "pruned",
+    refit_inputs: str = "original",
     dry_run: bool = False,
     latency_runs: int = 10,
     threads: int = 1,
@@ -100,8 +100,8 @@ def prune(
     (means from ``calib`` if given, else estimated from BatchNorm statistics).
     ``reconstruct`` (default: on when ``calib`` is given): refit the layers that read pruned
     channels by least squares so that their outputs on ``calib`` stay close to the original's
-    (:mod:`.reconstruct`); ``refit_inputs``: "pruned" (layer by layer, upstream error
-    included) or "original" (one pass over the data, faster on deep models).
+    (:mod:`.reconstruct`); ``refit_inputs``: "original" (one pass over the data) or "pruned"
+    (layer by layer, upstream error included: lower error, one pass per depth).
     ``dry_run``: plan and report only (estimated MACs/parameters); nothing is pruned or
     written (the exact preparation, :data:`PREPARE`, still runs on an in-memory model).
     ``latency_runs``: ONNX Runtime CPU timing (median, ``threads`` threads, batch 1) before
