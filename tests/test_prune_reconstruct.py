@@ -72,7 +72,7 @@ def matmul_chain():
     return g.proto(y), (4, 6)
 
 
-def pruned_error(proto, shape, reconstruct: bool, refit_inputs: str = "pruned"):
+def pruned_error(proto, shape, reconstruct: bool, refit_inputs: str = "original"):
     # 1024 samples: the ridge (a prior worth ~RIDGE·D rows) is then negligible
     calib = [RNG.standard_normal((64, *shape)).astype(np.float32) for _ in range(16)]
     model = fresh(proto)
@@ -235,7 +235,7 @@ def test_cli_reconstructs_with_calib_and_reports_each_layer(tmp_path):
     out, report = tmp_path / "p.onnx", tmp_path / "r.json"
     args = ["-q", "prune", str(model), "-o", str(out), "--ratio", "0.3", "--latency-runs", "0", "--report", str(report)]
     result = CliRunner().invoke(cli, [*args, "--calib", str(DIGITS / "calib.npz"), "--calib-limit", "64",
-                                      "--refit-inputs", "original"])
+                                      "--refit-inputs", "pruned"])
     assert result.exit_code == 0, result.output
     assert "refit by least squares" in result.output and "/fc/Gemm" in result.output
     data = json.loads(report.read_text())
