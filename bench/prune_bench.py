@@ -11,6 +11,7 @@ the share of weights actually removed.
     python bench/prune_bench.py --digits              # accuracy after pruning, per criterion
     python bench/prune_bench.py --activation-memory   # memory of activation statistics vs samples
     python bench/prune_bench.py --latency             # ORT CPU latency after pruning, by round_to
+    python bench/prune_bench.py --refit-cost          # least-squares refit on ResNet-50: time, memory, error
 
 onnxprune's time is split into analysis (dependency groups), scoring + planning, and rewrite;
 the goal is analysis + rewrite <= 10 s on ResNet50 and zero broken models.
@@ -213,7 +214,8 @@ DIGITS = ROOT / "models" / "digits"
 
 
 def digits(criteria: list[str], targets: list[float]) -> None:
-    """Held-out accuracy of the digits model pruned to keep each MAC share, per criterion and order."""
+    """Held-out accuracy of the digits model pruned to keep each MAC share: per criterion, how
+    the removed channels are compensated, and the least-squares refit (--reconstruct)."""
     from onnxprune import load_model, optimize, runtime, stats
     from onnxprune.passes.prune import prune
     data = np.load(DIGITS / "eval.npz")
@@ -224,38 +226,83 @@ def digits(criteria: list[str], targets: list[float]) -> None:
         return float((runtime.run(model, {"input": inputs})["logits"].argmax(1) == labels).mean())
 
     original = load_model(DIGITS / "digits.onnx")
-    rows = [("original", "", "", "", "100%", f"{accuracy(original):.2%}", f"{stats.summarize(original)['parameters']:,}",
-             "", "")]
-    # label -> (fold before pruning, compensate, calibration means, round_to)
-    variants = {
-        "default (round 8)": (False, True, False, 8),
-        "round 1": (False, True, False, 1),
-        "round 1, --calib": (False, True, True, 1),
-        "round 1, --no-compensate": (False, False, False, 1),
-        "fold first, round 1, --calib": (True, True, True, 1),
+    rows = [("original", "", "", "100%", f"{accuracy(original):.2%}", *[""] * 4,
+             f"{stats.summarize(original)['parameters']:,}", "", "")]
+    # columns: how the removed channels are made up for -> prune() options
+    columns = {
+        "none": dict(compensate=False, reconstruct=False),
+        "BN stats": dict(reconstruct=False),  # data-free means (no calibration)
+        "calib means": dict(calib=calib, reconstruct=False),
+        "refit": dict(calib=calib),  # the default with --calib: inputs from the original model
+        "refit, pruned inputs": dict(calib=calib, refit_inputs="pruned"),
     }
+    variants = {"round 8 (default)": (False, 8), "round 1": (False, 1), "fold first, round 1": (True, 1)}
     base_latency = runtime.latency_ms(original, runtime.random_inputs(original), runs=200)
     for target in targets:
         for criterion in criteria:
-            for label, (fold_first, compensate, use_calib, round_to) in variants.items():
-                data_driven = criterion in ("activation", "apoz")
-                if data_driven and label == "round 1":
-                    continue  # these criteria always have calibration data: the --calib row
-                source = optimize(DIGITS / "digits.onnx").model if fold_first else DIGITS / "digits.onnx"
-                r = prune(source, criterion=criterion, target_macs=target, compensate=compensate,
-                          calib=calib if use_calib or data_driven else None, round_to=round_to, latency_runs=0)
-                latency = runtime.latency_ms(r.model, runtime.random_inputs(r.model), runs=200)
-                notes = sorted({g.reason for g in r.report.groups if g.reason and g.status == "pruned"})
+            data_driven = criterion in ("activation", "apoz")
+            for label, (fold_first, round_to) in variants.items():
+                accs, result = [], None
+                for options in columns.values():
+                    if data_driven and "calib" not in options:
+                        accs.append("")  # these criteria always have calibration data
+                        continue
+                    options = {**options, "calib": calib} if data_driven else options
+                    # prune() works in place on an in-memory model: a fresh one each time
+                    source = optimize(DIGITS / "digits.onnx").model if fold_first else DIGITS / "digits.onnx"
+                    r = prune(source, criterion=criterion, target_macs=target, round_to=round_to, latency_runs=0,
+                              **options)
+                    accs.append(f"{accuracy(r.model):.2%}")
+                    result = result or r
+                latency = runtime.latency_ms(result.model, runtime.random_inputs(result.model), runs=200)
+                notes = sorted({g.reason for g in result.report.groups if g.reason and g.status == "pruned"})
                 rows.append((
-                    criterion, f"{target:.0%}", label, r.report.compensation or "none",
-                    f"{r.after['macs'] / r.before['macs']:.1%}",
-                    f"{accuracy(r.model):.2%}", f"{r.after['parameters']:,}",
-                    f"{latency / base_latency - 1:+.0%}", "; ".join(notes),
+                    criterion, f"{target:.0%}", label, f"{result.after['macs'] / result.before['macs']:.1%}",
+                    *accs, f"{result.after['parameters']:,}", f"{latency / base_latency - 1:+.0%}", "; ".join(notes),
                 ))
     print(f"digits: held-out accuracy ({len(labels)} images), no retraining; calibration: {calib.name};"
-          " latency: ORT CPU, 1 thread, batch 1, median of 200, vs the original")
-    print(table(["criterion", "keep MACs", "variant", "compensation", "MACs kept", "accuracy", "parameters", "latency",
-                 "note"], rows, align="lllllrrrl"))
+          " columns: how the removed channels are made up for (none; means from BatchNorm statistics or from"
+          " calibration folded into the next bias; least-squares refit of the next layers, inputs from the"
+          " original model (default) or from the pruned one, layer by layer); latency: ORT CPU, 1 thread, batch 1,"
+          " median of 200, vs the original")
+    print(table(["criterion", "keep MACs", "variant", "MACs kept", *columns, "parameters", "latency", "note"], rows,
+                align="lllrrrrrrrrl"))
+
+
+def refit_cost(image: int, samples: int) -> None:
+    """Time, memory and output error of the refit on ResNet-50 (fresh processes), by input source."""
+    src = resnet50(batch=1, image=image)
+    calib = CACHE / f"resnet50-calib-{image}-{samples}.npz"
+    rng = np.random.default_rng(0)
+    np.savez(calib, input=rng.standard_normal((samples, 3, image, image)).astype(np.float32))
+    test = CACHE / f"resnet50-test-{image}.npy"
+    np.save(test, rng.standard_normal((8, 3, image, image)).astype(np.float32))
+    rows = []
+    for label, options in (("no refit (calib means)", {"reconstruct": False}), ("refit (original inputs)", {}),
+                           ("refit, pruned inputs", {"refit_inputs": "pruned"})):
+        m = measure(work_refit, str(src), str(calib), str(test), options, preload=PRELOAD)
+        r = m.result or {}
+        rows.append((label, f"{r['prune_s']:.1f}" if "prune_s" in r else "", f"{m.peak_rss / 2**20:.0f}", r.get("refit", ""), r.get("recentred", ""),
+                     f"{r['error']:.4f}" if "error" in r else "", m.error or ""))
+    print(f"ResNet-50 ({image}x{image}, random weights and BN statistics), l1 keeping 60 % of the MACs, "
+          f"{samples} calibration images (batch 1); output error: ‖y - y0‖ / ‖y0 - mean y0‖ on 8 other images")
+    print(table(["variant", "prune() s", "peak RSS MB (process)", "layers refit", "re-centred", "output error", "error"], rows,
+                align="lrrrrrl"))
+
+
+def work_refit(src: str, calib: str, test: str, options: dict) -> dict:
+    from onnxprune import load_model, runtime
+    from onnxprune.passes.prune import prune
+
+    x = np.load(test)
+    reference = np.concatenate([runtime.run(load_model(src), {"input": x[i:i + 1]})["output"] for i in range(len(x))])
+    start = time.perf_counter()
+    r = prune(src, criterion="l1", target_macs=0.6, calib=calib, batch_size=1, latency_runs=0, **options)
+    seconds = time.perf_counter() - start
+    out = np.concatenate([runtime.run(r.model, {"input": x[i:i + 1]})["output"] for i in range(len(x))])
+    fits = r.report.reconstruction or []
+    return {"prune_s": seconds, "error": float(np.linalg.norm(out - reference) / np.linalg.norm(reference - reference.mean())),
+            "refit": sum(f.status == "refit" for f in fits), "recentred": sum(f.status == "recentred" for f in fits)}
 
 
 def latency(reps: int = 5) -> None:
@@ -286,12 +333,18 @@ def main() -> None:
     parser.add_argument("--digits", action="store_true", help="accuracy study on the digits sample model")
     parser.add_argument("--activation-memory", action="store_true", help="peak RSS of activation statistics vs samples")
     parser.add_argument("--latency", action="store_true", help="ORT CPU latency of pruned models by round_to")
+    parser.add_argument("--refit-cost", action="store_true", help="time/memory/error of the refit on ResNet-50")
+    parser.add_argument("--image", type=int, default=112, help="--refit-cost: input size")
+    parser.add_argument("--samples", type=int, default=64, help="--refit-cost: calibration images")
     args = parser.parse_args()
     if args.digits:
         digits(["l1", "l2", "bn", "activation", "apoz"], [0.7, 0.5])
         return
     if args.latency:
         latency()
+        return
+    if args.refit_cost:
+        refit_cost(args.image, args.samples)
         return
     if args.activation_memory:
         activation_memory([64, 640, 6400])
