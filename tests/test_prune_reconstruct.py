@@ -245,3 +245,19 @@ def test_cli_reconstructs_with_calib_and_reports_each_layer(tmp_path):
     assert result.exit_code == 0 and json.loads(report.read_text())["reconstruction"] is None
     result = CliRunner().invoke(cli, [*args, "--reconstruct"])
     assert result.exit_code == 2 and "--calib" in result.output
+
+
+def test_a_bad_plan_is_refused_before_any_weight_changes():
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.passes.prune.group import PrunePlan
+    from onnxprune.passes.prune.reconstruct import prune_and_refit
+
+    proto, shape = conv_chain()
+    model = fresh(proto)
+    groups = analyze(model)
+    before = {name: const_array(v).copy() for name, v in model.graph.initializers.items()}
+    with pytest.raises(UsageError, match="sorted"):
+        prune_and_refit(model, groups, PrunePlan({0: np.array([1, 0])}),
+                        batches_of([RNG.standard_normal((2, *shape)).astype(np.float32)]))
+    after = {name: const_array(v) for name, v in model.graph.initializers.items()}
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
