@@ -8,13 +8,14 @@ nodes right after its producer, inside the graph:
   ``ReduceSum(x)``, whose only job is to be NaN when x holds a NaN: ORT's ReduceMin/Max skip
   NaNs except in first position, so they cannot tell;
 * for histograms, ``Slice(Reshape(x, [-1]), step=k)``: every k-th value (a systematic sample,
-  see ``sample_stride``), or x itself when k = 1.
+  see ``sample_stride``).
 
 The nodes are added to the model for the session's creation only (the model is restored
-right after). The session is optimised (``ORT_ENABLE_ALL``): the benchmark's graphs are
-cleaned (BatchNorm folded) already, a probed tensor is never fused away, and a fused kernel
-changes its values only by float rounding (range differences below 3e-7 relative, measured)
-for 1.3-1.5x less time than an unoptimised session (NCHWc convolutions, Conv+Relu fusion).
+right after). ORT optimises the probed graph (``ORT_ENABLE_ALL``: NCHWc convolutions,
+fusions), which a probed tensor survives (graph outputs are never fused away) with values
+changed by float rounding only (ranges within 3e-7 relative of an unoptimised session's).
+On the benchmark's ResNet that is 22% less CPU time than unoptimised (ORT's own calibrators
+run unoptimised), once the nodes run in a good order (see ``_optimised_session``).
 """
 
 from __future__ import annotations
@@ -39,10 +40,10 @@ from onnxprune.errors import OnnxPruneError
 from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, weights_nbytes
 from onnxprune.runtime import session
 
-_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # of the graph the probed session runs
 # ORT's default order runs nodes whose outputs are graph outputs last, so the added
 # reductions would keep every activation alive to the end (+300 MB at batch 20 on a 3 MB
-# CNN); the priority-based order runs them right after their producer (peak = plain inference).
+# CNN); the priority-based order runs ready nodes by index: in the order of the graph.
 _ORDER = ort.ExecutionOrder.PRIORITY_BASED
 REDUCTIONS = ("ReduceMin", "ReduceMax", "Size", "ReduceSum")  # outputs per reduced tensor, in order
 _PROBE_TAG = "__onnxprune_"  # in the names of the nodes probes add
@@ -106,10 +107,10 @@ def _optimised_session(model: ir.Model, providers) -> Iterator[ort.InferenceSess
 
     ORT's priority-based order runs ready nodes by index, and the optimiser appends the nodes
     it adds (NCHWc ReorderOutput before each probe of a convolution output) at the end: the
-    probes would run last and every probed tensor would stay alive (+600 MB on the benchmark's
+    probes would run last and every probed tensor would stay alive (+580 MB on the benchmark's
     ResNet at batch 50). So the optimised graph is saved (weights to a side file), its nodes
-    re-sorted with probes first among ready nodes, and loaded as it is. If ORT cannot save it,
-    the graph runs unoptimised.
+    re-sorted with probes first among ready nodes, and loaded as it is (10-20 ms more than one
+    session on the benchmark's models). If ORT cannot save it, the graph runs unoptimised.
     """
     folder = Path(tempfile.mkdtemp(prefix="onnxprune-probes-"))
     try:
