@@ -12,7 +12,9 @@ alone, never on the order the data came in. When a batch widens the range, ``e``
 ``x * 2**-e`` is exact in floating point. Hence streaming in any batch order, or merging two
 partial histograms, gives the very same counts as one pass over all the data; memory is
 ``bins`` counters per tensor whatever the number of samples. The data range always spans
-at least ``bins/2 - 1`` bins (the resolution guarantee).
+at least ``bins/2 - 1`` bins (the resolution guarantee). Counting a systematic sample
+instead (``update(..., stride=k)``, ``count_sample``) estimates those counts: each sampled
+value adds k; count, min and max stay exact.
 
 ONNX Runtime's HistogramCollector instead keeps the first batch's bin width and appends bins
 as the range grows (unbounded) or, for entropy, keeps every output of every sample until the
