@@ -134,7 +134,8 @@ def _optimised_session(model: ir.Model, providers) -> Iterator[ort.InferenceSess
             onnx.save(proto, str(path))
             source = path
         unoptimised = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        with session(source, providers, optimization_level=unoptimised, execution_order=_ORDER, configure=_lean) as sess:
+        options = {"optimization_level": unoptimised, "execution_order": _ORDER, "configure": _lean}
+        with session(source, providers, **options) as sess:
             shutil.rmtree(folder, ignore_errors=True)  # ORT holds what it needs
             yield sess
     finally:
