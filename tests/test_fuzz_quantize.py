@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import onnx
 import pytest
 from hypothesis import given, settings
@@ -39,9 +40,13 @@ def test_quantize_gives_a_valid_model_or_a_clear_error(g, per_channel, symmetric
     assert {k: v.shape for k, v in runtime.run(result.model, g.feeds).items()} == g.output_shapes
 
 
-@pytest.mark.xfail(strict=True, reason="quantize: an activation that is always exactly 0 gets no "
-                   "calibration range and the run fails blaming the table (found by fuzzing)")
-def test_always_zero_activation_quantizes(tmp_path):
+@pytest.mark.parametrize("activation_type,symmetric", [("uint8", False), ("int8", False), ("uint8", True)])
+def test_always_zero_activation_quantizes(tmp_path, activation_type, symmetric):
+    """An activation that is 0 on every sample has the range [0, 0] (found by fuzzing).
+
+    It still gets a valid scale (s = 1 > 0, 0 exact); a ReLU6 after it folds with its true
+    range [0, 6] (asymmetric), so the MatMul before it needs no calibrated range of its own.
+    """
     # r >= 0 and w1 < 0, so s = Relu(r * w1) is always 0: c = MatMul(s, w2) has the range [0, 0].
     model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
         g (float[N,1,1] x) => (float[N,1,1] y)
@@ -60,4 +65,16 @@ def test_always_zero_activation_quantizes(tmp_path):
     onnx.save(model, str(tmp_path / "m.onnx"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize(tmp_path / "m.onnx", synthetic=True, samples=8, per_channel=False)
+        result = quantize(tmp_path / "m.onnx", synthetic=True, samples=8, per_channel=False,
+                          activation_type=activation_type, symmetric=symmetric)
+    check_model(result.model, full=True)
+    assert result.table["s"].min == result.table["s"].max == 0.0  # the degenerate range, calibrated
+    assert result.activations >= 4 and not result.declined
+    scales = {v.name: float(v.const_value.numpy()) for v in result.model.graph.initializers.values()
+              if v.name.endswith("_scale") and v.const_value.numpy().ndim == 0}
+    assert all(s > 0 for s in scales.values())
+    if not symmetric:  # the two Relus and the ReLU6 folded; the ReLU6 output keeps its true range [0, 6]
+        assert result.absorbed == 3 and "c" not in result.table
+        assert scales["d_scale"] == pytest.approx(6 / 255)
+    feeds = {"x": np.array([-3.0, 0.0, 0.5, 7.0], np.float32).reshape(4, 1, 1)}
+    np.testing.assert_array_equal(runtime.run(result.model, feeds)["y"], np.zeros((4, 1, 1), np.float32))

@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from onnxprune.passes.quantize import qparams as qp
-from onnxprune.passes.quantize.emit import absorbable
+from onnxprune.passes.quantize.config import QuantConfig
+from onnxprune.passes.quantize.emit import absorbable, sure_fold_params
+from onnxprune.passes.quantize.rules import activation_values, folds_for_sure
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
@@ -106,3 +110,41 @@ def test_symmetric_or_wider_ranges_are_not_folded():
     assert not absorbable(qp.activation_qparams(0.0, 4.0, np.dtype(np.int8), symmetric=True), (0.0, math.inf))
     assert not absorbable(qp.activation_qparams(-1.0, 4.0, np.dtype(np.uint8), symmetric=False), (0.0, math.inf))
     assert not absorbable(qp.activation_qparams(0.0, 8.0, np.dtype(np.uint8), symmetric=False), (0.0, 6.0))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8])
+def test_a_zero_width_range_still_folds_for_sure(dtype):
+    """Always-0 activations: [0, 0] gives s = 1 (ORT needs s > 0), which folds a Relu but not a
+    ReLU6; the sure fold then takes the ReLU6's true range [0, 6] (Q(6) = qmax)."""
+    dtype = np.dtype(dtype)
+    zero = qp.activation_qparams(0.0, 0.0, dtype, symmetric=False)
+    assert float(zero.scale) == 1.0 and int(zero.zero_point) == np.iinfo(dtype).min
+    assert absorbable(zero, (0.0, math.inf)) and not absorbable(zero, (0.0, 6.0))
+    assert sure_fold_params(0.0, 0.0, (0.0, math.inf), dtype).same_as(zero)
+    relu6 = sure_fold_params(0.0, 0.0, (0.0, 6.0), dtype)
+    assert float(relu6.scale) == pytest.approx(6 / 255) and absorbable(relu6, (0.0, 6.0))
+    x = np.array([-1.0, 0.0, 3.0, 6.0, 9.0], np.float32)
+    np.testing.assert_array_equal(qp.quantize(np.clip(x, 0, 6), relu6, dtype), qp.quantize(x, relu6, dtype))
+
+
+def test_a_sure_fold_cuts_the_calibrated_range_to_the_activation_bounds():
+    """A table range outside what the Relu/Clip can output is cut to it ([0, 8] for a ReLU6: [0, 6])."""
+    u8 = np.dtype(np.uint8)
+    assert sure_fold_params(0.0, 8.0, (0.0, 6.0), u8).same_as(qp.activation_qparams(0.0, 6.0, u8, False))
+    assert sure_fold_params(-1.0, 4.0, (0.0, math.inf), u8).same_as(qp.activation_qparams(0.0, 4.0, u8, False))
+    assert sure_fold_params(0.0, 0.0, (0.0, 1e-45), u8) is None  # no float32 scale reaches qmax
+
+
+def test_clip_to_zero_is_not_a_sure_fold():
+    """Clip(0, 0) is a constant 0: Q(0) cannot be both qmin and qmax, so its input needs a range."""
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N,2] x) => (float[N,2] y)
+        <float[2,2] w = {1, 2, 3, 4}, float lo = {0}, float hi = {0}, float[2,2] w2 = {1, 0, 0, 1}>
+        { c = MatMul(x, w)
+          d = Clip(c, lo, hi)
+          y = MatMul(d, w2) }""")
+    ir_model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(model))
+    clip = next(n for n in ir_model.graph if n.op_type == "Clip")
+    assert not folds_for_sure(clip, QuantConfig())
+    needed = {v.name for v in activation_values(ir_model, QuantConfig())}
+    assert {"c", "d"} <= needed

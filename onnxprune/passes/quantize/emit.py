@@ -17,7 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.errors import DataError, UsageError
+from onnxprune.errors import DataError, UnsupportedError, UsageError
 from onnxprune.graphutils import add_initializer, attr, const_array
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
@@ -27,6 +27,7 @@ from onnxprune.passes.quantize.rules import (
     Plan,
     activation_bounds,
     foldable_activations,
+    folds_for_sure,
     weight_axis,
 )
 
@@ -83,6 +84,23 @@ def absorbable(params: qp.QParams, bounds: tuple[float, float]) -> bool:
     return low_ok and high_ok
 
 
+def sure_fold_params(lo: float, hi: float, bounds: tuple[float, float], dtype: np.dtype) -> qp.QParams | None:
+    """Params that fold a Relu/Clip(0, b) for sure (asymmetric), whatever its calibrated [lo, hi].
+
+    ``folds_for_sure`` let calibration skip the producer's own range, so this fold must happen.
+    The output lies in [0, b], so the range is first cut to it: [0, r], r = min(max(hi, 0), b),
+    where s = r / (qmax - qmin) puts Q(0) at qmin and Q(b) >= Q(r) = qmax. A range with no width
+    (the tensor was 0 on every sample) has no such scale: ``activation_qparams`` then takes s = 1
+    (ORT needs s > 0; any scale is exact on 0), which still folds a Relu (only Q(0) = qmin
+    matters) but maps a ReLU6's 6 to level 6, not qmax. A finite b is then used instead: [0, b],
+    the tensor's true range. None when even that gives no scale (b below ~1e-43).
+    """
+    params = qp.activation_qparams(0.0, min(max(hi, 0.0), bounds[1]), dtype, symmetric=False)
+    if not absorbable(params, bounds) and math.isfinite(bounds[1]):
+        params = qp.activation_qparams(0.0, bounds[1], dtype, symmetric=False)
+    return params if absorbable(params, bounds) else None
+
+
 class Emitter:
     """Rewrites the main graph of ``model`` according to a :class:`Plan`."""
 
@@ -127,6 +145,11 @@ class Emitter:
             output, result = act.inputs[0], act.outputs[0]
             lo, hi = range_of(result, self.ranges)
             params = qp.activation_qparams(lo, hi, self.config.activation_dtype, self.config.symmetric)
+            if not absorbable(params, bounds) and folds_for_sure(act, self.config):
+                params = sure_fold_params(lo, hi, bounds, self.config.activation_dtype)
+                if params is None:
+                    raise UnsupportedError(f"{act.op_type} '{act.name or result.name}' cannot fold into an int8 "
+                                           f"range (bounds {bounds}): exclude it with --exclude")
             if not absorbable(params, bounds):
                 continue
             name = result.name

@@ -223,10 +223,12 @@ def activation_bounds(node: ir.Node) -> tuple[float, float] | None:
 
 
 def folds_for_sure(act: ir.Node, config: QuantConfig) -> bool:
-    """Whether folding is exact whatever the calibrated range: Relu, or Clip(0, b), asymmetric.
+    """Whether folding is exact whatever the calibrated range: Relu, or Clip(0, b > 0), asymmetric.
 
     The activation's output lies in [0, b]; its asymmetric range [0, r] (r <= b) puts the zero
     point at qmin, so Q(0) = qmin, and Q(b) >= Q(r) = qmax saturates: see ``emit.absorbable``.
+    A zero-width range (r = 0) is widened to [0, b] by ``emit.sure_fold_params``. Clip(0, 0)
+    (a constant 0) never folds: Q(0) cannot be both qmin and qmax.
     """
     bounds = activation_bounds(act)
-    return not config.symmetric and bounds is not None and bounds[0] == 0.0 and bounds[1] >= 0.0
+    return not config.symmetric and bounds is not None and bounds[0] == 0.0 and bounds[1] > 0.0
