@@ -294,3 +294,14 @@ def test_reports_are_never_written_over_the_input(tmp_path, command):
     result = cli_run(command[0], model, *(a.format(out=out, model=model) for a in command[1:]))
     assert result.exit_code == 2 and "refusing to overwrite the input" in result.stderr, result.output
     assert digest(model.parent) == before and list(out.iterdir()) == []
+
+
+def test_atomic_write_gives_default_permissions(tmp_path):
+    from onnxprune.io import atomic_write
+
+    target = tmp_path / "report.json"
+    with atomic_write(target) as handle:
+        handle.write("{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
