@@ -83,9 +83,14 @@ def release_mappings(model: ir.Model) -> None:
     next read). Mapped pages count in the process's RSS; dropping them before a step that
     maps the same files again (an ONNX Runtime session) keeps them from counting twice."""
     for tensor in iter_tensors(model):
-        if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
-            with contextlib.suppress(BufferError):  # a caller still holds a view: keep it mapped
-                tensor.release()
+        release_mapping(tensor)
+
+
+def release_mapping(tensor: ir.TensorProtocol) -> None:
+    """Unmap one external tensor's data (it maps again on the next read)."""
+    if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
+        with contextlib.suppress(BufferError):  # a caller still holds a view: keep it mapped
+            tensor.release()
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
