@@ -10,13 +10,14 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from tiny import Tiny, fresh, rand
+from tiny import Tiny, feeds_for, fresh, rand
 
 from onnxprune import runtime
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.graphutils import const_array
 from onnxprune.io import load_model
 from onnxprune.passes.quantize import QuantConfig, QuantizePass
+from onnxprune.passes.quantize import qparams as qp
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
 
 
@@ -280,3 +281,40 @@ def test_zoo_models_quantize_fuse_and_stay_close(zoo, name):
         assert fused["QLinearConv"] >= 5 and fused["Conv"] == 0
     x = {"input": zoo.sample_input(name, batch=2, seed=11)}
     assert cosine(runtime.run(reference, x)["output"], runtime.run(model, x)["output"]) > 0.99
+
+
+def test_float_weights_are_released_as_they_are_quantized(tmp_path, monkeypatch):
+    """Big models: each float weight is unmapped (and its initializer dropped) once quantized, so
+    that the int8 copies never sit beside all the float weights; a shared weight waits for its
+    last reader. The result is the same as quantizing the model held in memory."""
+    g = Tiny({"x": [4, 16]})
+    shared = g.init("w_shared", rand(16, 16))
+    h = g.op("Relu", [g.op("MatMul", ["x", shared])])
+    h = g.op("Relu", [g.op("MatMul", [h, g.init("w1", rand(16, 16))])])
+    h = g.op("Relu", [g.op("MatMul", [h, shared])])
+    proto = g.proto(g.op("MatMul", [h, g.init("w2", rand(16, 8))]))
+    ir.save(fresh(proto), tmp_path / "m.onnx", external_data="m.onnx.data", size_threshold_bytes=0)
+    model = load_model(tmp_path / "m.onnx")
+    floats = {name: v.const_value for name, v in model.graph.initializers.items()}
+    assert all(isinstance(t, ir.ExternalTensor) for t in floats.values())
+    still_float = []  # at each weight quantized: float weights left in the graph, all unmapped once gone
+
+    def spy(values, params, dtype):
+        if dtype == np.int8 and values.size > 1:
+            left = [name for name in floats if name in model.graph.initializers]
+            assert all(t.raw is None for name, t in floats.items() if name not in left)
+            still_float.append(len(left))
+        return original(values, params, dtype)
+
+    original = qp.quantize
+    batches = [feeds_for(proto)]  # calibrated in memory: ORT reads no external data from bytes
+    calibrator = lambda m, names: observed_ranges(fresh(proto), names, batches)
+    monkeypatch.setattr(qp, "quantize", spy)
+    QuantizePass(calibrator=calibrator)(model)
+    monkeypatch.undo()
+    assert still_float == [3, 3, 2, 1]  # w_shared stays for its second reader; w1 goes, then w_shared
+    assert all(t.raw is None for t in floats.values()) and not set(floats) & set(model.graph.initializers)
+    in_memory = fresh(proto)
+    QuantizePass(calibrator=calibrator)(in_memory)
+    assert {k: v.const_value.numpy().tobytes() for k, v in model.graph.initializers.items()} == {
+        k: v.const_value.numpy().tobytes() for k, v in in_memory.graph.initializers.items()}

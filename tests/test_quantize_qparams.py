@@ -148,3 +148,17 @@ def test_clip_to_zero_is_not_a_sure_fold():
     assert not folds_for_sure(clip, QuantConfig())
     needed = {v.name for v in activation_values(ir_model, QuantConfig())}
     assert {"c", "d"} <= needed
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, 2])
+def test_quantizing_in_blocks_of_rows_gives_the_same_integers(monkeypatch, axis):
+    """Big tensors are quantized a few rows at a time (bounded float64 temporaries): the same
+    integers as one whole-tensor round((w / s) + z), per tensor and per channel on any axis."""
+    weight = np.random.default_rng(3).standard_normal((37, 5, 3)).astype(np.float32)
+    params = qp.weight_qparams(weight, axis, 127)
+    scale = params.scale if axis is None else params.scale.reshape([-1 if i == axis else 1 for i in range(3)])
+    whole = np.clip(np.rint(weight.astype(np.float64) / scale.astype(np.float64)), -128, 127).astype(np.int8)
+    monkeypatch.setattr(qp, "QUANTIZE_BLOCK", 16)  # 1 row of 15 values per block
+    np.testing.assert_array_equal(qp.quantize(weight, params, np.dtype(np.int8)), whole)
+    monkeypatch.setattr(qp, "QUANTIZE_BLOCK", 100)  # 6 rows per block, the last one short
+    np.testing.assert_array_equal(qp.quantize(weight, params, np.dtype(np.int8)), whole)

@@ -19,6 +19,7 @@ import onnx_ir as ir
 
 from onnxprune.errors import DataError, UnsupportedError, UsageError
 from onnxprune.graphutils import add_initializer, attr, const_array
+from onnxprune.io import release_mapping
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.rules import (
@@ -232,7 +233,7 @@ class Emitter:
     def emit_weights(self, node: ir.Node, input_params: qp.QParams) -> str:
         rule = COMPUTE[node.op_type]
         weight_value = node.inputs[rule.weight]
-        weight = const_array(weight_value).astype(np.float32)
+        weight = np.asarray(const_array(weight_value), dtype=np.float32)  # the mapped data, no copy
         axis = weight_axis(node, weight.ndim) if self.config.per_channel and weight.ndim > 1 else None
         wparams = qp.weight_qparams(weight, axis, self.config.weight_qmax)
         bias_value, bias = self._bias(node, rule)
@@ -240,10 +241,12 @@ class Emitter:
             wparams = qp.fit_weight_to_bias(wparams, self._channel_bias(node, bias, wparams), input_params.scale)
         base = weight_value.name or f"{node.name}_weight"
         stored = self._initializer(f"{base}_quantized", qp.quantize(weight, wparams, np.int8))
+        del weight  # a view of the float data: it would keep the mapping open
         scale = self._initializer(f"{base}_scale", wparams.scale)
         zero = self._initializer(f"{base}_zero_point", wparams.zero_point)
         node.replace_input_with(rule.weight, self._dequantize(
             stored, scale, zero, self._name(f"{base}_dequantized"), weight_value.shape, wparams.axis))
+        self._release(weight_value)
         self.done.weights += 1
         kind = f"per-channel ({wparams.scale.size} scales)" if axis is not None else "per-tensor"
         if bias is None:
@@ -260,6 +263,20 @@ class Emitter:
             self._name(f"{bbase}_dequantized"), ir.Shape(bias.shape), bparams.axis))
         self.done.biases += 1
         return f"{node.name}: {node.op_type} in INT8, {kind} int8 weights, int32 bias"
+
+    def _release(self, value: ir.Value) -> None:
+        """Free a float weight once quantized, so that the int8 copies never sit beside all the
+        float weights: its initializer goes when nothing reads it any more (a weight shared by
+        several layers stays for the next), and external data is unmapped (it maps again if read).
+        """
+        if value.const_value is not None:
+            release_mapping(value.const_value)
+        if (value.is_initializer() and not value.uses() and not value.is_graph_output()
+                and not value.is_graph_input()):
+            self.graph.initializers.pop(value.name)
+            # The Value itself may outlive the graph: onnx-ir's graph inputs keep a counter of
+            # every Value ever listed (shape inference lists initializers there for a while).
+            value.const_value = None
 
     def _bias(self, node: ir.Node, rule) -> tuple[ir.Value | None, np.ndarray | None]:
         """The bias as a vector over output channels, when it can be stored as int32."""
