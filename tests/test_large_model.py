@@ -4,7 +4,7 @@ The model (``largemodel.write_large_mlp``: nine 8192x8192 float32 MatMul layers,
 ``model.onnx.data``, a BatchNorm after the first, which optimize folds into a 256 MiB weight)
 is streamed to disk, never held in memory. Each command runs in a fresh
 process (the CLI, as users run it) and reports its peak RSS (VmHWM). Goals: ``inspect``
-reads no weights; ``optimize --verify`` and ``prune`` stay within 1.5x the model's size;
+reads no weights; ``optimize --verify``, ``prune`` and ``quantize`` stay within 1.5x the model's size;
 results are written with external data; the input files are never modified.
 """
 
@@ -119,4 +119,4 @@ def test_quantize(big):
     code, text, peak = onnxprune("quantize", path, "-o", out / "int8.onnx", "--synthetic",
                                  "--samples", "4", "--no-latency")
     assert code == 0, text
-    assert_external(out / "int8.onnx", peak, size, 2.5)  # goal 1.5x: see the README's limits
+    assert_external(out / "int8.onnx", peak, size, 1.5)  # 1.28x: calibration's ORT session holds the weights
