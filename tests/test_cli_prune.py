@@ -159,3 +159,62 @@ def test_pass_options_are_checked_when_built():
         PrunePass("l1", 0.3, min_channels=0)
     with pytest.raises(UsageError, match="unknown criterion"):
         PrunePass("magic", 0.3)
+
+
+def control_flow_model(path: Path) -> Path:
+    """Conv-Relu-Conv-Relu-Conv, and an If whose branches read the second Relu's output."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+
+    def branch(name, op):
+        out = helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node(op, ["r2"], [f"{name}_out"], name=f"{name}_{op}")], name, [], [out])
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="conv3"),
+        helper.make_node("ReduceMean", ["x"], ["m"], name="mean", keepdims=0),
+        helper.make_node("Greater", ["m", "zero"], ["cond"], name="positive"),
+        helper.make_node("If", ["cond"], ["z"], name="branch", then_branch=branch("then", "Relu"),
+                         else_branch=branch("else", "Sigmoid")),
+    ]
+    inits = [weight("w1", 16, 3, 3, 3), weight("b1", 16), weight("w2", 16, 16, 3, 3), weight("b2", 16),
+             weight("w3", 4, 16, 1, 1), numpy_helper.from_array(np.zeros((), np.float32), "zero")]
+    graph = helper.make_graph(
+        nodes, "control_flow", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_control_flow_is_named_in_the_report_and_the_output(tmp_path):
+    path = control_flow_model(tmp_path / "if.onnx")
+    out, report = tmp_path / "pruned.onnx", tmp_path / "report.json"
+    result = invoke(path, "-o", out, "--ratio", "0.5", "--round-to", "1", "--latency-runs", "0", "--report", report)
+    assert result.exit_code == 0, result.output
+    note = ("1 control-flow node (If, e.g. 'branch'): subgraphs are left as they are (nothing inside them "
+            "is pruned, and channels they read are kept)")
+    assert f"note: {note}" in result.output
+    data = json.loads(report.read_text())
+    assert data["notes"] == [note]
+    groups = {g["name"]: g for g in data["groups"]}
+    assert groups["conv1"]["status"] == "pruned" and groups["conv1"]["kept"] == 8
+    assert groups["conv2"]["status"] == "declined"  # read by the If's branches
+    assert "channels are used inside a subgraph (Relu 'then_Relu')" in groups["conv2"]["reason"]
+    pruned = load_model(out)
+    check_model(pruned, full=True)
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    assert runtime.run(pruned, feeds)["z"].shape == (1, 16, 8, 8)
+
+
+def test_no_control_flow_no_note(model):
+    assert prune(model, ratio=0.3, latency_runs=0).report.notes == []

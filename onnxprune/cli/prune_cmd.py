@@ -106,6 +106,7 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
         lines.append(f"removed channels' mean folded into the next layers' biases, from {report.compensation}")
     if hidden:
         lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")
+    lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
 
 

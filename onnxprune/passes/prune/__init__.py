@@ -28,7 +28,7 @@ from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
 from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.rewrite import apply_plan
-from onnxprune.validate import check_model
+from onnxprune.validate import check_model, control_flow_nodes
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
@@ -67,6 +67,7 @@ class PruneReport:
     changes: list[str] = dataclasses.field(default_factory=list)
     compensation: str | None = None  # where the removed channels' means came from, if folded
     reconstruction: list[LayerFit] | None = None  # layers refit by least squares (calibration)
+    notes: list[str] = dataclasses.field(default_factory=list)  # what the user should know (one line each)
 
     @property
     def channels(self) -> tuple[int, int]:
@@ -86,7 +87,24 @@ class PruneReport:
             "compensation": self.compensation,
             "reconstruction": [f.to_dict() for f in self.reconstruction] if self.reconstruction is not None else None,
             "changes": self.changes,
+            "notes": self.notes,
         }
+
+
+def control_flow_note(model: ir.Model) -> str | None:
+    """One line saying that If/Loop/Scan bodies are not pruned, when the model has any.
+
+    The analysis walks the main graph only: a node inside a subgraph is never pruned, and a
+    group whose channels an If/Loop/Scan reads (as an input or from its body) is declined.
+    """
+    nodes = control_flow_nodes(model)
+    if not nodes:
+        return None
+    ops = "/".join(sorted({n.op_type for n in nodes}))
+    first = nodes[0].name or nodes[0].outputs[0].name
+    count = f"{len(nodes)} control-flow node{'s' if len(nodes) > 1 else ''}"
+    return (f"{count} ({ops}, e.g. '{first}'): subgraphs are left as they are (nothing inside them is "
+            "pruned, and channels they read are kept)")
 
 
 @dataclasses.dataclass
@@ -206,6 +224,7 @@ class PrunePass(Pass):
             self.criterion.name, ratio, target, self._rows(groups, excluded, scores, plan),
             (cost.macs, macs), (cost.params, params),
         )
+        report.notes = [note for note in (control_flow_note(model),) if note]
         bar.update()
         if self.dry_run or not plan.keep:
             return PrunePassResult(model, False, [], report, plan)
