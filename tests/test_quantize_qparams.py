@@ -120,8 +120,8 @@ def test_a_zero_width_range_still_folds_for_sure(dtype):
     zero = qp.activation_qparams(0.0, 0.0, dtype, symmetric=False)
     assert float(zero.scale) == 1.0 and int(zero.zero_point) == np.iinfo(dtype).min
     assert absorbable(zero, (0.0, math.inf)) and not absorbable(zero, (0.0, 6.0))
-    assert sure_fold_params(0.0, 0.0, (0.0, math.inf), dtype).same_as(zero)
-    relu6 = sure_fold_params(0.0, 0.0, (0.0, 6.0), dtype)
+    assert sure_fold_params(0.0, (0.0, math.inf), dtype).same_as(zero)
+    relu6 = sure_fold_params(0.0, (0.0, 6.0), dtype)
     assert float(relu6.scale) == pytest.approx(6 / 255) and absorbable(relu6, (0.0, 6.0))
     x = np.array([-1.0, 0.0, 3.0, 6.0, 9.0], np.float32)
     np.testing.assert_array_equal(qp.quantize(np.clip(x, 0, 6), relu6, dtype), qp.quantize(x, relu6, dtype))
@@ -130,9 +130,9 @@ def test_a_zero_width_range_still_folds_for_sure(dtype):
 def test_a_sure_fold_cuts_the_calibrated_range_to_the_activation_bounds():
     """A table range outside what the Relu/Clip can output is cut to it ([0, 8] for a ReLU6: [0, 6])."""
     u8 = np.dtype(np.uint8)
-    assert sure_fold_params(0.0, 8.0, (0.0, 6.0), u8).same_as(qp.activation_qparams(0.0, 6.0, u8, False))
-    assert sure_fold_params(-1.0, 4.0, (0.0, math.inf), u8).same_as(qp.activation_qparams(0.0, 4.0, u8, False))
-    assert sure_fold_params(0.0, 0.0, (0.0, 1e-45), u8) is None  # no float32 scale reaches qmax
+    assert sure_fold_params(8.0, (0.0, 6.0), u8).same_as(qp.activation_qparams(0.0, 6.0, u8, False))
+    assert sure_fold_params(4.0, (0.0, math.inf), u8).same_as(qp.activation_qparams(0.0, 4.0, u8, False))
+    assert sure_fold_params(0.0, (0.0, 1e-45), u8) is None  # no float32 scale reaches qmax
 
 
 def test_clip_to_zero_is_not_a_sure_fold():

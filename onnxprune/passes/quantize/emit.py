@@ -85,7 +85,7 @@ def absorbable(params: qp.QParams, bounds: tuple[float, float]) -> bool:
     return low_ok and high_ok
 
 
-def sure_fold_params(lo: float, hi: float, bounds: tuple[float, float], dtype: np.dtype) -> qp.QParams | None:
+def sure_fold_params(hi: float, bounds: tuple[float, float], dtype: np.dtype) -> qp.QParams | None:
     """Params that fold a Relu/Clip(0, b) for sure (asymmetric), whatever its calibrated [lo, hi].
 
     ``folds_for_sure`` let calibration skip the producer's own range, so this fold must happen.
@@ -147,7 +147,7 @@ class Emitter:
             lo, hi = range_of(result, self.ranges)
             params = qp.activation_qparams(lo, hi, self.config.activation_dtype, self.config.symmetric)
             if not absorbable(params, bounds) and folds_for_sure(act, self.config):
-                params = sure_fold_params(lo, hi, bounds, self.config.activation_dtype)
+                params = sure_fold_params(hi, bounds, self.config.activation_dtype)
                 if params is None:
                     raise UnsupportedError(f"{act.op_type} '{act.name or result.name}' cannot fold into an int8 "
                                            f"range (bounds {bounds}): exclude it with --exclude")
