@@ -46,3 +46,18 @@ def test_pruned_digits_model_is_valid_and_accuracy_is_measured(criterion, keep_m
     assert 0.0 <= acc <= 1.0
     original = accuracy(load_model(DIGITS / "digits.onnx"), inputs, labels)
     assert original > 0.95
+
+
+def test_pruned_model_records_its_surviving_channels_for_layerwise_check():
+    from onnxprune import check
+    from onnxprune.parity.layerwise import CHANNEL_MAP_KEY
+
+    result = prune(DIGITS / "digits.onnx", ratio=0.3, round_to=1, latency_runs=0)
+    assert CHANNEL_MAP_KEY in result.model.metadata_props
+    report = check(DIGITS / "digits.onnx", result.model, DIGITS / "eval.npz", tolerances="int8",
+                   layerwise=True, layerwise_samples=32).layerwise
+    statuses = {t["status"] for t in report["tensors"]}
+    assert "surviving-channels" in statuses and "shape-differs" not in statuses
+
+    again = prune(result.model, ratio=0.2, round_to=1, latency_runs=0)  # maps would need composing
+    assert CHANNEL_MAP_KEY not in again.model.metadata_props

@@ -26,6 +26,7 @@ from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slo
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
+from onnxprune.parity.layerwise import CHANNEL_MAP_KEY, record_channel_map
 from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.validate import check_model, control_flow_nodes
@@ -235,6 +236,10 @@ class PrunePass(Pass):
         else:
             means, report.compensation = self._channel_means(model, groups, plan)
             report.changes = apply_plan(model, groups, plan, channel_constants=means)
+        # Which channels survive, for `check --layerwise` against the original. A second
+        # pruning would need the maps composed: drop the stale one rather than mislead.
+        if model.metadata_props.pop(CHANNEL_MAP_KEY, None) is None:
+            record_channel_map(model, groups, plan)
         if self.verify:
             self._check(model, reference)
         bar.update()
