@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from onnxprune import runtime, stats
 from onnxprune.api import as_model
-from onnxprune.calibration import CalibrationTable, calibrate, open_dataset
+from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.io import check_output_path, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
@@ -20,7 +20,6 @@ from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.passes.quantize.quantize_pass import QuantizePass, nothing_to_quantize
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 
-METHODS = ("minmax", "percentile", "entropy", "mse")
 LATENCY_BIG_MODEL = 50 << 20  # bytes of weights above which latency is timed on 3 runs, not 10
 
 
