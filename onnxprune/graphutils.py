@@ -70,10 +70,6 @@ def set_initializer(value: ir.Value, array: np.ndarray) -> None:
     value.shape = ir.Shape(array.shape)
 
 
-def is_graph_output(value: ir.Value) -> bool:
-    return value.is_graph_output()
-
-
 def only_consumer(value: ir.Value) -> ir.Node | None:
     """The single node using ``value``, if it has exactly one use and is no graph output."""
     if value.is_graph_output():
