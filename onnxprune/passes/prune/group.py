@@ -111,12 +111,6 @@ class Group:
     def by_role(self, role: Role) -> list[Slot]:
         return [s for s in self.slots if s.role is role]
 
-    def nodes(self) -> list[ir.Node]:
-        seen: dict[int, ir.Node] = {}
-        for slot in self.slots:
-            seen.setdefault(id(slot.node), slot.node)
-        return list(seen.values())
-
 
 @dataclasses.dataclass
 class PrunePlan:

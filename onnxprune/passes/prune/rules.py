@@ -35,9 +35,6 @@ class Dim:
     lo: int
     hi: int
 
-    def key(self) -> tuple:
-        return (id(self.value), self.axis, self.offset, self.block, self.lo, self.hi)
-
     @property
     def span(self) -> tuple[int, int]:
         """The index interval the channels occupy along ``axis``."""
