@@ -11,6 +11,8 @@ import dataclasses
 
 import onnx_ir as ir
 
+from onnxprune.graphutils import node_count
+
 
 @dataclasses.dataclass
 class PassResult(ir.passes.PassResult):
@@ -39,8 +41,8 @@ class WrappedPass(Pass):
         raise NotImplementedError
 
     def call(self, model: ir.Model) -> PassResult:
-        before = sum(1 for g in model.graphs() for _ in g)
+        before = node_count(model)
         result = self.make()(model)
-        after = sum(1 for g in result.model.graphs() for _ in g)
+        after = node_count(result.model)
         changes = [f"{before - after} nodes removed"] if before != after else []
         return PassResult(result.model, result.modified, changes)
