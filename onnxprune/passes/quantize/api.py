@@ -52,7 +52,7 @@ class QuantizeResult:
             "config": self.config.to_dict(),
             "calibration": self.calibration,
             **{k: getattr(self, k) for k in keep},
-            "ops": stats.summarize(self.model)["ops"],
+            "ops": stats.summarize(self.model, infer_shapes=False)["ops"],  # counts need no shape inference
             **self.pipeline.to_dict(),
         }
 
