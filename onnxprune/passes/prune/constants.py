@@ -23,10 +23,10 @@ import onnx_ir as ir
 
 from onnxprune.graphutils import attr
 from onnxprune.passes.prune.group import Group, Role, Slot
-from onnxprune.passes.prune.layers import resolve_weight
+from onnxprune.passes.prune.layers import is_depthwise, resolve_weight
 from onnxprune.passes.prune.rules import constant
+from onnxprune.stats import MAC_OPS
 
-_PRODUCER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _PASS_THROUGH = set(
     "Identity Dropout Cast Transpose Squeeze Unsqueeze Reshape Flatten Split Slice Resize Upsample "
     "MaxPool GlobalAveragePool GlobalMaxPool ReduceMean ReduceMax ReduceMin".split()
@@ -134,7 +134,7 @@ class ChannelConstants:
             return nan
         op = node.op_type
         with np.errstate(all="ignore"):
-            if op in _PRODUCER_OPS and not _is_carried_conv(node):
+            if op in MAC_OPS and not is_depthwise(node):  # a depthwise Conv carries channels
                 return self._produced(node)
             if op in _UNARY:
                 return _UNARY[op](self._input(node, 0), node)
@@ -211,13 +211,6 @@ class ChannelConstants:
         else:
             bias = np.zeros(len(self.channels))
         return np.where(zero, bias, np.nan)
-
-
-def _is_carried_conv(node: ir.Node) -> bool:
-    if node.op_type != "Conv" or attr(node, "group", 1) == 1:
-        return False
-    shape = node.inputs[1].shape
-    return shape is not None and shape[1] == 1
 
 
 def no_padding(node: ir.Node) -> bool:

@@ -52,9 +52,12 @@ def resolve_weight(node: ir.Node, index: int) -> Weight | None:
     return Weight(value, user, perm)
 
 
-def _is_depthwise(node: ir.Node) -> bool:
+def is_depthwise(node: ir.Node) -> bool:
+    """A Conv with one input channel per conv group (``W[C_in*m, 1, k...]``, groups > 1)."""
+    if node.op_type != "Conv" or attr(node, "group", 1) == 1:
+        return False
     shape = dims(node.inputs[1])
-    return attr(node, "group", 1) > 1 and shape is not None and shape[1] == 1
+    return shape is not None and shape[1] == 1
 
 
 def _conv_parts(node: ir.Node) -> tuple[ir.Value, ir.Value | None]:
@@ -79,7 +82,7 @@ def conv(node, side, index, dim, ctx):
     if dim.axis != 1:
         raise Decline(f"{desc(node)} sees the channels on axis {dim.axis}, not 1")
     groups = attr(node, "group", 1)
-    if _is_depthwise(node):
+    if is_depthwise(node):
         mult = size(weight, 0) // groups
         if side == "in":
             out = dim.scaled(node.outputs[0], 1, mult, 1)
@@ -171,7 +174,7 @@ def root(node: ir.Node) -> tuple[ir.Value, int, int] | None:
     op, out, weight = node.op_type, node.outputs[0], dims(node.inputs[1])
     if weight is None:
         return None
-    if op == "Conv" and not _is_depthwise(node):
+    if op == "Conv" and not is_depthwise(node):
         axis, count = 1, weight[0]
     elif op == "ConvTranspose":
         axis, count = 1, weight[1] and weight[1] * attr(node, "group", 1)

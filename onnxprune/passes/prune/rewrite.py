@@ -22,6 +22,7 @@ from onnxprune.errors import UsageError
 from onnxprune.graphutils import add_initializer, attr, set_initializer
 from onnxprune.passes.prune import fold, layout
 from onnxprune.passes.prune.group import Group, PrunePlan, Role, Slot
+from onnxprune.passes.prune.layers import is_depthwise
 from onnxprune.passes.prune.rules import constant, dims, ints
 
 
@@ -273,7 +274,7 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
         op = node.op_type
         source = node.inputs[0] if node.inputs else None
         cut_axes = cuts.axes(source) if source is not None else {}
-        if op == "Conv" and attr(node, "group", 1) > 1 and 1 in cut_axes and dims(node.inputs[1])[1] == 1:
+        if op == "Conv" and is_depthwise(node) and 1 in cut_axes:
             count = attr(node, "group") - len(cuts.removed(source, 1))  # depthwise: one per channel
             edits.append(_set_attribute(node, ir.AttrInt64("group", count)))
         elif op == "Reshape":
