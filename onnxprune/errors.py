@@ -42,3 +42,13 @@ class ParityError(OnnxPruneError):
     """The optimized model's outputs differ from the reference beyond the tolerance."""
 
     exit_code = 1
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first line of a library exception's message, to quote in one of ours (theirs run on
+    with tracebacks and hints); the type's name alone when the message is empty."""
+    text = str(exc).strip()
+    if not text:
+        return type(exc).__name__
+    line = text.splitlines()[0]
+    return f"{type(exc).__name__}: {line}" if with_type else line

@@ -30,7 +30,7 @@ import onnx_ir as ir
 from onnxprune import _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
-from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError
+from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError, first_line
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -108,7 +108,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # protobuf/onnx raise DecodeError, RuntimeError, ValueError...
         hint = _protocheck.sniff_format(path)
         raise ModelLoadError(
-            f"{path}: not a valid ONNX model ({hint or f'protobuf parse failed: {_one_line(exc)}'})"
+            f"{path}: not a valid ONNX model ({hint or f'protobuf parse failed: {first_line(exc, with_type=True)}'})"
         ) from None
     if not proto.HasField("graph") or not (proto.graph.node or proto.graph.output):
         hint = _protocheck.sniff_format(path) or "truncated or not an ONNX file?"
@@ -122,7 +122,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except MemoryError:
         raise
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
-        raise ModelLoadError(f"{path}: malformed ONNX model ({_one_line(exc)})") from None
+        raise ModelLoadError(f"{path}: malformed ONNX model ({first_line(exc, with_type=True)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     check_external_data(iter_tensors(model), path)
     if has_external_data(model):  # saved results keep the layout, even once weights are rewritten
@@ -305,8 +305,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

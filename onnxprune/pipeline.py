@@ -15,7 +15,7 @@ import onnx_ir as ir
 from tqdm import tqdm
 
 from onnxprune import runtime
-from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError
+from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError, first_line
 from onnxprune.graphutils import node_count, param_count
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.tolerances import Tolerances
@@ -181,8 +181,7 @@ def run_pipeline(
         except ir.passes.InvariantError as exc:
             raise InvalidModelError(f"pass '{name}': {exc}") from None
         except Exception as exc:  # a bug in the pass: name it (the CLI exits 3, nothing written)
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise PassCrashedError(f"pass '{name}' crashed ({type(exc).__name__}: {first}); "
+            raise PassCrashedError(f"pass '{name}' crashed ({first_line(exc, with_type=True)}); "
                                    "this is a bug in onnxprune") from exc
         model = result.model
         record = PassRecord(

@@ -27,6 +27,7 @@ from onnxprune.errors import (
     OnnxPruneError,
     UnsupportedError,
     UsageError,
+    first_line,
 )
 from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
 
@@ -130,8 +131,7 @@ def _session_source(model: ir.Model | str | os.PathLike, options: ort.SessionOpt
 
 def _ort_error(exc: Exception, what: str) -> OnnxPruneError:
     """One line from an ONNX Runtime exception, as the matching project error."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"/\S+:\d+ .*?\) (?=[A-Z])", "", text)  # C++ file:line and signature
+    text = re.sub(r"/\S+:\d+ .*?\) (?=[A-Z])", "", first_line(exc))  # C++ file:line and signature
     kind = re.match(r"\[ONNXRuntimeError\] : \d+ : (\w+) : ", text)
     detail = text[kind.end():] if kind else text
     status = kind.group(1) if kind else ""

@@ -9,7 +9,7 @@ import onnx
 import onnx_ir as ir
 
 from onnxprune._protocheck import find_cycle
-from onnxprune.errors import InvalidModelError, UnsupportedError
+from onnxprune.errors import InvalidModelError, UnsupportedError, first_line
 
 # Domains ONNX Runtime implements; any other domain must come with a model-local function.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
@@ -31,14 +31,14 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
             proto = ir.to_proto(model)
         onnx.checker.check_model(proto, full_check=full)
     except onnx.checker.ValidationError as exc:
-        raise InvalidModelError(f"ONNX checker: {_first_line(exc)}") from None
+        raise InvalidModelError(f"ONNX checker: {first_line(exc)}") from None
     except onnx.shape_inference.InferenceError as exc:
-        raise InvalidModelError(f"ONNX shape inference: {_first_line(exc)}") from None
+        raise InvalidModelError(f"ONNX shape inference: {first_line(exc)}") from None
     except (ir.serde.SerdeError, ValueError, TypeError) as exc:  # unserializable (damaged) model
         cause = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
-        raise InvalidModelError(f"model cannot be serialized for checking: {_first_line(cause)}") from None
+        raise InvalidModelError(f"model cannot be serialized for checking: {first_line(cause)}") from None
 
 
 @contextlib.contextmanager
@@ -128,8 +128,3 @@ def _defined(value: ir.Value) -> bool:
 def control_flow_nodes(model: ir.Model) -> list[ir.Node]:
     """If/Loop/Scan nodes anywhere in the model (their bodies are subgraphs)."""
     return [n for n in model.graph.all_nodes() if n.domain in ("", "ai.onnx") and n.op_type in CONTROL_FLOW_OPS]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
