@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterable, Mapping
 
 from onnxprune.errors import UsageError
+from onnxprune.passes.quantize.detect import is_quantized_op
 
 PRESETS: dict[str, dict] = {
     "exact": {"atol": 1e-4, "rtol": 1e-4, "stat": "max"},
@@ -39,8 +40,6 @@ PRESETS: dict[str, dict] = {
         "max_accuracy_drop": 0.01,
     },
 }
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv",
-                 "QLinearMatMul", "ConvInteger", "MatMulInteger", "MatMulNBits"}
 _STAT = re.compile(r"^(max|mean|p(\d{1,2}(\.\d+)?))$")
 
 
@@ -153,7 +152,8 @@ def _nonfinite(stats: Mapping) -> str:
 
 
 def is_quantized(op_types: Iterable[str]) -> bool:
-    return any(op in QUANTIZED_OPS for op in op_types)
+    """Whether any of these ops marks a quantized model (the ops quantize refuses to requantize)."""
+    return any(is_quantized_op(op) for op in op_types)
 
 
 def parse_tolerance_specs(specs: Iterable[str], option: str) -> tuple[float | None, dict[str, float]]:

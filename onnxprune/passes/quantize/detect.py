@@ -13,10 +13,15 @@ QUANTIZED_OPS = {
 }
 
 
+def is_quantized_op(op_type: str) -> bool:
+    """Whether a node of this op type only occurs in a quantized model."""
+    return op_type in QUANTIZED_OPS or op_type.startswith("QLinear")
+
+
 def quantized_node(model: ir.Model) -> ir.Node | None:
     """The first node (subgraphs included) that shows the model is already quantized."""
     for node in model.graph.all_nodes():
-        if node.op_type in QUANTIZED_OPS or node.op_type.startswith("QLinear"):
+        if is_quantized_op(node.op_type):
             return node
     return None
 
