@@ -210,6 +210,13 @@ def find_cycle(graph: ir.Graph) -> ir.Node | None:
     return None
 
 
+def check_acyclic(graph: ir.Graph, source: str) -> None:
+    """Refuse a graph with a cycle, naming a node on it."""
+    node = find_cycle(graph)
+    if node is not None:
+        raise InvalidModelError(f"{source}: the graph has a cycle through node '{node.name}' ({node.op_type})")
+
+
 def is_sorted(graph: ir.Graph) -> bool:
     position = {id(node): i for i, node in enumerate(graph)}
     return all(
@@ -225,9 +232,5 @@ def sort_if_needed(model: ir.Model, source: str) -> None:
     if all(is_sorted(graph) for graph in model.graphs()):
         return
     for graph in model.graphs():
-        node = find_cycle(graph)
-        if node is not None:
-            raise InvalidModelError(
-                f"{source}: the graph has a cycle through node '{node.name}' ({node.op_type})"
-            )
+        check_acyclic(graph, source)
     ir.passes.common.TopologicalSortPass()(model)

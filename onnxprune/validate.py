@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
-from onnxprune._protocheck import find_cycle
+from onnxprune._protocheck import check_acyclic
 from onnxprune.errors import InvalidModelError, UnsupportedError, first_line
 
 # Domains ONNX Runtime implements; any other domain must come with a model-local function.
@@ -84,11 +84,7 @@ def check_structure(model: ir.Model, source: str = "model") -> None:
                     f"'{node.domain}' (no implementation in ONNX Runtime or in the model)"
                 )
         _check_dangling(graph, source)
-        cyclic = find_cycle(graph)
-        if cyclic is not None:
-            raise InvalidModelError(
-                f"{source}: the graph has a cycle through node '{cyclic.name}' ({cyclic.op_type})"
-            )
+        check_acyclic(graph, source)
     newest = onnx.defs.onnx_opset_version()
     for domain in ("", "ai.onnx"):
         version = model.opset_imports.get(domain)
