@@ -44,7 +44,7 @@ def _exact_for_constants(layer: ir.Node) -> bool:
     return layer.op_type in ("Gemm", "MatMul")
 
 
-def _layer(slot: Slot) -> ir.Node:
+def consumer_layer(slot: Slot) -> ir.Node:
     """The layer a consumer slot's weight feeds (through the Transposes the exporter adds)."""
     node = slot.node
     while node.op_type == "Transpose":
@@ -113,7 +113,7 @@ def plan_fold(
     status = np.zeros(len(channels), dtype=np.int8)
     deltas = []
     for slot in group.by_role(Role.CONSUMER):
-        layer = _layer(slot)
+        layer = consumer_layer(slot)
         hi = group.size if slot.hi is None else slot.hi
         covered = (channels >= slot.lo) & (channels < hi)
         k = prop.of(layer.inputs[0])

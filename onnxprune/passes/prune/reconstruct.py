@@ -46,11 +46,11 @@ from onnxprune import runtime
 from onnxprune.errors import DataError
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.activations import FETCH_BUDGET
+from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
-from onnxprune.passes.prune.refit import LayerFit, Target, consumer_layer, find_targets
-from onnxprune.passes.prune.rewrite import _removals as check_plan  # UsageError for a bad plan
-from onnxprune.passes.prune.rewrite import apply_plan
+from onnxprune.passes.prune.refit import LayerFit, Target, find_targets
+from onnxprune.passes.prune.rewrite import apply_plan, checked_removals
 
 # Ridge strength (see lstsq.py: λ = RIDGE · tr(Cxx) / rows). Measured on the test zoo with
 # 64 calibration samples (random weights, 40 % of channels removed, output error vs the
@@ -81,7 +81,7 @@ def prune_and_refit(
     for the groups still read by a layer that is not refit. Returns the change lines (the
     plan's, then one per refitted layer) and the per-layer report."""
     ridge = RIDGE if ridge is None else ridge
-    check_plan(groups, plan)  # before any weight changes
+    checked_removals(groups, plan)  # UsageError for a bad plan, before any weight changes
     targets, skipped = find_targets(groups, plan, seed)
     refit = {id(t.layer) for t in targets}
     needed = {  # groups with a consumer that still relies on the mean compensation

@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from onnxprune.graphutils import attr, set_initializer
 from onnxprune.passes.prune import fold
-from onnxprune.passes.prune.fold import _layer as consumer_layer  # the layer a CONSUMER slot feeds
+from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.layers import resolve_weight
 from onnxprune.passes.prune.lstsq import NormalEquations, conv_rows

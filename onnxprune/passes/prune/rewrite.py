@@ -42,7 +42,7 @@ def apply_plan(
     approximately into the consumers' biases; without it only exact folds are made.
     """
     graph = model.graph
-    removed = _removals(groups, plan)
+    removed = checked_removals(groups, plan)
     if not removed:
         return []
     pruned = [g for g in groups if g.id in removed]
@@ -77,7 +77,7 @@ def apply_plan(
     return lines
 
 
-def _removals(groups: Sequence[Group], plan: PrunePlan) -> dict[int, np.ndarray]:
+def checked_removals(groups: Sequence[Group], plan: PrunePlan) -> dict[int, np.ndarray]:
     """The channels each group loses, after checking the plan against the groups."""
     by_id = {g.id: g for g in groups}
     removed = {}
