@@ -38,11 +38,11 @@ from onnx_ir.passes.common import ShapeInferencePass
 from tqdm import tqdm
 
 from onnxprune import runtime
+from onnxprune.calibration.tensors import FLOAT_TYPES
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import Endpoint, run_session
 from onnxprune.parity.tolerances import Tolerances
 
-FLOAT_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
 CHANNEL_MAP_KEY = "onnxprune.kept_channels"
 # All exposed tensors of a run are in memory at once: runs start at 2 samples, then take as
 # many as fit in this budget (the feed's batches are cut, never merged).
