@@ -39,6 +39,20 @@ def _matmul_input(add: ir.Node) -> int | None:
     return None
 
 
+def constant_weight_and_bias(
+    node: ir.Node, bias: ir.Value | None
+) -> tuple[np.ndarray, np.ndarray | None] | str:
+    """The float constant weight (input 1) of a linear ``node`` and the constant value of
+    its ``bias`` (None when it has none), or why they are not constants."""
+    weight = const_array(node.inputs[1])
+    if weight is None or not np.issubdtype(weight.dtype, np.floating):
+        return f"the weight of {node.op_type} '{node.name}' is not a float constant"
+    bias_array = const_array(bias) if bias is not None else None
+    if bias is not None and bias_array is None:
+        return f"the bias of {node.op_type} '{node.name}' is not a constant"
+    return weight, bias_array
+
+
 def bias_name(weight: ir.Value) -> str:
     """'conv1.weight' -> 'conv1.bias': a name for a bias created next to ``weight``."""
     name = weight.name or "weight"
@@ -76,12 +90,10 @@ class Linear:
             bias_value = node.inputs[2]
         if only_consumer(value) is None:
             return f"'{value.name}' is read by more than one node or is a graph output"
-        weight = const_array(node.inputs[1])
-        if weight is None or not np.issubdtype(weight.dtype, np.floating):
-            return f"the weight of {node.op_type} '{node.name}' is not a float constant"
-        bias = const_array(bias_value) if bias_value is not None else None
-        if bias_value is not None and bias is None:
-            return f"the bias of {node.op_type} '{node.name}' is not a constant"
+        constants = constant_weight_and_bias(node, bias_value)
+        if isinstance(constants, str):
+            return constants
+        weight, bias = constants
         rank, axis = weight.ndim, 1
         if node.op_type == "Conv":
             channels = weight.shape[0]

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.graphutils import attr, const_array, only_consumer
-from onnxprune.passes._affine import batchnorm_affine, bias_name
+from onnxprune.passes._affine import batchnorm_affine, bias_name, constant_weight_and_bias
 from onnxprune.passes._rewrite import (
     Rule,
     RulePass,
@@ -57,13 +57,10 @@ def _check_forward(match: _Match) -> str | None:
         return affine
     match.scale, match.shift = affine
     node = match.consumer
-    match.weight = const_array(node.inputs[1])
-    if match.weight is None or not np.issubdtype(match.weight.dtype, np.floating):
-        return f"the weight of {node.op_type} '{node.name}' is not a float constant"
-    has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    match.bias = const_array(node.inputs[2]) if has_bias else None
-    if has_bias and match.bias is None:
-        return f"the bias of {node.op_type} '{node.name}' is not a constant"
+    constants = constant_weight_and_bias(node, node.inputs[2] if len(node.inputs) > 2 else None)
+    if isinstance(constants, str):
+        return constants
+    match.weight, match.bias = constants
     return None
 
 
