@@ -45,7 +45,7 @@ class OptimizeResult:
     output: Path | None = None
 
     def to_dict(self) -> dict:
-        keep = ("nodes", "parameters", "weights_bytes", "macs", "ops")
+        keep = (*stats.SIZE_KEYS, "ops")
         return {
             "output": str(self.output) if self.output else None,
             "before": {k: self.before[k] for k in keep},

@@ -24,7 +24,6 @@ from onnxprune.passes.prune import prune
 from onnxprune.passes.quantize.api import quantize
 
 STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
-SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 PRUNED_MIN_TOP1 = 0.95
 PRUNED_MAX_ACCURACY_DROP = 0.01
 
@@ -67,10 +66,6 @@ class CompressResult:
                 for s in self.stages
             ],
         }
-
-
-def _summary(model: ir.Model) -> dict:
-    return {k: v for k, v in stats.summarize(model).items() if k in SUMMARY_KEYS}
 
 
 def _reference_copy(model: ModelLike) -> ir.Model:
@@ -132,14 +127,15 @@ def compress(
     if output is not None:
         check_output_path(output, path)
     reference = _reference_copy(model)
-    before = _summary(loaded)
+    before = stats.size_summary(loaded)
 
     stages: list[StageRecord] = []
 
     def run(name: str, fn) -> None:
         start = time.perf_counter()
         result = fn()
-        stages.append(StageRecord(name, time.perf_counter() - start, _summary(result.model), result))
+        seconds = time.perf_counter() - start
+        stages.append(StageRecord(name, seconds, stats.size_summary(result.model), result))
 
     run("optimize", lambda: optimize(loaded, progress=progress))
     if pruning:

@@ -14,6 +14,8 @@ from onnxprune.io import weights_nbytes
 from onnxprune.passes.cleanup import ShapeInference
 
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# The figures a compression changes: what the commands show before and after.
+SIZE_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
 
 @dataclasses.dataclass
@@ -113,3 +115,9 @@ def summarize(model: ir.Model, path: str | Path | None = None, *, infer_shapes: 
         info["file"] = str(path)
         info["file_bytes"] = path.stat().st_size
     return info
+
+
+def size_summary(model: ir.Model) -> dict:
+    """The :data:`SIZE_KEYS` figures of :func:`summarize` (shapes inferred in place)."""
+    info = summarize(model)
+    return {key: info[key] for key in SIZE_KEYS}
