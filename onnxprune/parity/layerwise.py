@@ -40,7 +40,7 @@ from tqdm import tqdm
 from onnxprune import runtime
 from onnxprune.calibration.tensors import FLOAT_TYPES
 from onnxprune.parity.metrics import OutputStats
-from onnxprune.parity.providers import Endpoint, run_session
+from onnxprune.parity.providers import Endpoint, run_session, with_cpu_fallback
 from onnxprune.parity.tolerances import Tolerances
 
 CHANNEL_MAP_KEY = "onnxprune.kept_channels"
@@ -282,9 +282,8 @@ def localise(
     _expose(ref_copy, [m.name for m in matches])
     _expose(cand_copy, [m.candidate for m in matches])
     ref_end, cand_end = Endpoint("reference", reference_provider), Endpoint("candidate", candidate_provider)
-    chain = lambda p: [p] if p == "CPUExecutionProvider" else [p, "CPUExecutionProvider"]  # noqa: E731
-    with runtime.session(ref_copy, chain(reference_provider)) as ref_sess, \
-            runtime.session(cand_copy, chain(candidate_provider)) as cand_sess:
+    with runtime.session(ref_copy, with_cpu_fallback(reference_provider)) as ref_sess, \
+            runtime.session(cand_copy, with_cpu_fallback(candidate_provider)) as cand_sess:
         ref_names = [m.name for m in matches]
         cand_names = [m.candidate for m in matches]
         fixed = any(shape and isinstance(shape[0], int) for shape, _ in runtime.input_specs(reference).values())

@@ -81,6 +81,11 @@ def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, na
         raise DataError(f"{endpoint}: ONNX Runtime rejected the data: {str(exc).splitlines()[0]}") from None
 
 
+def with_cpu_fallback(provider: str) -> list[str]:
+    """``provider`` with the CPU provider behind it for the ops it has no kernel for."""
+    return [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+
+
 def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], providers: list[str]):
     """{Endpoint: session}; a provider ONNX Runtime falls back from (e.g. CUDA libraries
     missing) is dropped and returned as unavailable."""
@@ -88,10 +93,9 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
     if any(p != "CPUExecutionProvider" for p in providers):
         _preload_cuda_libraries()
     for provider in providers:
-        chain = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
         opened = {}
         for role, model in models.items():
-            sess = stack.enter_context(runtime.session(model, chain))
+            sess = stack.enter_context(runtime.session(model, with_cpu_fallback(provider)))
             opened[Endpoint(role, provider)] = sess
         if any(provider not in s.get_providers() for s in opened.values()):
             unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it "
