@@ -8,9 +8,11 @@ and ``apoz`` criteria, and for the channel means folded into the next layer's bi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import onnx_ir as ir
@@ -100,29 +102,22 @@ def collect_channel_stats(
             running.setdefault(slot.value.name, _Running(slot.axis))
     if not values:
         return {}
-    if any(v.type is None for v in values.values()):
-        ShapeInference()(model)
     inputs = set(runtime.input_specs(model))
-    added = [v for v in values.values() if not v.is_graph_output()]
-    model.graph.outputs.extend(added)
     samples = 0
-    try:
-        with runtime.session(model) as sess:
-            for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
-                feeds = {k: v for k, v in feeds.items() if k in inputs}
-                batch = len(next(iter(feeds.values()))) if feeds else 1
-                for names in _fetch_chunks(list(values.values()), batch):
-                    try:
-                        arrays = sess.run(names, feeds)
-                    except Exception as exc:  # ORT's own error types
-                        raise DataError(f"calibration batch does not run: {str(exc).splitlines()[0]}") from None
-                    for name, array in zip(names, arrays):
-                        running[name].update(array)
-                    del arrays
-                samples += batch
-    finally:
-        for _ in added:
-            model.graph.outputs.pop()
+    with exposed(model, list(values.values())), runtime.session(model) as sess:
+        for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
+            feeds = {k: v for k, v in feeds.items() if k in inputs}
+            batch = len(next(iter(feeds.values()))) if feeds else 1
+            for chunk in budget_chunks(values.values(), lambda v: batch_nbytes(v, batch), FETCH_BUDGET):
+                names = [v.name for v in chunk]
+                try:
+                    arrays = sess.run(names, feeds)
+                except Exception as exc:  # ORT's own error types
+                    raise DataError(f"calibration batch does not run: {str(exc).splitlines()[0]}") from None
+                for name, array in zip(names, arrays):
+                    running[name].update(array)
+                del arrays
+            samples += batch
     if samples == 0:
         raise DataError("calibration data is empty")
     sizes = {g.id: g.size for g in groups}
@@ -140,17 +135,39 @@ def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, sam
     return ChannelStats(sums["abs"] / count, sums["sum"] / count, sums["nonzero"] / count, samples)
 
 
-def _fetch_chunks(values: list[ir.Value], batch: int) -> list[list[str]]:
-    """Split the names to fetch so that one call's outputs stay under FETCH_BUDGET bytes."""
-    chunks: list[list[str]] = [[]]
+@contextlib.contextmanager
+def exposed(model: ir.Model, values: list[ir.Value]) -> Iterator[None]:
+    """``values`` as extra graph outputs while the block runs (the outputs are restored)."""
+    if any(v.type is None for v in values):
+        ShapeInference()(model)
+    added = list({id(v): v for v in values if not v.is_graph_output()}.values())
+    model.graph.outputs.extend(added)
+    try:
+        yield
+    finally:
+        for _ in added:
+            model.graph.outputs.pop()
+
+
+def batch_nbytes(value: ir.Value, batch: int) -> int:
+    """Bytes of ``value`` for ``batch`` samples (other symbolic dims count 1, an unknown type 4 bytes)."""
+    dims = [d if isinstance(d, int) else 1 for d in (value.shape or ())]
+    itemsize = value.dtype.itemsize if value.dtype is not None else 4
+    return math.prod(dims[1:]) * batch * itemsize
+
+
+T = TypeVar("T")
+
+
+def budget_chunks(items: Iterable[T], nbytes: Callable[[T], int], budget: int) -> list[list[T]]:
+    """``items`` in order, cut into runs of at most ``budget`` bytes (an item over it goes alone)."""
+    chunks: list[list[T]] = [[]]
     used = 0
-    for value in values:
-        dims = [d if isinstance(d, int) else 1 for d in (value.shape or ())]
-        itemsize = value.dtype.itemsize if value.dtype is not None else 4
-        nbytes = math.prod(dims[1:]) * batch * itemsize
-        if chunks[-1] and used + nbytes > FETCH_BUDGET:
+    for item in items:
+        size = nbytes(item)
+        if chunks[-1] and used + size > budget:
             chunks.append([])
             used = 0
-        chunks[-1].append(value.name)
-        used += nbytes
+        chunks[-1].append(item)
+        used += size
     return chunks

@@ -33,8 +33,6 @@ grouped/depthwise Conv and ConvTranspose consumers keep the mean compensation.
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -44,8 +42,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
-from onnxprune.passes.cleanup import ShapeInference
-from onnxprune.passes.prune.activations import FETCH_BUDGET
+from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed
 from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
@@ -105,7 +102,7 @@ def prune_and_refit(
             t.write(model.graph, *t.solution)
     else:
         levels = _levels(model.graph, targets)
-        with _exposed(reference, [t.y_value for t in targets]), runtime.session(reference) as original:
+        with exposed(reference, [t.y_value for t in targets]), runtime.session(reference) as original:
             for i, level in enumerate(levels):
                 label = f"reconstruct {i + 1}/{len(levels)}"
                 _accumulate(level, batches, model, ridge, reference=original, progress=progress and label)
@@ -139,16 +136,8 @@ def _accumulate(
     then solve them: inputs from ``model``, outputs from ``model`` too (the original) or from
     a ``reference`` session of the original (``model`` is then the pruned one, whose inputs
     already lack the removed channels). Targets are taken in passes of at most STATS_BUDGET
-    bytes of equations."""
-    passes: list[list[Target]] = [[]]
-    used = 0
-    for t in targets:
-        size = 8 * (t.sliced.shape[0] + 1) * sum(t.sliced.shape)
-        if passes[-1] and used + size > STATS_BUDGET:
-            passes.append([])
-            used = 0
-        passes[-1].append(t)
-        used += size
+    bytes of equations (float64 sums: (D + 1)·(D + O) numbers)."""
+    passes = budget_chunks(targets, lambda t: 8 * (t.sliced.shape[0] + 1) * sum(t.sliced.shape), STATS_BUDGET)
     for group in passes:
         for t in group:
             t.equations = NormalEquations(*t.sliced.shape)
@@ -160,13 +149,16 @@ def _accumulate(
 def _stream(targets, batches, model, reference, progress: str | bool) -> None:
     """One pass over the calibration batches (``progress``: the bar's label, or False)."""
     inputs = set(runtime.input_specs(model))
-    exposed = [t.x_value for t in targets] + ([t.y_value for t in targets] if reference is None else [])
+    outputs = [t.x_value for t in targets] + ([t.y_value for t in targets] if reference is None else [])
     rows = 0
-    with _exposed(model, exposed), runtime.session(model) as sess:
+    with exposed(model, outputs), runtime.session(model) as sess:
         for feeds in tqdm(batches(), desc=progress or "", unit="batch", disable=not progress, leave=False):
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
-            for chunk in _fetch_chunks(targets, batch):
+            chunks = budget_chunks(
+                targets, lambda t: batch_nbytes(t.x_value, batch) + batch_nbytes(t.y_value, batch), FETCH_BUDGET
+            )
+            for chunk in chunks:
                 x_names = [t.x_value.name for t in chunk]
                 y_names = [t.y_value.name for t in chunk]
                 if reference is None:
@@ -182,35 +174,3 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
             rows += batch
     if rows == 0:
         raise DataError("calibration data is empty")
-
-
-def _fetch_chunks(targets: list[Target], batch: int) -> list[list[Target]]:
-    """Targets whose input and output tensors for one batch fit in FETCH_BUDGET bytes."""
-    chunks: list[list[Target]] = [[]]
-    used = 0
-    for t in targets:
-        nbytes = sum(
-            math.prod(d if isinstance(d, int) else 1 for d in (v.shape or ())[1:]) * batch
-            * (v.dtype.itemsize if v.dtype is not None else 4)
-            for v in (t.x_value, t.y_value)
-        )
-        if chunks[-1] and used + nbytes > FETCH_BUDGET:
-            chunks.append([])
-            used = 0
-        chunks[-1].append(t)
-        used += nbytes
-    return chunks
-
-
-@contextlib.contextmanager
-def _exposed(model: ir.Model, values: list[ir.Value]):
-    """``values`` as extra graph outputs while the block runs (the outputs are restored)."""
-    if any(v.type is None for v in values):
-        ShapeInference()(model)
-    added = list({id(v): v for v in values if not v.is_graph_output()}.values())
-    model.graph.outputs.extend(added)
-    try:
-        yield
-    finally:
-        for _ in added:
-            model.graph.outputs.pop()
