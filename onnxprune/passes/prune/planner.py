@@ -29,6 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
+from onnxprune.graphutils import param_count
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.stats import MAC_OPS, node_macs
@@ -78,11 +79,10 @@ def make_candidates(
     for group in groups:
         if not group.prunable or group.id in excluded or group.size < 2:
             continue
-        blocks = max(1, group.divisions)
-        step = math.lcm(round_to, blocks)
+        step = math.lcm(round_to, group.divisions)
         result.append(
-            Candidate(group, np.asarray(scores[group.id], dtype=np.float64), max(min_channels, 1),
-                      step, blocks, group_ratios.get(group.id))
+            Candidate(group, np.asarray(scores[group.id], dtype=np.float64), min_channels,
+                      step, group.divisions, group_ratios.get(group.id))
         )
     return result
 
@@ -144,10 +144,7 @@ class CostModel:
             weight = next((v for v in node.inputs[1:2] + node.inputs[:1] if v is not None and id(v) in self.slots), None)
             if weight is not None:
                 self.node_macs.append((macs, id(weight)))
-        self.params = sum(
-            int(np.prod(v.const_value.shape.numpy())) for g in model.graphs() for v in g.initializers.values()
-            if v.const_value is not None
-        )
+        self.params = param_count(model)
 
     def kept_share(self, plan: PrunePlan) -> dict[int, float]:
         """Kept share of the elements of every constant the plan touches (id(value) -> share).
