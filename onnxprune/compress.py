@@ -68,13 +68,6 @@ class CompressResult:
         }
 
 
-def _reference_copy(model: ModelLike) -> ir.Model:
-    """The untouched original to check against (stages work in place on their model)."""
-    if isinstance(model, ir.Model):
-        return ir.from_proto(ir.to_proto(model))
-    return as_model(model)[0]
-
-
 def _tolerances(pruned: bool, quantized: bool, max_accuracy_drop: float | None) -> Tolerances | str:
     """Exact when only exact stages ran; the int8 preset after quantization alone. Pruning
     without retraining changes the outputs by design, so then only what users judge a
@@ -126,7 +119,10 @@ def compress(
     loaded, path = as_model(model)
     if output is not None:
         check_output_path(output, path)
-    reference = _reference_copy(model)
+    # The original to check against. The stages edit `loaded` in place, but replace tensors
+    # rather than write into them, so a clone sharing the weights stays as it was (a copy
+    # through protobuf would cost a copy of every weight, and lose external data's folder).
+    reference = loaded.clone()
     before = stats.size_summary(loaded)
 
     stages: list[StageRecord] = []
