@@ -18,7 +18,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxprune import runtime
-from onnxprune.errors import DataError, UsageError
+from onnxprune.errors import OnnxPruneError, UsageError
 
 DEFAULT_PROVIDERS = ("cpu", "cuda")
 _SHORT = {full: short for short, full in runtime.PROVIDER_ALIASES.items()}
@@ -74,11 +74,12 @@ def fail_if_unavailable(unavailable: list[dict], required: bool) -> None:
 
 
 def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, names: list[str] | None = None) -> dict:
+    """{output name: array} of one run; an error (see ``runtime.run_session``) names the endpoint."""
     names = names or [o.name for o in session.get_outputs()]
     try:
-        return dict(zip(names, session.run(names, dict(feeds))))
-    except Exception as exc:  # ORT's InvalidArgument / Fail / RuntimeException
-        raise DataError(f"{endpoint}: ONNX Runtime rejected the data: {str(exc).splitlines()[0]}") from None
+        return dict(zip(names, runtime.run_session(session, names, feeds)))
+    except OnnxPruneError as exc:
+        raise type(exc)(f"{endpoint}: {exc}") from None
 
 
 def with_cpu_fallback(provider: str) -> list[str]:
