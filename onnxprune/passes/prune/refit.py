@@ -133,9 +133,7 @@ class Target:
         weight = resolve_weight(self.layer, 1)
         w = np.transpose(constant(weight.value), self.perm).copy()
         removed = np.setdiff1d(np.arange(self.width), self.kept_in)
-        if self.op == "Conv":
-            w[:, removed] = 0
-        elif self.transposed:
+        if self.op == "Conv" or self.transposed:  # inputs on axis 1: Conv W[O, C, ...], Gemm B[N, K]
             w[:, removed] = 0
         else:
             w[removed, :] = 0
@@ -185,8 +183,7 @@ def _unsupported(layer: ir.Node) -> str | None:
     bias = layer.inputs[2] if op != "MatMul" and len(layer.inputs) > 2 else None
     if bias is not None:
         array = constant(bias) if is_const(bias) else None
-        outputs = layer.outputs[0].shape[1] if layer.outputs[0].shape is not None else None
-        if array is None or array.size not in (1, outputs):
+        if array is None or array.size not in (1, layer.outputs[0].shape[1]):
             return "its bias is computed at runtime or not per output channel"
     return None
 
@@ -200,13 +197,13 @@ def find_targets(groups: Sequence[Group], plan: PrunePlan, seed: int = 0) -> tup
             continue
         removed = plan.removed(group)
         for slot in group.by_role(Role.CONSUMER):
-            entry = layers.setdefault(id(consumer_layer(slot)), (consumer_layer(slot), []))
-            entry[1].append(slot.positions(removed, group.size))
+            layer = consumer_layer(slot)
+            layers.setdefault(id(layer), (layer, []))[1].append(slot.positions(removed, group.size))
         for slot in group.by_role(Role.ACTIVATION):
             removed_out.setdefault(id(slot.value), []).append((slot, slot.positions(removed, group.size)))
     targets, skipped = [], []
-    order = {id(n): i for i, n in enumerate(next(iter(layers.values()))[0].graph)} if layers else {}
-    for layer, parts in sorted(layers.values(), key=lambda entry: order.get(id(entry[0]), -1)):
+    graph = next(iter(layers.values()))[0].graph if layers else ()
+    for layer, parts in (layers[id(node)] for node in graph if id(node) in layers):  # in graph order
         removed_in = np.unique(np.concatenate(parts))
         reason = _unsupported(layer)
         if reason is not None:
