@@ -41,14 +41,13 @@ from onnxprune.calibration.histogram import DEFAULT_BINS, TensorStats
 from onnxprune.calibration.probes import (
     REDUCIBLE,
     Probe,
-    graph_values,
     probed_session,
     sample_stride,
     tensor_infos,
 )
 from onnxprune.calibration.statistics import Statistics
 from onnxprune.calibration.table import CalibrationTable
-from onnxprune.calibration.tensors import FLOAT_TYPES, select_tensors
+from onnxprune.calibration.tensors import FLOAT_TYPES, graph_values, select_tensors
 from onnxprune.errors import DataError, UsageError
 from onnxprune.io import load_model
 from onnxprune.runtime import run_session

@@ -36,6 +36,7 @@ import onnxruntime as ort
 
 from google.protobuf.message import DecodeError
 
+from onnxprune.calibration.tensors import graph_values
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, weights_nbytes
 from onnxprune.runtime import session
@@ -211,12 +212,6 @@ def _augmented(model: ir.Model, head, chains, outputs) -> Iterator[None]:
         graph.outputs.extend(original)
         if inserted:
             graph.remove(inserted, safe=True)
-
-
-def graph_values(model: ir.Model) -> dict[str, ir.Value]:
-    values = {v.name: v for v in model.graph.inputs}
-    values.update((o.name, o) for node in model.graph for o in node.outputs)
-    return values
 
 
 def sample_stride(per_sample: int, sample: int | None) -> int:

@@ -60,8 +60,7 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> list[str]:
         if not names:
             raise UsageError("the model has no tensors to calibrate (no quantizable ops with float data)")
         return names
-    values = {v.name: v for v in model.graph.inputs}
-    values.update((o.name, o) for node in model.graph for o in node.outputs)
+    values = graph_values(model)
     names = list(dict.fromkeys(tensors))
     for name in names:
         if name not in values:
@@ -71,3 +70,10 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> list[str]:
     if not names:
         raise UsageError("no tensors to calibrate were given")
     return names
+
+
+def graph_values(model: ir.Model) -> dict[str, ir.Value]:
+    """The main graph's values by name: its inputs and every node output (not initializers)."""
+    values = {v.name: v for v in model.graph.inputs}
+    values.update((o.name, o) for node in model.graph for o in node.outputs)
+    return values
