@@ -116,6 +116,8 @@ class Emitter:
         self.done = Emitted()
 
     def _name(self, base: str) -> str:
+        """``graphutils.unique_name``'s scheme (base, base_1, ...) over a set kept up to date:
+        unique_name scans the whole graph on each call, and emission names several values per node."""
         name = base
         for i in itertools.count(1):
             if name not in self._taken:
