@@ -33,7 +33,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-
 from google.protobuf.message import DecodeError
 
 from onnxprune.calibration.tensors import graph_values
