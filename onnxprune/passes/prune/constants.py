@@ -45,7 +45,8 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
-_UNARY = {
+# Element-wise ops in numpy, ``f(x, node)`` (also the activations moments.py integrates over).
+ELEMENTWISE = {
     "Relu": lambda x, n: np.maximum(x, 0.0),
     "LeakyRelu": lambda x, n: np.where(x >= 0, x, attr(n, "alpha", 0.01) * x),
     "Sigmoid": lambda x, n: _sigmoid(x),
@@ -136,8 +137,8 @@ class ChannelConstants:
         with np.errstate(all="ignore"):
             if op in MAC_OPS and not is_depthwise(node):  # a depthwise Conv carries channels
                 return self._produced(node)
-            if op in _UNARY:
-                return _UNARY[op](self._input(node, 0), node)
+            if op in ELEMENTWISE:
+                return ELEMENTWISE[op](self._input(node, 0), node)
             if op in _BINARY and len(node.inputs) == 2:
                 return _BINARY[op](self._input(node, 0), self._input(node, 1))
             if op == "Clip":
