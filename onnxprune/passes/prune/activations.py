@@ -24,7 +24,7 @@ from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, Role, Slot
 
 
-def per_channel(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
+def to_channels(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
     """Map per-index values along ``slot.axis`` to the group channels the slot covers.
 
     Returns ``(channels, per-channel values)``; the ``slot.block`` indices of one channel
@@ -129,7 +129,7 @@ def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, sam
     for slot in slots:
         r = running[slot.value.name]
         for key in sums:
-            channels, per = per_channel(getattr(r, key), slot, size)
+            channels, per = to_channels(getattr(r, key), slot, size)
             sums[key][channels] += per
     count = np.maximum(sums["count"], 1)
     return ChannelStats(sums["abs"] / count, sums["sum"] / count, sums["nonzero"] / count, samples)

@@ -75,7 +75,7 @@ _BINARY = {
 }
 
 
-def per_channel(slot: Slot, array: np.ndarray, channels: np.ndarray, size: int) -> np.ndarray:
+def _channel_constant(slot: Slot, array: np.ndarray, channels: np.ndarray, size: int) -> np.ndarray:
     """The value of ``array`` for each channel along ``slot.axis`` (NaN: not covered, or the
     channel's entries differ, e.g. a spatially varying constant)."""
     out = np.full(len(channels), np.nan)
@@ -125,7 +125,7 @@ class ChannelConstants:
         value = node.inputs[i] if i < len(node.inputs) else None
         slot = self.params.get((id(node), id(value)))
         if slot is not None:
-            return per_channel(slot, constant(value), self.channels, self.group.size)
+            return _channel_constant(slot, constant(value), self.channels, self.group.size)
         return self.of(value)
 
     def _evaluate(self, value: ir.Value) -> np.ndarray:
@@ -185,7 +185,7 @@ class ChannelConstants:
             return np.full(len(self.channels), np.nan)
         w = constant(node.inputs[1])
         sums = w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
-        out = x * per_channel(weight, sums, self.channels, self.group.size)
+        out = x * _channel_constant(weight, sums, self.channels, self.group.size)
         bias = self._input(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
         return out + bias
 
@@ -205,7 +205,7 @@ class ChannelConstants:
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias_slot = self.producers.get(id(bias_value)) if bias_value is not None else None
         if bias_slot is not None:
-            bias = per_channel(bias_slot, constant(bias_value), self.channels, self.group.size)
+            bias = _channel_constant(bias_slot, constant(bias_value), self.channels, self.group.size)
             bias = bias * (attr(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0)
         elif bias_value is not None:
             bias = self.of(bias_value)

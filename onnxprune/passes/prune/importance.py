@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import attr, const_array
-from onnxprune.passes.prune.activations import ChannelStats, collect_channel_stats, hooked_slots, per_channel
+from onnxprune.passes.prune.activations import ChannelStats, collect_channel_stats, hooked_slots, to_channels
 from onnxprune.passes.prune.group import Group, Role, Slot
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
@@ -119,7 +119,7 @@ class Magnitude(Criterion):
             scale = batchnorm_scale(bn) if bn is not None else None
             if scale is not None and scale.shape == powers.shape:
                 powers = powers * scale**self.p
-            channels, sums = per_channel(powers, slot, group.size)
+            channels, sums = to_channels(powers, slot, group.size)
             parts.append((channels, sums ** (1.0 / self.p)))
         scores = combine(group.size, parts)
         if np.isnan(scores).any():
@@ -151,7 +151,7 @@ class BatchNormScale(Criterion):
             if node.op_type == "BatchNormalization" and node.inputs[1] is slot.value:
                 gamma = const_array(slot.value)
                 if gamma is not None:
-                    parts.append(per_channel(np.abs(gamma.astype(np.float64)), slot, group.size, "mean"))
+                    parts.append(to_channels(np.abs(gamma.astype(np.float64)), slot, group.size, "mean"))
         scores = combine(group.size, parts)
         if not parts or np.isnan(scores).any():
             self.notes[group.id] = "no BatchNorm on every channel: scored by l1"
