@@ -7,10 +7,12 @@ import os
 import sys
 import traceback
 import warnings
+from collections.abc import Iterable, Mapping
 
 import click
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.report import change, human
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -69,3 +71,23 @@ def show_progress(ctx: click.Context) -> bool:
 
 def split_list(text: str | None) -> list[str]:
     return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def split_lists(texts: Iterable[str]) -> list[str]:
+    """A repeatable option whose values may each be a comma list, as one flat list."""
+    return [part for text in texts for part in split_list(text)]
+
+
+# How the commands name and show the figures of stats.size_summary, in table order.
+SIZE_COLUMNS = {
+    "nodes": ("nodes", str),
+    "parameters": ("parameters", "{:,}".format),
+    "macs": ("MACs", human),
+    "weights_bytes": ("weights", lambda n: human(n, "B")),
+}
+
+
+def size_row(key: str, before: Mapping, after: Mapping) -> tuple[str, str, str, str]:
+    """A (figure, before, after, change) table row for one figure of stats.size_summary."""
+    label, show = SIZE_COLUMNS[key]
+    return label, show(before[key]), show(after[key]), change(before[key], after[key])

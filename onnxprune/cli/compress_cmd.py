@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, split_list
+from onnxprune.cli._common import SIZE_COLUMNS, show_progress, split_list, split_lists
 from onnxprune.compress import STAGES, compress
 from onnxprune.io import check_output_path
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
 from onnxprune.passes.quantize.api import METHODS
-from onnxprune.report import change, human, table, write_json
+from onnxprune.report import change, table, write_json
 
 EPILOG = """\b
 Examples:
@@ -54,14 +54,15 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_mac
     result = compress(
         model, output, calib=calib, eval_data=eval_data, labels=labels, ratio=ratio,
         target_macs=target_macs, target_params=target_params, criterion=criterion,
-        prune_options={"round_to": round_to, "exclude": [e for x in exclude for e in split_list(x)]},
+        prune_options={"round_to": round_to, "exclude": split_lists(exclude)},
         quantize_model=quantize_model, method=method, samples=samples,
         max_accuracy_drop=max_accuracy_drop, providers=split_list(providers) or None,
         latency_batch=latency_batch or None, progress=show_progress(ctx),
     )
     rows = [("original", "", *_cells(result.before, result.before))]
     rows += [(s.name, f"{s.seconds:.2f} s", *_cells(s.summary, result.before)) for s in result.stages]
-    click.echo(table(["stage", "time", "nodes", "parameters", "MACs", "weights"], rows, align="lrrrrr"))
+    headers = ["stage", "time", *(label for label, _ in SIZE_COLUMNS.values())]
+    click.echo(table(headers, rows, align="lrrrrr"))
     if result.latency_ms:
         lat = result.latency_ms
         click.echo(f"\nlatency (ONNX Runtime CPU, 1 thread, batch {lat['batch']}): "
@@ -74,12 +75,9 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_mac
 
 
 def _cells(summary: dict, before: dict) -> tuple[str, ...]:
-    def cell(key: str, text: str) -> str:
-        return text if summary is before else f"{text} ({change(before[key], summary[key])})"
-
-    return (
-        cell("nodes", str(summary["nodes"])),
-        cell("parameters", f"{summary['parameters']:,}"),
-        cell("macs", human(summary["macs"])),
-        cell("weights_bytes", human(summary["weights_bytes"], "B")),
-    )
+    """The size figures after a stage, each with its change from the original."""
+    cells = []
+    for key, (_, show) in SIZE_COLUMNS.items():
+        text = show(summary[key])
+        cells.append(text if summary is before else f"{text} ({change(before[key], summary[key])})")
+    return tuple(cells)

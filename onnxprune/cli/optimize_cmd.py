@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
-from onnxprune.cli._common import show_progress, split_list
+from onnxprune.cli._common import SIZE_COLUMNS, show_progress, size_row, split_list
 from onnxprune.io import check_output_path
 from onnxprune.passes import PASSES, get_pass
 from onnxprune.pipeline import DEFAULT_PIPELINE
-from onnxprune.report import change, human, table, write_json
+from onnxprune.report import table, write_json
 
 
 def _pass_help() -> str:
@@ -46,20 +46,9 @@ def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> 
         for r in result.pipeline.records
     ]
     click.echo(table(["pass", "modified", "Δnodes", "Δparams", "time", "changes"], rows, align="llrrrl"))
-    b, a = result.before, result.after
     click.echo("")
-    click.echo(
-        table(
-            ["", "before", "after", "change"],
-            [
-                ("nodes", b["nodes"], a["nodes"], change(b["nodes"], a["nodes"])),
-                ("parameters", f"{b['parameters']:,}", f"{a['parameters']:,}", change(b["parameters"], a["parameters"])),
-                ("MACs", human(b["macs"]), human(a["macs"]), change(b["macs"], a["macs"])),
-                ("weights", human(b["weights_bytes"], "B"), human(a["weights_bytes"], "B"), change(b["weights_bytes"], a["weights_bytes"])),
-            ],
-            align="lrrr",
-        )
-    )
+    sizes = [size_row(key, result.before, result.after) for key in SIZE_COLUMNS]
+    click.echo(table(["", "before", "after", "change"], sizes, align="lrrr"))
     if verify:
         click.echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)")
     click.echo(f"\nwrote {result.output}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, split_list
+from onnxprune.cli._common import show_progress, size_row, split_lists
 from onnxprune.errors import UsageError
 from onnxprune.io import check_output_path
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport, PruneResult, prune
-from onnxprune.report import change, human, table, write_json
+from onnxprune.report import change, table, write_json
 
 
 def _criteria_help() -> str:
@@ -64,7 +64,7 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
     result = prune(
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
-        min_channels=min_channels, exclude=[p for item in exclude for p in split_list(item)], calib=calib,
+        min_channels=min_channels, exclude=split_lists(exclude), calib=calib,
         calib_limit=calib_limit, batch_size=batch_size, fold=fold, compensate=compensate, reconstruct=reconstruct,
         refit_inputs=refit_inputs, dry_run=dry_run,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
@@ -122,16 +122,10 @@ def format_refits(report: PruneReport) -> str:
 def format_summary(result: PruneResult) -> str:
     b, a = result.before, result.after
     ch = result.report.channels
-    rows = [
-        ("channels (all groups)", ch[0], ch[1], change(*ch)),
-        ("MACs", human(b["macs"]), human(a["macs"]), change(b["macs"], a["macs"])),
-        ("parameters", f"{b['parameters']:,}", f"{a['parameters']:,}", change(b["parameters"], a["parameters"])),
-    ]
+    rows = [("channels (all groups)", ch[0], ch[1], change(*ch)),
+            size_row("macs", b, a), size_row("parameters", b, a)]
     if not result.dry_run:
-        rows += [
-            ("weights", human(b["weights_bytes"], "B"), human(a["weights_bytes"], "B"), change(b["weights_bytes"], a["weights_bytes"])),
-            ("nodes", b["nodes"], a["nodes"], change(b["nodes"], a["nodes"])),
-        ]
+        rows += [size_row("weights_bytes", b, a), size_row("nodes", b, a)]
     if result.latency_ms:
         lat = result.latency_ms
         rows.append((f"latency (ORT CPU, {lat['threads']} thread, median)", f"{lat['before']:.3f} ms",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, split_list
+from onnxprune.cli._common import show_progress, split_lists
 from onnxprune.passes.quantize.api import METHODS, quantize
 from onnxprune.io import check_output_path
 from onnxprune.report import change, human, table, write_json
@@ -52,7 +52,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         model, output, calib=calib, table=table_path, method=method, samples=samples, batch_size=batch_size,
         percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
         symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
-        exclude=[item for text in exclude for item in split_list(text)], clean=not no_clean,
+        exclude=split_lists(exclude), clean=not no_clean,
         save_table=save_table, latency=not no_latency, progress=show_progress(ctx),
     )
     click.echo(summary(result))
