@@ -179,15 +179,15 @@ def activation_values(model: ir.Model, config: QuantConfig, the_plan: Plan | Non
     """
     the_plan = the_plan or plan(model, config)
     seen: dict[int, ir.Value] = {}
-    folded = {id(act.inputs[0]) for act in foldable_activations(the_plan.compute, config)
-              if folds_for_sure(act, config)}
+    foldable = foldable_activations(the_plan.compute, config)
+    folded = {id(act.inputs[0]) for act in foldable if folds_for_sure(act, config)}
     folded.update(id(o) for node in the_plan.shared for o in node.outputs)  # they share their input's
     for node in the_plan.compute:
         values = [node.inputs[i] for i in the_plan.quantized_inputs(node)] + the_plan.quantized_outputs(node)
         for value in values:
             if value is not None and const_array(value) is None and id(value) not in folded:
                 seen.setdefault(id(value), value)
-    for act in foldable_activations(the_plan.compute, config):
+    for act in foldable:
         seen.setdefault(id(act.outputs[0]), act.outputs[0])
     return list(seen.values())
 
