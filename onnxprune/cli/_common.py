@@ -14,7 +14,7 @@ import click
 from onnxprune.errors import OnnxPruneError
 from onnxprune.report import change, human
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+EXIT_INTERNAL = 3  # a bug in onnxprune; user errors exit with their OnnxPruneError.exit_code
 
 
 class Group(click.Group):
