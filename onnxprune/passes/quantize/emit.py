@@ -24,7 +24,6 @@ from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.rules import (
     COMPUTE,
-    SHARED_PARAMS,
     Plan,
     activation_bounds,
     foldable_activations,
@@ -167,7 +166,7 @@ class Emitter:
     def assign_params(self, the_plan: Plan) -> None:
         """Scale/zero point of every quantized tensor; data-movement outputs share their input's."""
         for node in self.graph:  # topological order: a shared input is assigned before use
-            if node.op_type in SHARED_PARAMS and node in self._shared:
+            if node in self._shared:
                 source = self._activation_params(node.inputs[0])
                 for output in node.outputs:
                     self.params[id(output)] = source

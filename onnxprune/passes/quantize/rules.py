@@ -99,7 +99,7 @@ class Plan:
         clipping calibration (entropy, percentile) would saturate the largest ones and so
         tie the top classes.
         """
-        if node.op_type in FLOAT_RESULT and node.op_type in COMPUTE:
+        if node.op_type in FLOAT_RESULT:
             return [o for o in node.outputs if not o.is_graph_output()]
         return list(node.outputs)
 
