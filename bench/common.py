@@ -12,6 +12,7 @@ right after, ``peak_rss`` its high-water mark at the end (VmHWM), child stdout s
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
 import multiprocessing as mp
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test zoo (tests/zoo.py) doubles a
 
 from onnxprune.report import human, table  # noqa: E402  (re-exported for the scripts)
 
-__all__ = ["CACHE", "Measurement", "conv_bn_stack", "human", "measure", "parity", "resnet50", "table"]
+__all__ = ["CACHE", "Measurement", "conv_bn_stack", "human", "measure", "op_counts", "parity", "resnet50", "table"]
 
 
 # -- isolated measurement -----------------------------------------------------------------
@@ -217,7 +218,8 @@ def parity(reference: str | os.PathLike, candidate: str | os.PathLike, seed: int
     return worst
 
 
-def node_count(path: str | os.PathLike) -> int:
+def op_counts(path: str | os.PathLike) -> collections.Counter:
+    """Nodes of the main graph per op type (read without the weights)."""
     import onnx
 
-    return len(onnx.load(str(path), load_external_data=False).graph.node)
+    return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)

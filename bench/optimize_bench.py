@@ -64,17 +64,11 @@ def model_path(name: str) -> Path:
     return zoo.export(name)
 
 
-def bn_count(path: Path) -> int:
-    import onnx
-
-    return sum(n.op_type == "BatchNormalization" for n in onnx.load(str(path), load_external_data=False).graph.node)
-
-
 def bench(models: list[str], tools: list[str], workdir: Path) -> list[dict]:
     rows = []
     for name in models:
         src = model_path(name)
-        size, nodes = src.stat().st_size, common.node_count(src)
+        size, nodes = src.stat().st_size, common.op_counts(src).total()
         for tool in tools:
             fn, preload = TOOLS[tool]
             dst = workdir / f"{name}.{tool}.onnx"
@@ -82,7 +76,8 @@ def bench(models: list[str], tools: list[str], workdir: Path) -> list[dict]:
             row = {"model": name, "tool": tool, "model_bytes": size, "nodes_before": nodes,
                    "wall_s": m.wall_s, "peak_rss": m.peak_rss, "extra_rss": m.extra_rss, "error": m.error}
             if m.error is None:
-                row.update(nodes_after=common.node_count(dst), bn_left=bn_count(dst), parity=common.parity(src, dst))
+                ops = common.op_counts(dst)
+                row.update(nodes_after=ops.total(), bn_left=ops["BatchNormalization"], parity=common.parity(src, dst))
             rows.append(row)
             print(f"  {name} / {tool}: {m.wall_s:.2f} s" + (f" ({m.error})" if m.error else ""), file=sys.stderr)
     return rows
