@@ -5,7 +5,8 @@ r' = (q - z) * s. For activations with a calibrated range [a, b]:
 
 * asymmetric: the range is widened to contain 0 (a' = min(a, 0), b' = max(b, 0)),
   s = (b' - a') / (qmax - qmin) and z = round(qmin - a' / s), so 0 is exact (zero padding);
-* symmetric: m = max(|a|, |b|), z = 0 for int8 (s = m / 127) or 128 for uint8 (s = m / 127.5).
+* symmetric: m = max(|a|, |b|), s = 2m / (qmax - qmin) = m / 127.5, z = 0 for int8 or 128 for
+  uint8 (+m falls half a step past qmax and saturates to it).
 
 Weights are symmetric int8 with z = 0 and s_c = max|w_c| / qmax per output channel c.
 Biases are int32 with s_c = s_x * s_w_c and z = 0, so that the integer accumulator of
