@@ -25,7 +25,9 @@ from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slots
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
-from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
+from onnxprune.passes.prune.planner import (
+    CostModel, check_constraints, make_candidates, match_groups, plan_at, search_ratio,
+)
 from onnxprune.parity.layerwise import CHANNEL_MAP_KEY, record_channel_map
 from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.rewrite import apply_plan
@@ -185,7 +187,7 @@ class PrunePass(Pass):
         self.reconstruct = calibration is not None if reconstruct is None else reconstruct
         self.refit_inputs = refit_inputs
         self.dry_run, self.verify, self.progress = dry_run, verify, progress
-        make_candidates([], {}, min_channels=min_channels, round_to=round_to)  # validates them now
+        check_constraints(min_channels, round_to)
 
     def call(self, model: ir.Model) -> PrunePassResult:
         with tqdm(total=4, desc="prune", unit="step", disable=not self.progress, leave=False) as bar:

@@ -60,6 +60,14 @@ class Candidate:
         return np.sort(np.concatenate(kept))
 
 
+def check_constraints(min_channels: int, round_to: int) -> None:
+    """The per-group constraints must be at least 1 (UsageError otherwise)."""
+    if min_channels < 1:
+        raise UsageError(f"min_channels must be at least 1 (given {min_channels})")
+    if round_to < 1:
+        raise UsageError(f"round_to must be at least 1 (given {round_to})")
+
+
 def make_candidates(
     groups: Sequence[Group],
     scores: Mapping[int, np.ndarray],
@@ -70,10 +78,7 @@ def make_candidates(
     group_ratios: Mapping[int, float] | None = None,
 ) -> list[Candidate]:
     """Candidates for every prunable, non-excluded group (``group_ratios``: id -> local ratio)."""
-    if min_channels < 1:
-        raise UsageError(f"min_channels must be at least 1 (given {min_channels})")
-    if round_to < 1:
-        raise UsageError(f"round_to must be at least 1 (given {round_to})")
+    check_constraints(min_channels, round_to)
     excluded, group_ratios = set(excluded), dict(group_ratios or {})
     result = []
     for group in groups:
