@@ -21,7 +21,7 @@ Calibrator = Callable[[ir.Model, list[str]], Mapping[str, object]]
 
 
 class QuantizePass(Pass):
-    """Static INT8 QDQ quantization: int8 weights per channel, calibrated int8 activations.
+    """Static INT8 QDQ quantization: int8 weights per channel, calibrated 8-bit activations.
 
     Ranges come from ``ranges`` ({tensor: (min, max)} or a CalibrationTable) or, when the pass
     runs, from ``calibrator(model, tensor_names)`` — so a model pruned earlier in the same
