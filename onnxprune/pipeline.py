@@ -104,7 +104,7 @@ class Verifier:
             self.feeds = [runtime.random_inputs(model, seed=s) for s in range(2)]
         with runtime.session(model) as sess:
             names = [o.name for o in sess.get_outputs()]
-            self._reference = [dict(zip(names, sess.run(names, dict(f)))) for f in self.feeds]
+            self._reference = [dict(zip(names, runtime.run_session(sess, names, f))) for f in self.feeds]
         self._scale = {name: max([1e-12] + [_finite_max_abs(r[name]) for r in self._reference]) for name in names}
         self.tolerances = Tolerances(
             atol=0.0, rtol=0.0, preset="verify",
