@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "onnxprune-bench"
 sys.path.insert(0, str(ROOT / "tests"))  # the test zoo (tests/zoo.py) doubles as bench models
 
+from onnxprune.errors import first_line  # noqa: E402
 from onnxprune.report import human, table  # noqa: E402  (re-exported for the scripts)
 
 __all__ = ["CACHE", "Measurement", "conv_bn_stack", "human", "measure", "op_counts", "parity", "resnet50", "table"]
@@ -75,7 +76,7 @@ def _child(conn, fn, args, kwargs, preload) -> None:
         out.result = fn(*args, **kwargs)
         out.wall_s = time.perf_counter() - start
     except BaseException as exc:  # report, do not hang the parent
-        out.error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        out.error = first_line(exc, with_type=True)[:300]
         traceback.print_exc()
     out.peak_rss = _memory("VmHWM")
     conn.send(out)
