@@ -54,8 +54,9 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
               top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, json_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
-    if json_path:
-        check_output_path(json_path, reference)  # fail before the work, not after it
+    if json_path:  # fail before the work, never onto either model
+        for model in (reference, candidate):
+            check_output_path(json_path, model)
     default_atol, per_output_atol = parse_tolerance_specs(atol, "--atol")
     default_rtol, per_output_rtol = parse_tolerance_specs(rtol, "--rtol")
     criteria = {
