@@ -30,7 +30,8 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.graphutils import add_initializer, attr, set_initializer, unique_name
+from onnxprune.graphutils import add_initializer, attr, unique_name
+from onnxprune.passes._rewrite import set_const_input
 from onnxprune.passes.prune.constants import ChannelConstants, no_padding
 from onnxprune.passes.prune.group import Group, Role, Slot
 from onnxprune.passes.prune.layers import resolve_weight
@@ -143,7 +144,7 @@ def install(graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_o
     for layer, delta in totals.values():
         delta = np.delete(delta, removed_outputs(layer))
         if layer.op_type in ("Conv", "ConvTranspose"):
-            _add_to_input(graph, layer, 2, delta)
+            _add_to_input(layer, 2, delta)
         elif layer.op_type == "Gemm":
             beta = attr(layer, "beta", 1.0)
             if beta == 0.0:  # C is ignored: the delta replaces it
@@ -151,7 +152,7 @@ def install(graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_o
                 if len(layer.inputs) > 2:
                     layer.replace_input_with(2, None)
                 beta = 1.0
-            _add_to_input(graph, layer, 2, delta / beta)
+            _add_to_input(layer, 2, delta / beta)
         else:
             _matmul_bias(graph, layer, delta)
 
@@ -160,24 +161,15 @@ def _dtype(layer: ir.Node) -> np.dtype:
     return constant(resolve_weight(layer, 1).value).dtype
 
 
-def _add_to_input(graph: ir.Graph, node: ir.Node, index: int, delta: np.ndarray) -> None:
-    """``node.inputs[index] += delta`` (created when absent, copied when shared)."""
+def _add_to_input(node: ir.Node, index: int, delta: np.ndarray) -> None:
+    """``node.inputs[index] += delta`` (created when absent; a copy when shared, see set_const_input)."""
     value = node.inputs[index] if index < len(node.inputs) else None
-    dtype = _dtype(node) if node.op_type != "Add" else constant(value).dtype
     if value is None:
-        new = add_initializer(graph, f"{node.name or node.op_type}_bias", delta.astype(dtype))
-        node.resize_inputs(index + 1)
-        node.replace_input_with(index, new)
+        set_const_input(node, index, delta.astype(_dtype(node)), f"{node.name or node.op_type}_bias")
         return
-    array = (constant(value) + delta).astype(dtype)
-    users = {id(user) for user, _ in value.uses()}
-    if value.is_initializer() and users == {id(node)} and not value.is_graph_output():
-        set_initializer(value, array)
-    else:
-        new = add_initializer(graph, f"{value.name}_folded", array)
-        for i, v in enumerate(node.inputs):
-            if v is value:
-                node.replace_input_with(i, new)
+    array = constant(value)
+    dtype = array.dtype if node.op_type == "Add" else _dtype(node)
+    set_const_input(node, index, (array + delta).astype(dtype), f"{value.name}_folded")
 
 
 def _matmul_bias(graph: ir.Graph, layer: ir.Node, delta: np.ndarray) -> None:
@@ -188,7 +180,7 @@ def _matmul_bias(graph: ir.Graph, layer: ir.Node, delta: np.ndarray) -> None:
         add, index = uses[0].node, 1 - uses[0].idx
         array = constant(add.inputs[index])
         if array is not None and array.ndim >= 1 and array.size == len(delta) == array.shape[-1]:
-            _add_to_input(graph, add, index, delta.reshape(array.shape))
+            _add_to_input(add, index, delta.reshape(array.shape))
             return
     bias = add_initializer(graph, f"{layer.name or 'MatMul'}_bias", delta.astype(_dtype(layer)))
     folded = ir.Value(name=unique_name(graph, f"{out.name}_biased"), shape=out.shape, type=out.type)
