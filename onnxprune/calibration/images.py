@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxprune.errors import DataError, UsageError
+from onnxprune.errors import DataError, UsageError, first_line
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
@@ -150,7 +150,7 @@ class Preprocess:
         except ImportError:
             raise UsageError(f"{path}: TOML configs need Python 3.11+; use JSON") from None
         except ValueError as exc:
-            raise UsageError(f"{path}: not a valid {path.suffix[1:].upper() or 'JSON'} file ({exc})") from None
+            raise UsageError(f"{path}: not a valid {path.suffix[1:].upper() or 'JSON'} file ({first_line(exc)})") from None
         if isinstance(values, dict) and isinstance(values.get("preprocess"), dict):
             values = values["preprocess"]
         if not isinstance(values, dict):
@@ -238,7 +238,7 @@ def _open_image(path: str | os.PathLike, mode: str):
             image.load()
             return image.convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: unreadable image ({first_line(exc, with_type=True)})") from None
 
 
 def is_image(path: Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxprune.errors import DataError
+from onnxprune.errors import DataError, first_line
 
 
 class Part:
@@ -85,7 +85,7 @@ class ArrayPart(Part):
             try:
                 self.arrays[str(key)] = np.asarray(value)
             except (ValueError, TypeError) as exc:
-                raise DataError(f"{name}: '{key}' is not an array ({exc})") from None
+                raise DataError(f"{name}: '{key}' is not an array ({first_line(exc)})") from None
             if self.arrays[str(key)].dtype.hasobject:
                 raise DataError(f"{name}: '{key}' is not a numeric array (ragged or objects)")
 
@@ -111,7 +111,7 @@ class NpyPart(Part):
         try:
             mapped = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: not a readable .npy file ({exc})") from None
+            raise DataError(f"{path}: not a readable .npy file ({first_line(exc)})") from None
         if isinstance(mapped, np.memmap) and mapped.flags.c_contiguous:
             self.array = StoredArray(path, mapped.offset, mapped.shape, mapped.dtype)
         else:
@@ -159,7 +159,7 @@ class NpzPart(Part):
                     with np.load(self.path, allow_pickle=False) as archive:
                         self.loaded[key] = archive[key]
                 except (OSError, ValueError, zipfile.BadZipFile) as exc:
-                    raise DataError(f"{self.path}: cannot read array '{key}' ({exc})") from None
+                    raise DataError(f"{self.path}: cannot read array '{key}' ({first_line(exc)})") from None
         return self.loaded[key]
 
     def release(self):
@@ -269,7 +269,7 @@ def _npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype, int |
                     offset = info.header_offset + 30 + name_len + extra_len + header_len
                 members[info.filename[:-4]] = (tuple(shape), dtype, offset)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+        raise DataError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
     if not members:
         raise DataError(f"{path}: .npz file holds no arrays")
     return members

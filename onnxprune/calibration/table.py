@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from onnxprune.errors import DataError
+from onnxprune.errors import DataError, first_line
 from onnxprune.report import write_json
 
 FORMAT = "onnxprune-calibration"
@@ -108,7 +108,7 @@ class CalibrationTable(Mapping[str, TensorRange]):
         except OSError as exc:
             raise DataError(f"{path}: cannot read calibration table ({exc.strerror or exc})") from None
         except ValueError as exc:
-            raise DataError(f"{path}: not a calibration table (invalid JSON: {exc})") from None
+            raise DataError(f"{path}: not a calibration table (invalid JSON: {first_line(exc)})") from None
         if isinstance(data, dict) and data.get("CLS") == "TensorsData":
             return cls._from_ort(data, path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
