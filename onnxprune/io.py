@@ -151,7 +151,7 @@ def _check_model_file(path: Path) -> None:
         )
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
     except OSError:
@@ -165,7 +165,7 @@ def check_output_path(
     path = Path(path)
     if input_path is not None and not overwrite_input:
         for target in (path, path.with_name(path.name + ".data")):
-            if _same_file(target, Path(input_path)):
+            if same_file(target, Path(input_path)):
                 raise UsageError(
                     f"refusing to overwrite the input model {input_path}; choose another output path"
                 )
@@ -210,7 +210,7 @@ def save_model(
     if not overwrite_input:
         sources = external_files(model)
         for target in (path, path.parent / data_name):
-            if any(_same_file(target, source) for source in sources):
+            if any(same_file(target, source) for source in sources):
                 raise UsageError(
                     f"refusing to write {target}: the model still reads its weights from that "
                     "file; choose another output name"

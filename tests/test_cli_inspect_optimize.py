@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -161,3 +162,16 @@ def test_refuses_to_overwrite_the_input(resnet):
 def test_report_path_in_missing_folder_fails_before_writing(resnet, tmp_path):
     out = tmp_path / "missing" / "out.onnx"
     assert_user_error(run("optimize", resnet, "-o", out), "does not exist")
+
+
+@pytest.mark.parametrize("command", ["optimize", "prune", "quantize", "compress"])
+def test_report_onto_the_output_model_is_refused_before_any_work(tmp_path, command):
+    from onnxprune.cli import cli as main
+
+    digits = Path(__file__).resolve().parents[1] / "models" / "digits"
+    out = tmp_path / "out.onnx"
+    extra = {"prune": ["--ratio", "0.3"], "quantize": ["--calib", str(digits / "calib.npz")],
+             "compress": ["--calib", str(digits / "calib.npz")]}.get(command, [])
+    res = CliRunner().invoke(main, [command, str(digits / "digits.onnx"), "-o", str(out), "--report", str(out), *extra])
+    assert res.exit_code == 2 and "two outputs" in res.output, res.output
+    assert not out.exists()

@@ -7,11 +7,13 @@ import os
 import sys
 import traceback
 import warnings
+from pathlib import Path
 from collections.abc import Iterable, Mapping
 
 import click
 
-from onnxprune.errors import OnnxPruneError
+from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.io import check_output_path, same_file
 from onnxprune.report import change, human
 
 EXIT_INTERNAL = 3  # a bug in onnxprune; user errors exit with their OnnxPruneError.exit_code
@@ -61,6 +63,17 @@ def _quiet_libraries(debug: bool) -> None:
         logging.getLogger("onnxprune").setLevel(logging.DEBUG)
     else:
         warnings.filterwarnings("ignore")
+
+
+def check_side_outputs(model: str, output: str | None, *paths: str | None) -> None:
+    """Reports and tables: never onto the input model, the output model or each other (checked
+    before any work, so a clash costs nothing)."""
+    taken = [Path(output)] if output else []
+    for path in filter(None, paths):
+        check_output_path(path, model)
+        if any(same_file(Path(path), other) for other in taken):
+            raise UsageError(f"{path} is given for two outputs; choose distinct paths")
+        taken.append(Path(path))
 
 
 def show_progress(ctx: click.Context) -> bool:

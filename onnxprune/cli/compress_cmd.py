@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import SIZE_COLUMNS, show_progress, split_list, split_lists
+from onnxprune.cli._common import check_side_outputs, SIZE_COLUMNS, show_progress, split_list, split_lists
 from onnxprune.compress import STAGES, compress
-from onnxprune.io import check_output_path
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
 from onnxprune.passes.quantize.api import METHODS
 from onnxprune.report import change, table, write_json
@@ -49,8 +48,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_mac
                  round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
                  latency_batch, report_path) -> None:
     """Clean up, prune, quantize and check a model in one go."""
-    if report_path:
-        check_output_path(report_path, model)  # fail before the work, never onto the input
+    check_side_outputs(model, output, report_path)
     result = compress(
         model, output, calib=calib, eval_data=eval_data, labels=labels, ratio=ratio,
         target_macs=target_macs, target_params=target_params, criterion=criterion,

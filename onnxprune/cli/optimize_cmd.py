@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
-from onnxprune.cli._common import SIZE_COLUMNS, show_progress, size_row, split_list
-from onnxprune.io import check_output_path
+from onnxprune.cli._common import check_side_outputs, SIZE_COLUMNS, show_progress, size_row, split_list
 from onnxprune.passes import PASSES, get_pass
 from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import table, write_json
@@ -29,8 +28,7 @@ def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> 
     names = split_list(passes) or list(DEFAULT_PIPELINE)
     for name in names:
         get_pass(name)  # fail on an unknown name before any work
-    if report_path:
-        check_output_path(report_path, model)  # never write the report over the input model
+    check_side_outputs(model, output, report_path)
     result = api.optimize(
         model, output, passes=names, verify=verify, tolerance=tolerance, progress=show_progress(ctx)
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, size_row, split_lists
+from onnxprune.cli._common import check_side_outputs, show_progress, size_row, split_lists
 from onnxprune.errors import UsageError
-from onnxprune.io import check_output_path
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport, PruneResult, prune
 from onnxprune.report import change, table, write_json
 
@@ -59,8 +58,7 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
         raise UsageError("-o/--output is required (or use --dry-run)")
-    if report_path:
-        check_output_path(report_path, model)
+    check_side_outputs(model, None if dry_run else output, report_path)
     result = prune(
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, split_lists
+from onnxprune.cli._common import check_side_outputs, show_progress, split_lists
 from onnxprune.passes.quantize.api import METHODS, quantize
-from onnxprune.io import check_output_path
 from onnxprune.report import change, human, table, write_json
 
 EPILOG = """\b
@@ -46,8 +45,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
                  no_clean, no_latency, report_path) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
-    if report_path:
-        check_output_path(report_path, model)  # never write the report over the input model
+    check_side_outputs(model, output, report_path, save_table)
     result = quantize(
         model, output, calib=calib, table=table_path, method=method, samples=samples, batch_size=batch_size,
         percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
