@@ -7,8 +7,8 @@ import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import click
 

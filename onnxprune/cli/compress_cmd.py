@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import check_side_outputs, SIZE_COLUMNS, show_progress, split_list, split_lists
+from onnxprune.cli._common import (
+    SIZE_COLUMNS,
+    check_side_outputs,
+    show_progress,
+    split_list,
+    split_lists,
+)
 from onnxprune.compress import STAGES, compress
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
 from onnxprune.passes.quantize.api import METHODS

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
-from onnxprune.cli._common import check_side_outputs, SIZE_COLUMNS, show_progress, size_row, split_list
+from onnxprune.cli._common import (
+    SIZE_COLUMNS,
+    check_side_outputs,
+    show_progress,
+    size_row,
+    split_list,
+)
 from onnxprune.passes import PASSES, get_pass
 from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import table, write_json

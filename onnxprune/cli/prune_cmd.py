@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import check_side_outputs, show_progress, size_row, split_lists
+from onnxprune.cli._common import (
+    check_side_outputs,
+    show_progress,
+    size_row,
+    split_lists,
+)
 from onnxprune.errors import UsageError
-from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport, PruneResult, prune
+from onnxprune.passes.prune import (
+    CRITERIA,
+    DEFAULT_ROUND_TO,
+    PruneReport,
+    PruneResult,
+    prune,
+)
 from onnxprune.report import change, table, write_json
 
 
