@@ -32,10 +32,8 @@ _ATTRIBUTE_TYPES = set(onnx.AttributeProto.AttributeType.values()) - {onnx.Attri
 # Files often mistaken for ONNX models: (offset, magic bytes, what the file probably is).
 _OTHER_FORMATS = (
     (0, b"PK\x03\x04", "this is a zip archive: a PyTorch .pt/.pth checkpoint or a .npz?"),
-    (0, b"\x80\x02", "this is a Python pickle (a PyTorch/scikit-learn checkpoint?)"),
-    (0, b"\x80\x03", "this is a Python pickle (a PyTorch/scikit-learn checkpoint?)"),
-    (0, b"\x80\x04", "this is a Python pickle (a PyTorch/scikit-learn checkpoint?)"),
-    (0, b"\x80\x05", "this is a Python pickle (a PyTorch/scikit-learn checkpoint?)"),
+    *((0, bytes([0x80, protocol]), "this is a Python pickle (a PyTorch/scikit-learn checkpoint?)")
+      for protocol in (2, 3, 4, 5)),
     (4, b"ORTM", "this is an ONNX Runtime .ort model; use the .onnx it was converted from"),
     (4, b"TFL3", "this is a TensorFlow Lite model"),
     (0, b"\x89HDF", "this is an HDF5 file (a Keras .h5 model?)"),

@@ -284,6 +284,16 @@ def _kept_axes(r_in: int, dropped: list[int]) -> list[int]:
     return [a for a in range(r_in) if a not in dropped]
 
 
+def _across_removed_axes(node, side, dim, kept: list[int], long_side: str, verb: str):
+    """Channels through an op that drops axes (Squeeze, Reduce without keepdims; Unsqueeze is
+    the same read backwards): ``kept`` lists the long side's axes that the short side keeps."""
+    if side == long_side:
+        if dim.axis not in kept:
+            raise Decline(f"{desc(node)} {verb} the channel axis")
+        return [_across(node, side, dim, kept.index(dim.axis))]
+    return [_across(node, side, dim, kept[dim.axis])]
+
+
 def squeeze(node, side, index, dim, ctx):
     _only_first(node, side, index, dim)
     shape = dims(node.inputs[0])
@@ -293,24 +303,14 @@ def squeeze(node, side, index, dim, ctx):
         if shape is None or None in shape:
             raise Decline(f"{desc(node)} squeezes dims that are not static")
         axes = [a for a, d in enumerate(shape) if d == 1]
-    kept = _kept_axes(r, [a % r for a in axes])
-    if side == "in":
-        if dim.axis not in kept:
-            raise Decline(f"{desc(node)} squeezes the channel axis")
-        return [_across(node, side, dim, kept.index(dim.axis))]
-    return [_across(node, side, dim, kept[dim.axis])]
+    return _across_removed_axes(node, side, dim, _kept_axes(r, [a % r for a in axes]), "in", "squeezes")
 
 
 def unsqueeze(node, side, index, dim, ctx):
     _only_first(node, side, index, dim)
     r_out = rank(node.outputs[0])
     axes = [a % r_out for a in (ints(node, "axes", 1) or [])]
-    kept = _kept_axes(r_out, axes)
-    if side == "in":
-        return [_across(node, side, dim, kept[dim.axis])]
-    if dim.axis not in kept:
-        raise Decline(f"{desc(node)} inserts the channel axis")
-    return [_across(node, side, dim, kept.index(dim.axis))]
+    return _across_removed_axes(node, side, dim, _kept_axes(r_out, axes), "out", "inserts")
 
 
 def reduce(node, side, index, dim, ctx):
@@ -327,12 +327,7 @@ def reduce(node, side, index, dim, ctx):
         if side == "in" and dim.axis in axes:
             raise Decline(f"{desc(node)} reduces the channel axis")
         return [_across(node, side, dim)]
-    kept = _kept_axes(r, axes)
-    if side == "in":
-        if dim.axis not in kept:
-            raise Decline(f"{desc(node)} reduces the channel axis")
-        return [_across(node, side, dim, kept.index(dim.axis))]
-    return [_across(node, side, dim, kept[dim.axis])]
+    return _across_removed_axes(node, side, dim, _kept_axes(r, axes), "in", "reduces")
 
 
 def shape(node, side, index, dim, ctx):
