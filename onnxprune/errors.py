@@ -13,6 +13,11 @@ class OnnxPruneError(Exception):
 
     exit_code = 2
 
+    def __str__(self) -> str:
+        # One line whatever a hostile file names its tensors: control characters are escaped.
+        text = super().__str__()
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
 
 class UsageError(OnnxPruneError):
     """An option or argument that cannot be honoured (unknown pass, ratio out of range...)."""

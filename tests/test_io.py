@@ -305,3 +305,10 @@ def test_atomic_write_gives_default_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_error_messages_stay_on_one_line_whatever_the_names():
+    from onnxprune.errors import InvalidModelError
+
+    message = str(InvalidModelError("input 'a\nb\tc' of node 'é' is produced by no node"))
+    assert message == "input 'a\\nb\\tc' of node 'é' is produced by no node"
