@@ -19,13 +19,13 @@ from onnxprune import runtime, stats
 from onnxprune.api import ModelLike, as_model, optimize
 from onnxprune.errors import UsageError
 from onnxprune.io import check_output_path, save_model
+from onnxprune.calibration import open_dataset
 from onnxprune.parity import CheckResult, Tolerances, check
+from onnxprune.parity.compare import prepare_check_data
 from onnxprune.passes.prune import prune
 from onnxprune.passes.quantize.api import quantize
 
 STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
-PRUNED_MIN_TOP1 = 0.95
-PRUNED_MAX_ACCURACY_DROP = 0.01
 
 
 @dataclasses.dataclass
@@ -55,7 +55,10 @@ class CompressResult:
         return self.stages[-1].summary if self.stages else self.before
 
     def to_dict(self) -> dict:
+        """The JSON report: sizes per stage, each stage's own report, and the final check in
+        full (criteria, accuracy, cosine, failures: why a CI run passed or failed)."""
         return {
+            "schema_version": 1,
             "output": str(self.output) if self.output else None,
             "passed": bool(self.check),
             "before": self.before,
@@ -65,19 +68,19 @@ class CompressResult:
                  "report": s.result.to_dict() if hasattr(s.result, "to_dict") else None}
                 for s in self.stages
             ],
+            "check": self.check.to_dict(),
         }
 
 
-def _tolerances(pruned: bool, quantized: bool, max_accuracy_drop: float | None) -> Tolerances | str:
+def _tolerances(pruned: bool, quantized: bool) -> Tolerances | str:
     """Exact when only exact stages ran; the int8 preset after quantization alone. Pruning
     without retraining changes the outputs by design, so then only what users judge a
     classifier by counts: top-1 agreement >= 95 % and the accuracy drop on labels."""
     if not (pruned or quantized):
         return "exact"
     if not pruned:
-        return Tolerances.from_preset("int8", max_accuracy_drop=max_accuracy_drop)
-    drop = PRUNED_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
-    return Tolerances(atol=None, rtol=0.0, min_top1=PRUNED_MIN_TOP1, max_accuracy_drop=drop, preset="pruned")
+        return "int8"
+    return "pruned"
 
 
 def compress(
@@ -99,6 +102,7 @@ def compress(
     max_accuracy_drop: float | None = None,
     providers: Sequence[str] | None = None,
     latency_batch: int | None = None,
+    preprocess=None,
     progress: bool = False,
 ) -> CompressResult:
     """Run :data:`STAGES` on ``model`` and save the result to ``output`` (if given).
@@ -123,6 +127,17 @@ def compress(
     # rather than write into them, so a clone sharing the weights stays as it was (a copy
     # through protobuf would cost a copy of every weight, and lose external data's folder).
     reference = loaded.clone()
+    # Every input is checked before any work (README promise): names, shapes, dtypes, NaN/Inf
+    # of both data sets streamed once, labels read, and the criteria able to be evaluated.
+    tolerances = _tolerances(pruning, quantize_model)
+    criteria = {"max_accuracy_drop": max_accuracy_drop}
+    calib_data = None
+    if calib is not None:
+        calib_data = calib if hasattr(calib, "batches") else open_dataset(calib, loaded, preprocess=preprocess)
+        for _ in calib_data.batches():
+            pass
+    feed = prepare_check_data(loaded, eval_data if eval_data is not None else calib_data, tolerances=tolerances,
+                              criteria=criteria, labels=labels, preprocess=preprocess, validate=True)
     before = stats.size_summary(loaded)
 
     stages: list[StageRecord] = []
@@ -137,20 +152,17 @@ def compress(
     if pruning:
         run("prune", lambda: prune(
             loaded, criterion=criterion, ratio=ratio, target_macs=target_macs,
-            target_params=target_params, calib=calib, latency_runs=0, progress=progress,
+            target_params=target_params, calib=calib_data, latency_runs=0, progress=progress,
             **dict(prune_options or {})))
     current = stages[-1].result.model
     if quantize_model:
         run("quantize", lambda: quantize(
-            current, calib=calib, method=method, samples=samples, progress=progress,
+            current, calib=calib, method=method, samples=samples, preprocess=preprocess, progress=progress,
             **dict(quantize_options or {})))
         current = stages[-1].result.model
 
-    result = check(
-        reference, current, eval_data if eval_data is not None else calib, providers=providers,
-        tolerances=_tolerances(pruning, quantize_model, max_accuracy_drop), labels=labels,
-        progress=progress,
-    )
+    result = check(reference, current, feed, providers=providers, tolerances=tolerances, criteria=criteria,
+                   progress=progress)
     latency = None
     if latency_batch:
         feeds = runtime.random_inputs(reference, batch=latency_batch)

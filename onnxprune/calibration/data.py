@@ -137,6 +137,11 @@ class Dataset:
             return np.array([p.label for p in self._parts], dtype=np.int64)[self._order]
         return self.extra(self._labels_key) if self._labels_key else None
 
+    def extra_names(self) -> list[str]:
+        """The source's arrays that feed no model input (labels, ids...)."""
+        used = set(self._keys.values())
+        return [k for k in self._parts[0].array_names() if k not in used]
+
     def extra(self, key: str) -> np.ndarray:
         """A non-input array of the source (labels, ids...), aligned with the samples."""
         if key not in self._cache:

@@ -35,7 +35,8 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the compressed model.")
 @click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
 @click.option("--eval", "eval_data", type=click.Path(), help="Data for the final check (default: --calib).")
-@click.option("--labels", help="Name of the labels array in the check data: accuracy before/after.")
+@click.option("--labels", help="Name of the labels array in the check data: accuracy before/after (default: an array named 'labels', if any).")
+@click.option("--preprocess", help="Image preprocessing for image folders, e.g. 'resize=256,crop=224,scale=1/255,mean=...,std=...'.")
 @click.option("--ratio", type=float, help="Prune this share of channels.")
 @click.option("--target-macs", type=float, help="Prune to keep this share of MACs, e.g. 0.7.")
 @click.option("--target-params", type=float, help="Prune to keep this share of parameters.")
@@ -50,7 +51,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime CPU before/after on a batch this big (0: skip).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @click.pass_context
-def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_macs, target_params, criterion,
+def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
                  round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
                  latency_batch, report_path) -> None:
     """Clean up, prune, quantize and check a model in one go."""
@@ -61,7 +62,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, ratio, target_mac
         prune_options={"round_to": round_to, "exclude": split_lists(exclude)},
         quantize_model=quantize_model, method=method, samples=samples,
         max_accuracy_drop=max_accuracy_drop, providers=split_list(providers) or None,
-        latency_batch=latency_batch or None, progress=show_progress(ctx),
+        latency_batch=latency_batch or None, preprocess=preprocess, progress=show_progress(ctx),
     )
     rows = [("original", "", *_cells(result.before, result.before))]
     rows += [(s.name, f"{s.seconds:.2f} s", *_cells(s.summary, result.before)) for s in result.stages]

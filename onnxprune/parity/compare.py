@@ -20,7 +20,8 @@ from tqdm import tqdm
 from onnxprune import runtime
 from onnxprune.errors import UsageError
 from onnxprune.parity import layerwise as lw
-from onnxprune.parity.inputs import make_feed
+from onnxprune.parity.inputs import Feed, make_feed
+from onnxprune.parity.labels import may_classify
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import (
     DEFAULT_PROVIDERS,
@@ -35,6 +36,12 @@ from onnxprune.parity.result import CheckResult
 from onnxprune.parity.tolerances import Tolerances, is_quantized
 
 ModelLike = ir.Model | str | os.PathLike
+# Criteria judged on classifier outputs, the flag that sets each and the statistic it reads.
+CLASSIFIER_CRITERIA = {
+    "min_top1": ("--min-top1", "top1_agreement"),
+    "min_topk": ("--min-topk", "topk_agreement"),
+    "max_accuracy_drop": ("--max-accuracy-drop", "accuracy_drop"),
+}
 # Localising needs far fewer samples than judging parity, and costs a pass over every
 # activation of both models per sample (~10x the plain check).
 LAYERWISE_SAMPLES = 256
@@ -122,11 +129,14 @@ def _fmt(shape: ir.Shape | None) -> str:
 def resolve_tolerances(
     tolerances: Tolerances | str, reference: ir.Model, candidate: ir.Model, criteria: Mapping | None = None
 ) -> Tolerances:
-    """A Tolerances from a preset name (``auto``: int8 when only the candidate is quantized,
-    else exact), with ``criteria`` (Tolerances fields; None values ignored) overriding it."""
+    """A Tolerances from a preset name (``auto``: pruned when the candidate's metadata says it
+    was pruned, int8 when only the candidate is quantized, else exact), with ``criteria`` (Tolerances fields; None values ignored) overriding it."""
     criteria = {k: v for k, v in (criteria or {}).items() if v is not None}
     if isinstance(tolerances, Tolerances):
         return dataclasses.replace(tolerances, **criteria) if criteria else tolerances
+    if tolerances == "auto" and lw.CHANNEL_MAP_KEY in candidate.metadata_props \
+            and lw.CHANNEL_MAP_KEY not in reference.metadata_props:
+        tolerances = "pruned"
     if tolerances == "auto":
         quantized_only = is_quantized(n.op_type for n in candidate.graph.all_nodes()) and not is_quantized(
             n.op_type for n in reference.graph.all_nodes()
@@ -176,15 +186,18 @@ def check(
     ref_model, ref_path = as_model(reference)
     cand_model, cand_path = as_model(candidate)
     check_compatible(ref_model, cand_model)
+    explicit = requested_criteria(tolerances, criteria)
     tolerances = resolve_tolerances(tolerances, ref_model, cand_model, criteria)
     _check_named_tolerances(tolerances, ref_model, layerwise)
     used, unavailable = select_providers(providers, require_providers)
     feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels,
                      preprocess=preprocess, seed=seed)
+    require_evaluable(explicit, ref_model, feed)
     comparisons, failed = _compare(ref_model, cand_model, feed, used, tolerances, require_providers,
                                    seed=seed, progress=progress)
     unavailable += failed
     summaries = [c.summary(tolerances) for c in comparisons]
+    unevaluated = _unevaluated(tolerances, summaries, explicit)
     failures = [f"{s['name']}: output '{name}': {reason}"
                 for s in summaries if s["judged"]
                 for name, o in s["outputs"].items() for reason in o["failures"]]
@@ -207,10 +220,62 @@ def check(
         tolerances=tolerances,
         comparisons=summaries,
         failures=failures,
-        notes=_notes(feed, tolerances, summaries, unavailable),
+        notes=_notes(feed, tolerances, summaries, unavailable)
+        + [f"{CLASSIFIER_CRITERIA[k][0][2:].replace('-', ' ')} of preset '{tolerances.preset}' not evaluated: "
+           + ("no labels" if k == "max_accuracy_drop" and not feed.labelled else "no classifier output")
+           for k in unevaluated],
         layerwise=layer_report,
         seconds=time.perf_counter() - start,
+        unevaluated=unevaluated,
     )
+
+
+def prepare_check_data(reference: ir.Model, data, *, tolerances: Tolerances | str = "auto",
+                       criteria: Mapping | None = None, labels=None, samples: int | None = None,
+                       batch_size: int = 32, preprocess=None, seed: int = 0, validate: bool = False) -> Feed:
+    """The data of a later :func:`check` against ``reference``, checked now: labels read and
+    checked, the criteria asked for able to be evaluated, and with ``validate`` every batch
+    streamed once (NaN/Inf, decoded shapes), so a pipeline fails before its work, not after."""
+    feed = make_feed(data, reference, samples=samples, batch_size=batch_size, labels=labels,
+                     preprocess=preprocess, seed=seed)
+    require_evaluable(requested_criteria(tolerances, criteria), reference, feed)
+    if validate and not feed.synthetic:
+        for _ in feed:
+            pass
+    return feed
+
+
+def requested_criteria(tolerances: Tolerances | str, criteria: Mapping | None) -> set[str]:
+    """The classifier criteria the caller asked for by name (not those a preset brings)."""
+    asked = {k for k, v in (criteria or {}).items() if v is not None}
+    if isinstance(tolerances, Tolerances) and tolerances.preset == "custom":
+        asked |= {k for k in CLASSIFIER_CRITERIA if getattr(tolerances, k) is not None}
+    return asked & set(CLASSIFIER_CRITERIA)
+
+
+def require_evaluable(asked: set[str], reference: ir.Model, feed: Feed) -> None:
+    """A criterion asked for that cannot be evaluated is an error (exit 2), before any work:
+    a CI gate must never pass because its condition was silently skipped."""
+    if "max_accuracy_drop" in asked and not feed.labelled:
+        where = "pass --data with labels" if feed.synthetic else \
+            "the data has no 'labels' array; name the labels array with --labels"
+        raise UsageError(f"--max-accuracy-drop needs labels: {where}")
+    if asked and not may_classify(reference):
+        flags = ", ".join(CLASSIFIER_CRITERIA[k][0] for k in sorted(asked))
+        shapes = "; ".join(f"{v.name} {_fmt(v.shape)}" for v in reference.graph.outputs)
+        raise UsageError(f"{flags} need a classifier output [batch, classes]; the model's outputs are {shapes}")
+
+
+def _unevaluated(tolerances: Tolerances, summaries: list[dict], asked: set[str]) -> list[str]:
+    """Classifier criteria set but evaluated on no output; an error if the caller asked for one."""
+    judged = [o for s in summaries if s["judged"] for o in s["outputs"].values()]
+    missing = [k for k, (_, stat) in CLASSIFIER_CRITERIA.items()
+               if getattr(tolerances, k) is not None and all(o[stat] is None for o in judged)]
+    for key in missing:
+        if key in asked:
+            raise UsageError(f"{CLASSIFIER_CRITERIA[key][0]} could not be evaluated: no output is "
+                             "classifier-like ([batch, classes], float)")
+    return missing
 
 
 def _compare(reference: ir.Model, candidate: ir.Model, feed, providers: list[str], tolerances: Tolerances,

@@ -16,6 +16,7 @@ import onnx_ir as ir
 from onnxprune import runtime
 from onnxprune.calibration.data import Dataset, open_dataset
 from onnxprune.errors import DataError, UsageError
+from onnxprune.parity.labels import LABEL_KEYS, as_class_indices, classifier_classes
 
 RANDOM_SAMPLES = 16  # without data: enough to exercise every output, cheap to run
 Batch = tuple[dict[str, np.ndarray], "np.ndarray | None"]
@@ -59,7 +60,11 @@ def make_feed(
     seed: int = 0,
 ) -> Feed:
     """Batches from ``data``: None (random), a path or Dataset (onnxprune.calibration), a
-    mapping ``{input name: array}`` (first axis = samples) or an iterable of such dicts."""
+    mapping ``{input name: array}`` (first axis = samples) or an iterable of such dicts (a
+    Feed is returned as it is). Without ``labels``, an array named ``labels`` in the data is
+    used (and said in the notes). Labels are class indices or one-hot rows, checked here."""
+    if isinstance(data, Feed):
+        return data
     if samples is not None and samples < 1:
         raise UsageError(f"--samples must be at least 1, got {samples}")
     if batch_size < 1:
@@ -88,7 +93,7 @@ def _random_feed(model: ir.Model, samples: int, batch_size: int, seed: int) -> F
 def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, labels, preprocess) -> Feed:
     """``data`` opened with onnxprune.calibration's ``open_dataset`` (which validates it
     against the model), or a Dataset already open."""
-    label_array = np.asarray(labels).reshape(-1) if isinstance(labels, np.ndarray) else None
+    label_array = np.asarray(labels) if isinstance(labels, np.ndarray) else None
     notes = []
     if isinstance(data, Dataset):
         dataset = data
@@ -100,6 +105,14 @@ def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, l
         notes = [str(w.message) for w in caught]
     if label_array is None and labels is not None:
         label_array = dataset.labels
+    elif labels is None and dataset.classes is None:
+        found = next((k for k in LABEL_KEYS if k in dataset.extra_names()), None)
+        if found is not None:
+            label_array = dataset.extra(found)
+            notes.append(f"labels: the '{found}' array of the data (found without --labels)")
+    if label_array is not None:
+        label_array = as_class_indices(label_array, classifier_classes(model),
+                                       f"labels '{labels}'" if isinstance(labels, str) else "labels")
     n = len(dataset) if samples is None else min(len(dataset), samples)
     if label_array is not None and len(label_array) < n:
         raise DataError(f"labels have {len(label_array)} entries but the data has {n} samples")

@@ -32,10 +32,12 @@ def render(result) -> str:
     criteria = [f"preset {t.preset}"]
     if t.atol is not None or t.per_output_atol:
         criteria.append(f"atol {_num(t.atol, 'g')} rtol {t.rtol:g} stat {t.stat}")
-    for label, value in (("cosine >=", t.min_cosine), ("SQNR dB >=", t.min_sqnr), ("top-1 >=", t.min_top1),
-                         (f"top-{t.top_k} >=", t.min_topk), ("accuracy drop <=", t.max_accuracy_drop)):
+    skipped = set(getattr(result, "unevaluated", ()))
+    for key, label, value in (("min_cosine", "cosine >=", t.min_cosine), ("min_sqnr", "SQNR dB >=", t.min_sqnr),
+                              ("min_top1", "top-1 >=", t.min_top1), ("min_topk", f"top-{t.top_k} >=", t.min_topk),
+                              ("max_accuracy_drop", "accuracy drop <=", t.max_accuracy_drop)):
         if value is not None:
-            criteria.append(f"{label} {value:g}")
+            criteria.append(f"{label} {value:g}" + (" (not evaluated)" if key in skipped else ""))
     d = result.data
     lines = [
         f"reference: {result.reference}",

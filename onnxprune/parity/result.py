@@ -34,6 +34,9 @@ written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs
                      shape-differs (pruned, channel map unknown: statistics null);
                      first_failures: failing tensors with nothing failing upstream
     seconds          wall time of the check
+    unevaluated      [criterion]: criteria of the preset that no output could evaluate (e.g.
+                     max_accuracy_drop without labels); a criterion asked for by name that
+                     cannot be evaluated is an error instead
 
     STATS            elements, samples, max_abs, mean_abs, p50_abs, p99_abs, max_rel,
                      mean_rel, p99_rel, mean_abs_reference, cosine, cosine_min, sqnr_db,
@@ -68,6 +71,7 @@ class CheckResult:
     notes: list[str]
     layerwise: dict | None = None
     seconds: float = 0.0
+    unevaluated: list[str] = dataclasses.field(default_factory=list)
 
     def __bool__(self) -> bool:
         return self.passed
@@ -90,6 +94,7 @@ class CheckResult:
             "notes": self.notes,
             "layerwise": self.layerwise,
             "seconds": self.seconds,
+            "unevaluated": self.unevaluated,
         })
 
     def raise_on_failure(self) -> CheckResult:
