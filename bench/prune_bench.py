@@ -92,7 +92,7 @@ def export(name: str) -> Path:
 def work_onnxprune(src: str, dst: str, ratio: float) -> dict:
     from onnxprune.io import load_model, save_model
     from onnxprune.passes.prune.analysis import analyze
-    from onnxprune.passes.prune.api import PREPARE
+    from onnxprune.api.prune_api import PREPARE
     from onnxprune.passes.prune.importance import get_criterion, normalize
     from onnxprune.passes.prune.planner import make_candidates, plan_at
     from onnxprune.passes.prune.rewrite import apply_plan
@@ -210,7 +210,7 @@ def digits(criteria: list[str], targets: list[float]) -> None:
     the removed channels are compensated, and the least-squares refit (--reconstruct)."""
     from onnxprune import load_model, optimize, runtime
     from onnxprune.graphutils import param_count
-    from onnxprune.passes.prune import prune
+    from onnxprune.api import prune
     data = np.load(DIGITS / "eval.npz")
     inputs, labels = data["input"], data["labels"]
     calib = DIGITS / "calib.npz"
@@ -285,7 +285,7 @@ def refit_cost(image: int, samples: int) -> None:
 
 def work_refit(src: str, calib: str, test: str, options: dict) -> dict:
     from onnxprune import load_model, runtime
-    from onnxprune.passes.prune import prune
+    from onnxprune.api import prune
 
     x = np.load(test)
     reference = np.concatenate([runtime.run(load_model(src), {"input": x[i:i + 1]})["output"] for i in range(len(x))])
@@ -301,7 +301,7 @@ def work_refit(src: str, calib: str, test: str, options: dict) -> dict:
 def latency(reps: int = 5) -> None:
     """ORT CPU latency of pruned models vs the original, by round_to (best of several medians)."""
     from onnxprune import load_model, runtime
-    from onnxprune.passes.prune import prune
+    from onnxprune.api import prune
     cases = [("digits", DIGITS / "digits.onnx", (0.7, 0.5), 300),
              ("resnet50", export("resnet50"), (0.6,), 15)]
     rows = []

@@ -4,13 +4,11 @@ Clean-up and folding (exact), structured channel pruning, static INT8 quantizati
 accuracy parity checks, each usable from Python or from the ``onnxprune`` command.
 """
 
-from onnxprune.api import OptimizeResult, inspect, optimize
+from onnxprune.api import OptimizeResult, PruneResult, QuantizeResult, inspect, optimize, prune, quantize
 from onnxprune.errors import OnnxPruneError
 from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
 from onnxprune.parity import CheckResult, Tolerances, check
-from onnxprune.passes.quantize.api import QuantizeResult, quantize
-from onnxprune.passes.prune import PruneResult, prune
 from onnxprune.compress import CompressResult, compress
 
 __version__ = "0.1.0"

@@ -16,14 +16,12 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxprune import runtime, stats
-from onnxprune.api import ModelLike, as_model, optimize
-from onnxprune.errors import UsageError
-from onnxprune.io import check_output_path, save_model
+from onnxprune.api import optimize, prune, quantize
 from onnxprune.calibration import open_dataset
+from onnxprune.errors import UsageError
+from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
-from onnxprune.passes.prune import prune
-from onnxprune.passes.quantize.api import quantize
 
 STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import math
 
 import numpy as np
 import onnx_ir as ir
@@ -95,3 +97,50 @@ def param_count(model: ir.Model) -> int:
 
 def node_count(model: ir.Model) -> int:
     return sum(len(list(g)) for g in model.graphs())
+
+
+def release_mapping(tensor: ir.TensorProtocol) -> None:
+    """Unmap one external tensor's data (it maps again on the next read)."""
+    if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
+        with contextlib.suppress(BufferError):  # a caller still holds a view: keep it mapped
+            tensor.release()
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _dims(value: ir.Value | None) -> list[int] | None:
+    """Concrete dims of a value; symbolic/unknown dims count as 1 (batch of one)."""
+    if value is None or value.shape is None:
+        return None
+    return [d if isinstance(d, int) else 1 for d in value.shape]
+
+
+def _weight_dims(value: ir.Value | None) -> list[int] | None:
+    if value is not None and value.const_value is not None:
+        return list(value.const_value.shape.numpy())
+    return _dims(value)
+
+
+def node_macs(node: ir.Node) -> int | None:
+    """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at batch 1, or None if unknown."""
+    if node.domain != "" or node.op_type not in MAC_OPS:
+        return None
+    out = _dims(node.outputs[0])
+    if node.op_type == "Conv":
+        w = _weight_dims(node.inputs[1])
+        if out is None or w is None:
+            return None
+        return math.prod(out[1:]) * math.prod(w[1:])
+    if node.op_type == "ConvTranspose":
+        x, w = _dims(node.inputs[0]), _weight_dims(node.inputs[1])
+        if x is None or w is None:
+            return None
+        return math.prod(x[1:]) * math.prod(w[1:])
+    # Gemm / MatMul: every output element is a dot product over K. The first output dim is
+    # the batch (like Conv's N above), so a model exported at batch 8 is not counted 8 times.
+    a = _weight_dims(node.inputs[0])
+    if out is None or not a:
+        return None
+    k = a[0] if node.op_type == "Gemm" and attr(node, "transA", 0) else a[-1]
+    return math.prod(out[1:] if len(out) > 1 else out) * k

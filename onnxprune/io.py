@@ -31,6 +31,8 @@ from onnxprune import _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
 from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError, first_line
+from onnxprune.graphutils import release_mapping
+from onnxprune.validate import check_structure
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
 PROTOBUF_LIMIT = 2**31 - 1
@@ -84,13 +86,6 @@ def release_mappings(model: ir.Model) -> None:
     maps the same files again (an ONNX Runtime session) keeps them from counting twice."""
     for tensor in iter_tensors(model):
         release_mapping(tensor)
-
-
-def release_mapping(tensor: ir.TensorProtocol) -> None:
-    """Unmap one external tensor's data (it maps again on the next read)."""
-    if isinstance(tensor, ir.ExternalTensor) and tensor.raw is not None:
-        with contextlib.suppress(BufferError):  # a caller still holds a view: keep it mapped
-            tensor.release()
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
@@ -305,3 +300,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+ModelLike = ir.Model | str | os.PathLike
+
+
+def as_model(model: ModelLike) -> tuple[ir.Model, Path | None]:
+    """Load ``model`` if it is a path; check the structure either way."""
+    if isinstance(model, ir.Model):
+        check_structure(model)
+        return model, None
+    path = Path(model)
+    loaded = load_model(path)
+    check_structure(loaded, str(path))
+    return loaded, path

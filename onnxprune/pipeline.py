@@ -147,6 +147,30 @@ class Verifier:
         }
 
 
+class ShapeVerifier:
+    """Checks, after a pass that changes the outputs' values (pruning), that the model is valid,
+    runs in ONNX Runtime and keeps its outputs' shapes. Failing is a bug in the pass, said so."""
+
+    def __init__(self) -> None:
+        self._feeds: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple] = {}
+
+    def prepare(self, model: ir.Model) -> None:
+        self._feeds = runtime.random_inputs(model, batch=2)
+        self._shapes = {k: v.shape for k, v in runtime.run(model, self._feeds).items()}
+
+    def __call__(self, model: ir.Model, pass_name: str) -> None:
+        try:
+            check_model(model)
+            outputs = runtime.run(model, self._feeds)
+        except OnnxPruneError as exc:
+            raise RuntimeError(f"pass '{pass_name}' produced an invalid model ({exc}); "
+                               "this is a bug in onnxprune") from None
+        changed = {k: (self._shapes[k], v.shape) for k, v in outputs.items() if self._shapes.get(k) != v.shape}
+        if changed:
+            raise RuntimeError(f"pass '{pass_name}' changed output shapes {changed}; this is a bug in onnxprune")
+
+
 def _finite_max_abs(array: np.ndarray) -> float:
     values = np.abs(np.asarray(array, dtype=np.float64))
     return float(np.max(values[np.isfinite(values)], initial=0.0))
@@ -156,7 +180,7 @@ def run_pipeline(
     model: ir.Model,
     passes: Sequence[str | Pass] = DEFAULT_PIPELINE,
     *,
-    verify: Verifier | None = None,
+    verify: Verifier | ShapeVerifier | None = None,
     progress: bool = False,
     on_record: Callable[[PassRecord], None] | None = None,
 ) -> PipelineResult:

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from onnxprune import load_model, runtime, stats
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
-from onnxprune.passes.prune import PrunePass, prune
+from onnxprune.api import prune
+from onnxprune.passes.prune import PrunePass
 from onnxprune.pipeline import run_pipeline
 from onnxprune.validate import check_model
 

@@ -25,7 +25,7 @@ import onnxprune
 from onnxprune.errors import DataError, ParityError, UsageError
 from onnxprune.parity import SCHEMA_VERSION, Tolerances, check
 from onnxprune.parity.providers import plan_comparisons, select_providers
-from onnxprune.parity.layerwise import CHANNEL_MAP_KEY, record_channel_map
+from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_map
 
 CUDA = "CUDAExecutionProvider"
 HAS_CUDA = CUDA in ort.get_available_providers()

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from onnxprune import load_model, runtime
-from onnxprune.passes.prune import CRITERIA, prune
+from onnxprune.api import prune
+from onnxprune.passes.prune import CRITERIA
 from onnxprune.validate import check_model
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
@@ -50,7 +51,7 @@ def test_pruned_digits_model_is_valid_and_accuracy_is_measured(criterion, keep_m
 
 def test_pruned_model_records_its_surviving_channels_for_layerwise_check():
     from onnxprune import check
-    from onnxprune.parity.layerwise import CHANNEL_MAP_KEY
+    from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY
 
     result = prune(DIGITS / "digits.onnx", ratio=0.3, round_to=1, latency_runs=0)
     assert CHANNEL_MAP_KEY in result.model.metadata_props

@@ -11,7 +11,7 @@ from zoo import ARCHITECTURES, export
 from onnxprune import load_model, stats
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune.analysis import analyze
-from onnxprune.passes.prune.api import PREPARE
+from onnxprune.api.prune_api import PREPARE
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import Magnitude, normalize
 from onnxprune.passes.prune.planner import (

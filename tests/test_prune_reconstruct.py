@@ -22,7 +22,8 @@ from onnxprune import load_model, runtime
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import const_array
-from onnxprune.passes.prune import PrunePass, prune
+from onnxprune.api import prune
+from onnxprune.passes.prune import PrunePass
 from onnxprune.passes.prune.lstsq import FLUSH_ROWS, NormalEquations, conv_rows
 from onnxprune.validate import check_model
 

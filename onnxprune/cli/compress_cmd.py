@@ -13,7 +13,7 @@ from onnxprune.cli._common import (
 )
 from onnxprune.compress import STAGES, compress
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
-from onnxprune.passes.quantize.api import METHODS
+from onnxprune.calibration import METHODS
 from onnxprune.report import change, table, write_json
 
 EPILOG = """\b

@@ -11,13 +11,8 @@ from onnxprune.cli._common import (
     split_lists,
 )
 from onnxprune.errors import UsageError
-from onnxprune.passes.prune import (
-    CRITERIA,
-    DEFAULT_ROUND_TO,
-    PruneReport,
-    PruneResult,
-    prune,
-)
+from onnxprune.api.prune_api import PruneResult, prune
+from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport
 from onnxprune.report import change, table, write_json
 
 

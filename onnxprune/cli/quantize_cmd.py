@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from onnxprune.cli._common import check_side_outputs, show_progress, split_lists
-from onnxprune.passes.quantize.api import METHODS, quantize
+from onnxprune.api.quantize_api import quantize
+from onnxprune.calibration import METHODS
 from onnxprune.report import change, human, table, write_json
 
 EPILOG = """\b

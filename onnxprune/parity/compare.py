@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.errors import UsageError
+from onnxprune.io import as_model
 from onnxprune.parity import layerwise as lw
 from onnxprune.parity.inputs import Feed, make_feed
 from onnxprune.parity.labels import may_classify
@@ -178,8 +179,6 @@ def check(
     channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
     :meth:`CheckResult.raise_on_failure`).
     """
-    from onnxprune.api import as_model  # api imports pipeline, which imports parity
-
     start = time.perf_counter()
     if layerwise_samples is not None and layerwise_samples < 1:
         raise UsageError(f"--layerwise-samples must be at least 1, got {layerwise_samples}")

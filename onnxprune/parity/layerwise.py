@@ -16,7 +16,7 @@ the reference graph) fails: the layer that introduced the error.
 * Pruned candidates: a tensor whose shape changed is compared on its surviving channels
   when the mapping is known (``channel_map`` argument, or the candidate's metadata key
   ``onnxprune.kept_channels``: JSON ``{tensor: {"axis": int, "kept" or "removed":
-  [indices]}}``, which :func:`record_channel_map` writes from a prune plan), otherwise
+  [indices]}}``, which the prune pass writes: :mod:`onnxprune.passes.prune.channel_map`), otherwise
   skipped (status ``shape-differs``); the error of removed channels then shows in the
   first downstream tensor of unchanged shape (the next layer's output).
 
@@ -42,8 +42,8 @@ from onnxprune.calibration.tensors import FLOAT_TYPES
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import Endpoint, run_session, with_cpu_fallback
 from onnxprune.parity.tolerances import Tolerances
+from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY
 
-CHANNEL_MAP_KEY = "onnxprune.kept_channels"
 # All exposed tensors of a run are in memory at once: runs start at 2 samples, then take as
 # many as fit in this budget (the feed's batches are cut, never merged).
 LAYERWISE_FIRST_CHUNK = 2
@@ -180,30 +180,6 @@ def channel_map_of(candidate: ir.Model, given: Mapping | None) -> dict[str, Chan
     for name, (axis, kept) in (given or {}).items():
         result[name] = Channels(int(axis), np.asarray(kept, dtype=np.int64))
     return result
-
-
-def channel_map_from_plan(groups, plan) -> dict[str, dict]:
-    """{activation tensor: {"axis", "removed"}} of a prune plan (onnxprune.passes.prune.group),
-    in the form :data:`CHANNEL_MAP_KEY` stores; a tensor shared by several groups (a Concat)
-    gets the union of their removed positions."""
-    entries: dict[str, dict] = {}
-    for group in groups:
-        removed = plan.removed(group)
-        if not removed.size:
-            continue
-        for slot in group.slots:
-            if slot.role.value != "activation" or not slot.value.name:
-                continue
-            entry = entries.setdefault(slot.value.name, {"axis": slot.axis, "removed": []})
-            entry["removed"] = sorted(set(entry["removed"]) | set(slot.positions(removed, group.size).tolist()))
-    return entries
-
-
-def record_channel_map(model: ir.Model, groups, plan) -> None:
-    """Store the plan's channel map in ``model``'s metadata for ``check --layerwise``."""
-    entries = channel_map_from_plan(groups, plan)
-    if entries:
-        model.metadata_props[CHANNEL_MAP_KEY] = json.dumps(entries, separators=(",", ":"))
 
 
 class _Pair:

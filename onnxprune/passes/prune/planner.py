@@ -32,7 +32,7 @@ from onnxprune.errors import UsageError
 from onnxprune.graphutils import param_count
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
-from onnxprune.stats import MAC_OPS, node_macs
+from onnxprune.graphutils import MAC_OPS, node_macs
 
 
 @dataclasses.dataclass(eq=False)

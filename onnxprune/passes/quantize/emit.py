@@ -18,8 +18,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import DataError, UnsupportedError, UsageError
-from onnxprune.graphutils import add_initializer, attr, const_array
-from onnxprune.io import release_mapping
+from onnxprune.graphutils import add_initializer, attr, const_array, release_mapping
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.rules import (

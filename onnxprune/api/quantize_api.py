@@ -11,10 +11,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune import runtime, stats
-from onnxprune.api import as_model
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
 from onnxprune.errors import UnsupportedError, UsageError
-from onnxprune.io import check_output_path, save_model, weights_nbytes
+from onnxprune.io import as_model, check_output_path, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
 from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.passes.quantize.quantize_pass import QuantizePass, nothing_to_quantize

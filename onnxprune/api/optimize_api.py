@@ -11,23 +11,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune import stats
-from onnxprune.io import check_output_path, load_model, save_model
+from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.passes.base import Pass
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, Verifier, run_pipeline
-from onnxprune.validate import check_structure
-
-ModelLike = ir.Model | str | os.PathLike
-
-
-def as_model(model: ModelLike) -> tuple[ir.Model, Path | None]:
-    """Load ``model`` if it is a path; check the structure either way."""
-    if isinstance(model, ir.Model):
-        check_structure(model)
-        return model, None
-    path = Path(model)
-    loaded = load_model(path)
-    check_structure(loaded, str(path))
-    return loaded, path
 
 
 def inspect(model: ModelLike) -> dict:

@@ -20,12 +20,11 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxprune import runtime, stats
-from onnxprune.api import ModelLike, as_model
 from onnxprune.calibration import Dataset, open_dataset
 from onnxprune.errors import UsageError
-from onnxprune.io import check_output_path, save_model
+from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.passes.prune import DEFAULT_ROUND_TO, PrunePass, PruneReport
-from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
+from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, ShapeVerifier, run_pipeline
 
 SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
@@ -127,8 +126,13 @@ def prune(
     timing = latency_runs > 0 and not dry_run
     feeds = runtime.random_inputs(loaded) if timing else None
     latency = {"before": runtime.latency_ms(loaded, feeds, runs=latency_runs, threads=threads)} if timing else None
+    verifier = None if dry_run else ShapeVerifier()  # a pruned model that fails it is a bug, never handed on
+    if verifier is not None:
+        verifier.prepare(loaded)
     result = prune_pass(loaded)
     report = result.report
+    if verifier is not None and result.modified:
+        verifier(loaded, prune_pass.name)
     if dry_run:
         after = {"macs": report.macs[1], "parameters": report.params[1], "estimated": True}
         return PruneResult(loaded, report, before, after, dry_run=True)
