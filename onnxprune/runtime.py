@@ -21,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from onnxprune import providers as eps
 from onnxprune.errors import (
     DataError,
     InvalidModelError,
@@ -38,28 +39,18 @@ SESSION_BYTES_LIMIT = 512 * 2**20
 # broken model (the data could exhaust memory), not something to allocate.
 RANDOM_INPUT_LIMIT = 2**30
 
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "dml": "DmlExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-}
+# Kept for callers of the old names; onnxprune.providers is where providers are handled.
+PROVIDER_ALIASES = eps.ALIASES
 
 
 def resolve_provider(name: str) -> str:
     """'cpu' -> 'CPUExecutionProvider'; a full provider name is returned as it is."""
-    full = PROVIDER_ALIASES.get(name.lower(), name)
-    if full not in ort.get_all_providers():
-        raise UsageError(
-            f"unknown execution provider '{name}' (known: {', '.join(PROVIDER_ALIASES)})"
-        )
-    return full
+    return eps.resolve(name)
 
 
 def available_providers() -> list[str]:
-    return list(ort.get_available_providers())
+    """Compiled-in providers and installed plugin EPs that offer a device here."""
+    return eps.available()
 
 
 @contextlib.contextmanager
@@ -67,6 +58,7 @@ def session(
     model: ir.Model | str | os.PathLike,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     *,
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
     intra_op_threads: int | None = None,
     optimization_level: ort.GraphOptimizationLevel = ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     execution_order: ort.ExecutionOrder | None = None,
@@ -74,6 +66,8 @@ def session(
 ) -> Iterator[ort.InferenceSession]:
     """An InferenceSession for an in-memory model or a model file.
 
+    ``providers`` in priority order (short or full names; plugin EPs included) with
+    ``provider_options`` {provider: {key: value}} (see onnxprune.providers.configure).
     ``configure`` may set further options (e.g. where to save the optimised model). Load
     errors become :class:`InvalidModelError`, or :class:`UnsupportedError` when the
     provider has no kernel for an op/type (e.g. bfloat16 on CPU).
@@ -87,11 +81,11 @@ def session(
         options.execution_order = execution_order
     if configure is not None:
         configure(options)
-    providers = [resolve_provider(p) for p in providers]
+    chosen = eps.configure(options, providers, provider_options)
     name = model.graph.name if isinstance(model, ir.Model) else str(model)
     with _session_source(model, options) as source:
         try:
-            sess = ort.InferenceSession(source, sess_options=options, providers=providers)
+            sess = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise _ort_error(exc, f"ONNX Runtime cannot load model '{name}'") from None
         yield sess
@@ -224,12 +218,14 @@ def latency_ms(
     warmup: int = 2,
     threads: int = 1,
     providers: Sequence[str] = ("CPUExecutionProvider",),
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
 ) -> float:
     """Median wall time of one ``sess.run`` in milliseconds, with a fixed thread count.
 
-    Fixed threads (default 1) keep numbers comparable between runs on a shared machine.
+    Fixed threads (default 1) keep numbers comparable between runs on a shared machine (they
+    bind ONNX Runtime's own kernels; a provider such as OpenVINO keeps its own threading).
     """
-    with session(model, providers, intra_op_threads=threads) as sess:
+    with session(model, providers, provider_options=provider_options, intra_op_threads=threads) as sess:
         for _ in range(warmup):
             run_session(sess, None, feeds)
         times = []

@@ -172,10 +172,12 @@ def test_result_schema_is_stable(models):
     data = result.to_dict()
     assert data["schema_version"] == SCHEMA_VERSION == 1
     assert list(data) == ["schema_version", "passed", "reference", "candidate", "data", "providers", "tolerances",
-                          "comparisons", "failures", "notes", "layerwise", "seconds", "unevaluated"]
+                          "comparisons", "failures", "notes", "layerwise", "seconds", "unevaluated",
+                          "layerwise_providers"]
     assert set(data["data"]) == {"source", "samples", "batch_size", "synthetic", "labels"}
     assert data["data"]["synthetic"] and any("random" in n for n in data["notes"])
-    assert set(data["providers"]) == {"requested", "used", "unavailable"}
+    assert set(data["providers"]) == {"requested", "used", "unavailable", "options", "placement", "precision"}
+    assert data["providers"]["placement"]["CPUExecutionProvider"]["share"] == 1.0
     comparison = data["comparisons"][0]
     assert set(comparison) == {"name", "reference", "candidate", "judged", "passed", "outputs"}
     assert set(comparison["outputs"]["logits"]) == {
@@ -201,6 +203,7 @@ def test_comparison_plan_covers_cross_provider_pairs():
         ("reference@cuda", "candidate@cuda", True),
         ("reference@cpu", "candidate@cuda", True),
         ("reference@cpu", "reference@cuda", False),
+        ("candidate@cpu", "candidate@cuda", False),
     ]
 
 
@@ -225,8 +228,9 @@ def test_two_providers_run_all_comparisons_in_one_pass(models):
     result = check(DIGITS, models["int8"], DIGITS_EVAL, labels="labels", providers=["cpu", AZURE])
     assert [c["name"] for c in result.comparisons] == [
         "reference@cpu vs candidate@cpu", f"reference@{AZURE} vs candidate@{AZURE}",
-        f"reference@cpu vs candidate@{AZURE}", f"reference@cpu vs reference@{AZURE}"]
-    assert [c["judged"] for c in result.comparisons] == [True, True, True, False]
+        f"reference@cpu vs candidate@{AZURE}", f"reference@cpu vs reference@{AZURE}",
+        f"candidate@cpu vs candidate@{AZURE}"]
+    assert [c["judged"] for c in result.comparisons] == [True, True, True, False, False]
     drift = result.output("logits", 3)
     assert drift["max_abs"] == 0 and result.output("logits", 2)["max_abs"] > 0  # same kernels, int8 error
     assert result.providers["used"] == ["CPUExecutionProvider", AZURE] and result

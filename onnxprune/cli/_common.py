@@ -104,3 +104,19 @@ def size_row(key: str, before: Mapping, after: Mapping) -> tuple[str, str, str, 
     """A (figure, before, after, change) table row for one figure of stats.size_summary."""
     label, show = SIZE_COLUMNS[key]
     return label, show(before[key]), show(after[key]), change(before[key], after[key])
+
+
+def provider_option_flags(command):
+    """``--provider-option PROVIDER:KEY=VALUE`` (repeatable) and ``--provider-options FILE``."""
+    command = click.option("--provider-options", "provider_options_file", type=click.Path(dir_okay=False),
+                           help="Provider options file, JSON or TOML: {provider: {key: value}}.")(command)
+    return click.option("--provider-option", "provider_option", multiple=True, metavar="PROVIDER:KEY=VALUE",
+                        help="An execution provider option, e.g. openvino:PRECISION=FP32 or "
+                             "openvino:INFERENCE_PRECISION_HINT=f32 (repeatable; wins over the file).")(command)
+
+
+def provider_options(specs: Iterable[str], file: str | None) -> dict:
+    """{full provider name: {key: value}} from the flags of :func:`provider_option_flags`."""
+    from onnxprune import provider_options as po
+
+    return po.merge(po.load_file(file) if file else None, po.parse_specs(specs))

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import show_progress, split_list
+from onnxprune.cli._common import provider_option_flags, provider_options, show_progress, split_list
 from onnxprune.io import check_output_path
 from onnxprune.parity import PRESETS, check
 from onnxprune.parity.tolerances import parse_tolerance_specs
-from onnxprune.report import write_json
+from onnxprune.report import to_json, write_json
 
 EPILOG = """\b
 Examples:
   onnxprune check model.onnx model.opt.onnx
   onnxprune check model.onnx model.int8.onnx --data eval.npz --labels labels --preset int8
   onnxprune check model.onnx pruned.onnx --data eval.npz --atol 1e-3 --atol logits:1e-2 --layerwise
+  onnxprune check model.onnx model.int8.onnx --data eval.npz --providers cpu,openvino --json -
+  onnxprune check model.onnx model.onnx --data eval.npz --providers cpu,openvino \\
+      --provider-option openvino:INFERENCE_PRECISION_HINT=f32
 
 \b
-Comparisons: reference vs candidate on each provider, and reference on the first provider
-vs candidate on each other one (e.g. CPU vs CUDA). Exit codes: 0 parity holds, 1 parity
-failed, 2 bad input or usage.
+Comparisons: reference vs candidate on each provider, reference on the first provider
+vs candidate on each other one (e.g. CPU vs OpenVINO), and each model on the first provider
+vs the same model on the others (the providers' own drift, not judged). A drift beyond fp32
+rounding is rerun with the provider's fp32 hint to tell reduced precision from a bug.
+Plugin EPs (pip install onnxprune[openvino]) are found and registered automatically.
+Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
 """
 
 
@@ -31,7 +37,7 @@ failed, 2 bad input or usage.
 @click.option("--samples", type=int, help="Use at most N samples (default: all; 16 random ones without --data).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--preprocess", help="Image preprocessing for an image folder, e.g. 'resize=256,crop=224,scale=1/255'.")
-@click.option("--providers", help="Comma-separated execution providers (default: every available one of cpu,cuda).")
+@click.option("--providers", help="Comma-separated execution providers: cpu, cuda, tensorrt, openvino, dml, coreml... (default: every available one of cpu,cuda).")
 @click.option("--require-providers", is_flag=True, help="Fail (exit 2) if a requested provider is unavailable.")
 @click.option("--preset", type=click.Choice(["auto", *PRESETS]), default="auto", show_default=True,
               help="exact: every element within 1e-4 + 1e-4*|ref|. int8: cosine/SQNR/top-1/accuracy drop. auto: int8 if only the candidate is quantized.")
@@ -48,13 +54,16 @@ failed, 2 bad input or usage.
 @click.option("--layerwise-samples", type=int, default=256, show_default=True,
               help="Samples for --layerwise (localising needs fewer than judging).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON (schema_version 1).")
+@provider_option_flags
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON (schema_version 1); '-': to stdout (the report goes to stderr).")
 @click.pass_context
 def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, preprocess, providers,
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
-              top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, json_path) -> None:
+              top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, provider_option, provider_options_file,
+              json_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
-    if json_path:  # fail before the work, never onto either model
+    to_stdout = json_path == "-"
+    if json_path and not to_stdout:  # fail before the work, never onto either model
         for model in (reference, candidate):
             check_output_path(json_path, model)
     default_atol, per_output_atol = parse_tolerance_specs(atol, "--atol")
@@ -68,10 +77,13 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
     result = check(
         reference, candidate, data,
         providers=split_list(providers) or None, require_providers=require_providers,
+        provider_options=provider_options(provider_option, provider_options_file),
         tolerances=preset, criteria=criteria, labels=labels, samples=samples, batch_size=batch_size,
         preprocess=preprocess, layerwise=layerwise, layerwise_samples=layerwise_samples, seed=seed, progress=show_progress(ctx),
     )
-    click.echo(str(result))
-    if json_path:
+    click.echo(str(result), err=to_stdout)
+    if to_stdout:
+        click.echo(to_json(result.to_dict()))
+    elif json_path:
         write_json(json_path, result.to_dict())
     result.raise_on_failure()

@@ -17,10 +17,12 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from onnxprune import runtime
+from onnxprune import provider_options as po
+from onnxprune import providers as eps
 from onnxprune.errors import UsageError
 from onnxprune.io import as_model
 from onnxprune.parity import layerwise as lw
+from onnxprune.parity import precision
 from onnxprune.parity.inputs import Feed, make_feed
 from onnxprune.parity.labels import may_classify
 from onnxprune.parity.metrics import OutputStats
@@ -153,6 +155,7 @@ def check(
     *,
     providers: Sequence[str] | None = None,
     require_providers: bool = False,
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
     tolerances: Tolerances | str = "auto",
     criteria: Mapping | None = None,
     labels: str | np.ndarray | None = None,
@@ -170,13 +173,16 @@ def check(
     ``data``: None (random inputs, exact comparisons only), a path or Dataset
     (onnxprune.calibration), ``{input: array}`` or an iterable of such batches; ``labels``:
     a key in the data or an array aligned with the samples. ``providers``: short or full
-    ONNX Runtime names (default: every available one of cpu/cuda). ``tolerances``: a
+    ONNX Runtime names, plugin EPs included (default: every available one of cpu/cuda);
+    ``provider_options``: {provider: {key: value}}, e.g. ``{"openvino": {"precision":
+    "FP32"}}`` (recorded in the report). ``tolerances``: a
     :class:`Tolerances` or a preset name (``auto``: int8 when only the candidate is
     quantized, else exact); ``criteria``: Tolerances fields overriding it, e.g.
     ``{"min_top1": 0.99, "per_output_atol": {"logits": 1e-2}}``. ``layerwise``: also
     localise the error per intermediate tensor, on the first ``layerwise_samples`` samples
     (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
-    channels). Bad input raises an OnnxPruneError; failing parity does not raise (see
+    channels); with several providers, also the reference on each other provider against
+    the first one, naming the first tensor where that provider departs. Bad input raises an OnnxPruneError; failing parity does not raise (see
     :meth:`CheckResult.raise_on_failure`).
     """
     start = time.perf_counter()
@@ -189,41 +195,56 @@ def check(
     tolerances = resolve_tolerances(tolerances, ref_model, cand_model, criteria)
     _check_named_tolerances(tolerances, ref_model, layerwise)
     used, unavailable = select_providers(providers, require_providers)
+    options = po.merge(provider_options)
     feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels,
                      preprocess=preprocess, seed=seed)
     require_evaluable(explicit, ref_model, feed)
-    comparisons, failed = _compare(ref_model, cand_model, feed, used, tolerances, require_providers,
-                                   seed=seed, progress=progress)
+    comparisons, failed, placement = _compare(ref_model, cand_model, feed, used, tolerances, require_providers,
+                                              options, seed=seed, progress=progress)
     unavailable += failed
+    working = [p for p in used if p not in {u["provider"] for u in failed}]
     summaries = [c.summary(tolerances) for c in comparisons]
     unevaluated = _unevaluated(tolerances, summaries, explicit)
+    # A provider whose own drift on the reference is beyond fp32 rounding: is it a precision hint?
+    drifts = [s for s in summaries if _is_reference_drift(s) and precision.beyond_fp32(s)]
+    probes = [r for r in (precision.probe(ref_model, feed, working[0], s["candidate"]["provider"], options)
+                          for s in drifts) if r is not None]
     failures = [f"{s['name']}: output '{name}': {reason}"
                 for s in summaries if s["judged"]
                 for name, o in s["outputs"].items() for reason in o["failures"]]
-    layer_report = None
+    layer_report, per_provider = None, None
     if layerwise:  # localise the first failing comparison (else the first one)
         target = next((s for s in summaries if s["judged"] and not s["passed"]), summaries[0])
         layer_report = lw.localise(
             ref_model, cand_model, feed, tolerances,
             target["reference"]["provider"], target["candidate"]["provider"],
-            channel_map=channel_map, samples=layerwise_samples, progress=progress,
+            channel_map=channel_map, samples=layerwise_samples, progress=progress, provider_options=options,
         )
+        per_provider = {p: lw.localise(ref_model, ref_model, feed, tolerances, working[0], p,
+                                       samples=layerwise_samples, progress=progress, provider_options=options)
+                        for p in working[1:]} or None
+    placement_report = precision.placement_summary(placement)
     return CheckResult(
         passed=not failures,
         reference=str(ref_path) if ref_path else ref_model.graph.name or "reference",
         candidate=str(cand_path) if cand_path else cand_model.graph.name or "candidate",
         data=feed.to_dict(),
-        providers={"requested": [runtime.resolve_provider(p) for p in providers or DEFAULT_PROVIDERS],
+        providers={"requested": [eps.resolve(p) for p in providers or DEFAULT_PROVIDERS],
                    "used": sorted({c.candidate.provider for c in comparisons}, key=used.index),
-                   "unavailable": unavailable},
+                   "unavailable": unavailable,
+                   "options": {p: options[p] for p in used if p in options},
+                   "placement": placement_report,
+                   "precision": probes},
         tolerances=tolerances,
         comparisons=summaries,
         failures=failures,
         notes=_notes(feed, tolerances, summaries, unavailable)
         + [f"{CLASSIFIER_CRITERIA[k][0][2:].replace('-', ' ')} of preset '{tolerances.preset}' not evaluated: "
            + ("no labels" if k == "max_accuracy_drop" and not feed.labelled else "no classifier output")
-           for k in unevaluated],
+           for k in unevaluated]
+        + precision.placement_notes(placement_report) + [precision.probe_note(r) for r in probes],
         layerwise=layer_report,
+        layerwise_providers=per_provider,
         seconds=time.perf_counter() - start,
         unevaluated=unevaluated,
     )
@@ -277,12 +298,17 @@ def _unevaluated(tolerances: Tolerances, summaries: list[dict], asked: set[str])
     return missing
 
 
+def _is_reference_drift(summary: dict) -> bool:
+    return not summary["judged"] and summary["candidate"]["model"] == "reference"
+
+
 def _compare(reference: ir.Model, candidate: ir.Model, feed, providers: list[str], tolerances: Tolerances,
-             require_providers: bool, *, seed: int, progress: bool) -> tuple[list[Comparison], list[dict]]:
-    """One pass over ``feed`` through every session; the comparisons and the providers that
-    could not be initialised."""
+             require_providers: bool, options: Mapping, *, seed: int, progress: bool):
+    """One pass over ``feed`` through every session; the comparisons, the providers that
+    could not be initialised, and where each session's nodes ran."""
     with contextlib.ExitStack() as stack:
-        sessions, failed = open_sessions(stack, {"reference": reference, "candidate": candidate}, providers)
+        sessions, failed, placement = open_sessions(stack, {"reference": reference, "candidate": candidate},
+                                                    providers, options)
         fail_if_unavailable(failed, require_providers)
         working = [p for p in providers if Endpoint("reference", p) in sessions]
         if not working:
@@ -299,7 +325,7 @@ def _compare(reference: ir.Model, candidate: ir.Model, feed, providers: list[str
             outputs = {e: run_session(s, feeds, e, names) for e, s in sessions.items()}
             for comparison in comparisons:
                 comparison.update(outputs, labels)
-    return comparisons, failed
+    return comparisons, failed, placement
 
 
 def _notes(feed, tolerances: Tolerances, summaries: list[dict], unavailable: list[dict]) -> list[str]:

@@ -1,9 +1,10 @@
-"""Execution providers: which ones a check uses, their sessions, and the comparisons
-between them.
+"""Execution providers of a check: which ones it uses, their sessions, and the comparisons
+between them (discovery, plugins and options live in onnxprune.providers).
 
-With providers ``[cpu, cuda]`` the comparisons are: reference@cpu vs candidate@cpu,
-reference@cuda vs candidate@cuda, reference@cpu vs candidate@cuda (all judged), and
-reference@cpu vs reference@cuda (the providers' own drift, for context).
+With providers ``[cpu, openvino]`` the comparisons are: reference@cpu vs candidate@cpu,
+reference@openvino vs candidate@openvino, reference@cpu vs candidate@openvino (all judged),
+and, for context, the providers against each other on the same model: reference@cpu vs
+reference@openvino and candidate@cpu vs candidate@openvino (drift, never failing the check).
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ import numpy as np
 import onnx_ir as ir
 import onnxruntime as ort
 
+from onnxprune import providers as eps
 from onnxprune import runtime
 from onnxprune.errors import OnnxPruneError, UsageError
 
 DEFAULT_PROVIDERS = ("cpu", "cuda")
-_SHORT = {full: short for short, full in runtime.PROVIDER_ALIASES.items()}
-
-
-def short_name(provider: str) -> str:
-    return _SHORT.get(provider, provider)
+short_name = eps.short_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,25 +42,24 @@ def plan_comparisons(providers: Sequence[str]) -> list[tuple[Endpoint, Endpoint,
     for other in providers[1:]:
         plan.append((Endpoint("reference", base), Endpoint("candidate", other), True))
         plan.append((Endpoint("reference", base), Endpoint("reference", other), False))
+        plan.append((Endpoint("candidate", base), Endpoint("candidate", other), False))
     return plan
 
 
 def select_providers(requested: Sequence[str] | None, require: bool) -> tuple[list[str], list[dict]]:
-    """Resolve names (unknown -> UsageError); split into installed ones and unavailable ones."""
+    """Resolve names (unknown -> UsageError); split into usable ones and unavailable ones
+    (each with the reason and what to install)."""
     names = list(requested) if requested else list(DEFAULT_PROVIDERS)
-    wanted = list(dict.fromkeys(runtime.resolve_provider(n) for n in names))
-    available = set(runtime.available_providers())
-    used = sorted((p for p in wanted if p in available), key=lambda p: p != "CPUExecutionProvider")
-    unavailable = [
-        {"provider": p, "reason": "not available in this onnxruntime build "
-         f"({', '.join(sorted(available))}); for CUDA: pip install onnxruntime-gpu"}
-        for p in wanted if p not in available
-    ]
+    wanted = list(dict.fromkeys(eps.resolve(n) for n in names))
+    available = set(eps.available())
+    used = sorted((p for p in wanted if p in available), key=lambda p: p != eps.CPU)
+    unavailable = [{"provider": p, "reason": eps.why_unavailable(p)} for p in wanted if p not in available]
     if requested is None:  # the default asks for what exists, quietly
         unavailable = []
     fail_if_unavailable(unavailable, require)
     if not used:
-        raise UsageError(f"none of the requested execution providers is available: {', '.join(wanted)}")
+        raise UsageError(f"none of the requested execution providers is available: "
+                         + "; ".join(f"{u['provider']}: {u['reason']}" for u in unavailable))
     return used, unavailable
 
 
@@ -84,32 +81,42 @@ def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, na
 
 def with_cpu_fallback(provider: str) -> list[str]:
     """``provider`` with the CPU provider behind it for the ops it has no kernel for."""
-    return [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
+    return [provider] if provider == eps.CPU else [provider, eps.CPU]
 
 
-def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], providers: list[str]):
-    """{Endpoint: session}; a provider ONNX Runtime falls back from (e.g. CUDA libraries
-    missing) is dropped and returned as unavailable."""
-    sessions, unavailable = {}, []
-    if any(p != "CPUExecutionProvider" for p in providers):
+def open_session(stack: contextlib.ExitStack, model: ir.Model, provider: str,
+                 provider_options: Mapping[str, Mapping[str, str]] | None):
+    return stack.enter_context(runtime.session(model, with_cpu_fallback(provider),
+                                               provider_options=_only(provider_options, provider)))
+
+
+def _only(provider_options, provider: str) -> dict:
+    return {provider: dict(provider_options[provider])} if provider_options and provider in provider_options else {}
+
+
+def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], providers: list[str],
+                  provider_options: Mapping[str, Mapping[str, str]] | None = None):
+    """({Endpoint: session}, unavailable, {Endpoint: {provider: nodes}}); a provider that ONNX
+    Runtime falls back from (CUDA libraries missing, bad options) is dropped as unavailable."""
+    sessions, unavailable, placement = {}, [], {}
+    if any(p != eps.CPU for p in providers):
         _preload_cuda_libraries()
     for provider in providers:
-        opened = {}
-        for role, model in models.items():
-            sess = stack.enter_context(runtime.session(model, with_cpu_fallback(provider)))
-            opened[Endpoint(role, provider)] = sess
-        if any(provider not in s.get_providers() for s in opened.values()):
-            unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it "
-                                "(fell back to CPU; are the CUDA/cuDNN libraries installed?)"})
+        opened = {Endpoint(role, provider): open_session(stack, model, provider, provider_options)
+                  for role, model in models.items()}
+        if not all(eps.active(s, provider) for s in opened.values()):
+            unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it and fell "
+                                "back to CPU (missing CUDA/cuDNN libraries? options it rejects?)"})
             continue
         sessions.update(opened)
-    return sessions, unavailable
+        placement.update({e: eps.placement(s) for e, s in opened.items()})
+    return sessions, unavailable, placement
 
 
 def _preload_cuda_libraries() -> None:
     """Let onnxruntime-gpu find CUDA/cuDNN from pip's nvidia-* wheels (ORT >= 1.21); a no-op
     where the libraries are on the system path, and harmless when they are nowhere."""
     preload = getattr(ort, "preload_dlls", None)
-    if preload is not None and "CUDAExecutionProvider" in runtime.available_providers():
+    if preload is not None and "CUDAExecutionProvider" in ort.get_available_providers():
         with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
             preload()

@@ -44,7 +44,7 @@ def render(result) -> str:
         f"candidate: {result.candidate}",
         f"data: {d['source']}, {d['samples']} samples, batch {d['batch_size']}"
         + (", labelled" if d["labels"] else ""),
-        f"providers: {', '.join(result.providers['used'])}",
+        f"providers: {_providers(result.providers)}",
         f"criteria: {'; '.join(criteria)}",
         "",
     ]
@@ -60,6 +60,10 @@ def render(result) -> str:
                         "top-1", "top-k", "accuracy", "status"], rows, align="llrrrrrrrll"))
     if result.layerwise is not None:
         lines += ["", *_layerwise(result.layerwise)]
+    for provider, report in (result.layerwise_providers or {}).items():
+        first = ", ".join(_where(r) for r in report["tensors"] if r["name"] in set(report["first_failures"]))
+        lines.append(f"{provider} departs from {report['reference_provider']} (reference model, layer-wise) first at: "
+                     + (first or "nowhere within the tolerance"))
     if result.notes:
         lines += ["", *(f"note: {n}" for n in result.notes)]
     lines.append("")
@@ -68,6 +72,21 @@ def render(result) -> str:
     else:
         lines += ["parity FAILED:", *(f"  {f}" for f in result.failures)]
     return "\n".join(lines)
+
+
+def _providers(providers: dict) -> str:
+    """'CPUExecutionProvider, OpenVINOExecutionProvider (93% of nodes; precision=FP32)'."""
+    parts = []
+    for name in providers["used"]:
+        extra = []
+        share = (providers.get("placement") or {}).get(name, {}).get("share")
+        if share is not None and name != "CPUExecutionProvider":
+            extra.append(f"{share:.0%} of nodes")
+        options = (providers.get("options") or {}).get(name)
+        if options:
+            extra.append(", ".join(f"{k}={v}" for k, v in options.items()))
+        parts.append(name + (f" ({'; '.join(extra)})" if extra else ""))
+    return ", ".join(parts)
 
 
 def _layerwise(report: dict) -> list[str]:

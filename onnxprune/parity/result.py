@@ -12,7 +12,15 @@ written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs
     reference        model path (or graph name of an in-memory model)
     candidate        likewise
     data             {source, samples, batch_size, synthetic, labels}
-    providers        {requested: [names], used: [names], unavailable: [{provider, reason}]}
+    providers        {requested: [names], used: [names], unavailable: [{provider, reason}],
+                      options: {provider: {key: value}} as given to ONNX Runtime,
+                      placement: {provider: {reference: {provider: nodes}, candidate: {...},
+                                  share: of the nodes the provider ran itself}},
+                      precision: [{provider, base, samples, options, fp32_options, max_abs,
+                                   max_abs_fp32, sqnr_db, sqnr_db_fp32, collapsed}]}
+                     precision: the reference rerun with the provider's fp32 hint when its
+                     drift from the base provider is beyond fp32 rounding; collapsed: the
+                     drift was the provider's reduced precision (bf16/fp16/TF32)
     tolerances       {preset, atol, rtol, stat, per_output_atol, per_output_rtol, min_cosine,
                       min_sqnr, min_top1, min_topk, top_k, max_accuracy_drop}
     comparisons      [{name, reference: {model, provider}, candidate: {model, provider},
@@ -37,6 +45,8 @@ written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs
     unevaluated      [criterion]: criteria of the preset that no output could evaluate (e.g.
                      max_accuracy_drop without labels); a criterion asked for by name that
                      cannot be evaluated is an error instead
+    layerwise_providers  null, or {provider: layerwise report of the reference on the first
+                     provider vs the reference on this one}: where each provider departs
 
     STATS            elements, samples, max_abs, mean_abs, p50_abs, p99_abs, max_rel,
                      mean_rel, p99_rel, mean_abs_reference, cosine, cosine_min, sqnr_db,
@@ -72,6 +82,7 @@ class CheckResult:
     layerwise: dict | None = None
     seconds: float = 0.0
     unevaluated: list[str] = dataclasses.field(default_factory=list)
+    layerwise_providers: dict | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -95,6 +106,7 @@ class CheckResult:
             "layerwise": self.layerwise,
             "seconds": self.seconds,
             "unevaluated": self.unevaluated,
+            "layerwise_providers": self.layerwise_providers,
         })
 
     def raise_on_failure(self) -> CheckResult:
