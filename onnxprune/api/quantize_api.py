@@ -52,6 +52,7 @@ class QuantizeResult:
             "calibration": self.calibration,
             **{k: getattr(self, k) for k in keep},
             "ops": stats.summarize(self.model, infer_shapes=False)["ops"],  # counts need no shape inference
+            "ranges": {name: _bounds(r) for name, r in (self.table or {}).items()},
             **self.pipeline.to_dict(),
         }
 
@@ -172,6 +173,11 @@ class _RangeSource:
         self.info = {"method": self.method, "samples": len(dataset), "tensors": len(tensors),
                      "source": "synthetic" if self.synthetic else str(self.calib)}
         return self.used
+
+
+def _bounds(value) -> tuple[float, float]:
+    """(min, max) of a table entry: a TensorRange or a (min, max) pair."""
+    return (float(value.min), float(value.max)) if hasattr(value, "min") else (float(value[0]), float(value[1]))
 
 
 def _load_table(table) -> Mapping[str, object]:

@@ -65,6 +65,19 @@ def _quiet_libraries(debug: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+def html_option(command):
+    """``--html PATH``: the report as one self-contained page with plots."""
+    return click.option("--html", "html_path", type=click.Path(dir_okay=False),
+                        help="Also write the report as one self-contained HTML page with plots.")(command)
+
+
+def write_html_report(path: str | None, report: dict, kind: str) -> None:
+    if path:
+        from onnxprune.htmlreport import write_html  # only when asked for
+
+        write_html(path, report, kind)
+
+
 def check_side_outputs(model: str, output: str | None, *paths: str | None) -> None:
     """Reports and tables: never onto the input model, the output model or each other (checked
     before any work, so a clash costs nothing)."""

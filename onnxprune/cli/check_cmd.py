@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import provider_option_flags, provider_options, show_progress, split_list
+from onnxprune.cli._common import html_option, provider_option_flags, provider_options, show_progress, split_list, write_html_report
 from onnxprune.io import check_output_path
 from onnxprune.parity import PRESETS, check
 from onnxprune.parity.tolerances import parse_tolerance_specs
@@ -56,16 +56,18 @@ Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @provider_option_flags
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON (schema_version 1); '-': to stdout (the report goes to stderr).")
+@html_option
 @click.pass_context
 def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, preprocess, providers,
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
               top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, provider_option, provider_options_file,
-              json_path) -> None:
+              json_path, html_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
     to_stdout = json_path == "-"
-    if json_path and not to_stdout:  # fail before the work, never onto either model
+    sides = [p for p in (None if to_stdout else json_path, html_path) if p]
+    for side in sides:  # fail before the work, never onto either model
         for model in (reference, candidate):
-            check_output_path(json_path, model)
+            check_output_path(side, model)
     default_atol, per_output_atol = parse_tolerance_specs(atol, "--atol")
     default_rtol, per_output_rtol = parse_tolerance_specs(rtol, "--rtol")
     criteria = {
@@ -86,4 +88,5 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
         click.echo(to_json(result.to_dict()))
     elif json_path:
         write_json(json_path, result.to_dict())
+    write_html_report(html_path, result.to_dict(), "check")
     result.raise_on_failure()

@@ -7,9 +7,11 @@ import click
 from onnxprune.cli._common import (
     SIZE_COLUMNS,
     check_side_outputs,
+    html_option,
     show_progress,
     split_list,
     split_lists,
+    write_html_report,
 )
 from onnxprune.compress import STAGES, compress
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
@@ -50,12 +52,13 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--providers", help="Execution providers for the check (default: every available one of cpu,cuda).")
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime CPU before/after on a batch this big (0: skip).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@html_option
 @click.pass_context
 def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
                  round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
-                 latency_batch, report_path) -> None:
+                 latency_batch, report_path, html_path) -> None:
     """Clean up, prune, quantize and check a model in one go."""
-    check_side_outputs(model, output, report_path)
+    check_side_outputs(model, output, report_path, html_path)
     result = compress(
         model, output, calib=calib, eval_data=eval_data, labels=labels, ratio=ratio,
         target_macs=target_macs, target_params=target_params, criterion=criterion,
@@ -76,6 +79,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
     click.echo(f"\nwrote {result.output}")
     if report_path:
         write_json(report_path, result.to_dict())
+    write_html_report(html_path, result.to_dict(), "compress")
     result.check.raise_on_failure()
 
 

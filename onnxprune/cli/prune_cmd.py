@@ -6,9 +6,11 @@ import click
 
 from onnxprune.cli._common import (
     check_side_outputs,
+    html_option,
     show_progress,
     size_row,
     split_lists,
+    write_html_report,
 )
 from onnxprune.errors import UsageError
 from onnxprune.api.prune_api import PruneResult, prune
@@ -57,14 +59,15 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
 @click.option("--all-groups", is_flag=True, help="List every group, also those left whole.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@html_option
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
               min_channels, exclude, calib, calib_limit, batch_size, fold, compensate, reconstruct, refit_inputs, dry_run, latency_runs,
-              threads, all_groups, report_path) -> None:
+              threads, all_groups, report_path, html_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
         raise UsageError("-o/--output is required (or use --dry-run)")
-    check_side_outputs(model, None if dry_run else output, report_path)
+    check_side_outputs(model, None if dry_run else output, report_path, html_path)
     result = prune(
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
@@ -82,6 +85,7 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         click.echo(f"\nwrote {result.output}")
     if report_path:
         write_json(report_path, result.to_dict())
+    write_html_report(html_path, result.to_dict(), "prune")
 
 
 def format_groups(report: PruneReport, all_groups: bool = False) -> str:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import check_side_outputs, show_progress, split_lists
 from onnxprune.api.quantize_api import quantize
 from onnxprune.calibration import METHODS
+from onnxprune.cli._common import check_side_outputs, html_option, show_progress, split_lists, write_html_report
 from onnxprune.report import change, human, table, write_json
 
 EPILOG = """\b
@@ -41,12 +41,13 @@ add --reduce-range.
 @click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
 @click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime CPU before and after.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@html_option
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
-                 no_clean, no_latency, report_path) -> None:
+                 no_clean, no_latency, report_path, html_path) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
-    check_side_outputs(model, output, report_path, save_table)
+    check_side_outputs(model, output, report_path, save_table, html_path)
     result = quantize(
         model, output, calib=calib, table=table_path, method=method, samples=samples, batch_size=batch_size,
         percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
@@ -57,6 +58,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
     click.echo(summary(result))
     if report_path:
         write_json(report_path, result.to_dict())
+    write_html_report(html_path, result.to_dict(), "quantize")
 
 
 def summary(result) -> str:
