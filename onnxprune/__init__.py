@@ -10,6 +10,7 @@ from onnxprune.io import load_model, save_model
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.compress import CompressResult, compress
+from onnxprune.shapes import input_shapes
 
 __version__ = "0.1.0"
 
@@ -24,6 +25,7 @@ __all__ = [
     "Tolerances",
     "check",
     "compress",
+    "input_shapes",
     "inspect",
     "load_model",
     "optimize",

@@ -30,6 +30,7 @@ import onnx_ir as ir
 from onnxprune import _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
+from onnxprune.shapes import normalize_dims
 from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError, first_line
 from onnxprune.graphutils import release_mapping
 from onnxprune.validate import check_structure
@@ -119,6 +120,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({first_line(exc, with_type=True)})") from None
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    normalize_dims(model)  # Paddle's -1 dims: unknown, like any other open dimension
     check_external_data(iter_tensors(model), path)
     if has_external_data(model):  # saved results keep the layout, even once weights are rewritten
         model.meta[EXTERNAL_DATA_META] = True
@@ -308,6 +310,7 @@ ModelLike = ir.Model | str | os.PathLike
 def as_model(model: ModelLike) -> tuple[ir.Model, Path | None]:
     """Load ``model`` if it is a path; check the structure either way."""
     if isinstance(model, ir.Model):
+        normalize_dims(model)
         check_structure(model)
         return model, None
     path = Path(model)

@@ -30,6 +30,7 @@ from onnxprune.errors import (
     UsageError,
     first_line,
 )
+from onnxprune import shapes
 from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
 
 # In-memory weights up to this size are handed to ONNX Runtime as serialized bytes (fast);
@@ -171,20 +172,17 @@ def input_specs(model: ir.Model) -> dict[str, tuple[tuple[int | str | None, ...]
     return specs
 
 
-def random_inputs(
-    model: ir.Model, batch: int = 1, seed: int = 0, dynamic_dim: int = 1
-) -> dict[str, np.ndarray]:
-    """Random inputs matching the model's input shapes (symbolic dims: batch first, then 1).
+def random_inputs(model: ir.Model, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the shapes :func:`onnxprune.shapes.resolve` decides (an open first
+    axis is ``batch``; other open dims come from the user's ``--input-shape`` or are an error).
 
     Only good for exact-parity checks; value ranges mean nothing for calibration.
     """
     rng = np.random.default_rng(seed)
     feeds = {}
+    concrete = shapes.resolve(model, batch)
     for name, (shape, dtype) in input_specs(model).items():
-        dims = [
-            d if isinstance(d, int) else (batch if i == 0 else dynamic_dim)
-            for i, d in enumerate(shape)
-        ]
+        dims = list(concrete[name])
         if 0 in dims:
             raise DataError(
                 f"input '{name}' has shape {list(shape)} with a zero dimension: no data can flow "

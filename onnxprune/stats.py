@@ -8,6 +8,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from onnxprune import shapes
+from onnxprune.errors import UsageError
 from onnxprune.graphutils import node_macs, param_count
 from onnxprune.io import weights_nbytes
 from onnxprune.passes.cleanup import ShapeInference
@@ -36,6 +38,27 @@ def total_macs(model: ir.Model) -> int:
     return sum(layer.macs for layer in layer_macs(model))
 
 
+def _macs_at_input_shapes(model: ir.Model) -> tuple[list[LayerMacs], str | None]:
+    """MACs at the shapes :mod:`onnxprune.shapes` decides (on a copy with those input shapes),
+    or at 1 per open dim with a note saying so when nobody decided them."""
+    shapes.given(model)  # the user's shapes must fit the model, dynamic or not
+    if not shapes.is_dynamic(model):
+        return layer_macs(model), None
+    try:
+        concrete = shapes.resolve(model)
+    except UsageError as exc:
+        return layer_macs(model), f"open input dims counted as 1 ({exc})"
+    static = ir.from_proto(ir.to_proto(model))
+    for value in static.graph.inputs:
+        if value.name in concrete:
+            value.shape = ir.Shape(concrete[value.name])
+    for node in static.graph.all_nodes():  # inferred again from the concrete inputs
+        for value in node.outputs:
+            value.shape = None
+    ShapeInference()(static)
+    return layer_macs(static), None
+
+
 def _signature(values) -> list[dict]:
     return [
         {
@@ -57,7 +80,7 @@ def summarize(model: ir.Model, path: str | Path | None = None, *, infer_shapes: 
     ops = collections.Counter(
         f"{n.domain}::{n.op_type}" if n.domain else n.op_type for n in model.graph.all_nodes()
     )
-    layers = layer_macs(model)
+    layers, note = _macs_at_input_shapes(model)
     info = {
         "graph": model.graph.name,
         "producer": f"{model.producer_name or ''} {model.producer_version or ''}".strip(),
@@ -71,6 +94,8 @@ def summarize(model: ir.Model, path: str | Path | None = None, *, infer_shapes: 
         "macs": sum(layer.macs for layer in layers),
         "layers": [dataclasses.asdict(layer) for layer in layers],
     }
+    if note:
+        info["macs_note"] = note
     if path is not None:
         path = Path(path)
         info["file"] = str(path)

@@ -103,9 +103,9 @@ def image(name="x", dims=("N", 3, 6, 6), dtype=TensorProto.FLOAT):
     return helper.make_tensor_value_info(name, dtype, list(dims))
 
 
-def assert_optimize_exact(path: Path, tmp_path: Path) -> None:
+def assert_optimize_exact(path: Path, tmp_path: Path, *options) -> None:
     out = tmp_path / "opt.onnx"
-    result = cli_run("optimize", path, "-o", out, "--verify")
+    result = cli_run("optimize", path, "-o", out, "--verify", *options)
     assert result.exit_code == 0, result.output
     check_model(load_model(out), full=True)
 
@@ -169,8 +169,11 @@ def test_symbolic_shapes(tmp_path):
     rng = np.random.default_rng(0)
     nodes, inits = conv_bn("a", "x", "y", rng)
     path = make(tmp_path, nodes, [image(dims=("batch", 3, "height", "width"))], [image("y", ("batch", 3, "height", "width"))], inits)
-    assert_optimize_exact(path, tmp_path)
-    assert cli_run("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.3", "--latency-runs", "0").exit_code == 0
+    refused = cli_run("optimize", path, "-o", tmp_path / "opt.onnx", "--verify")  # no silent 1x1 inputs
+    assert refused.exit_code == 2 and "--input-shape x:" in refused.output, refused.output
+    assert_optimize_exact(path, tmp_path, "--input-shape", "x:2,3,8,8")
+    pruned = cli_run("prune", path, "-o", tmp_path / "p.onnx", "--ratio", "0.3", "--input-shape", "x:1,3,8,8")
+    assert pruned.exit_code == 0, pruned.output
 
 
 def test_zero_size_initializer(tmp_path):

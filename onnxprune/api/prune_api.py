@@ -124,11 +124,11 @@ def prune(
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
-    feeds = runtime.random_inputs(loaded) if timing else None
+    feeds = (_first_sample(batches) or runtime.random_inputs(loaded)) if timing else None
     latency = {"before": runtime.latency_ms(loaded, feeds, runs=latency_runs, threads=threads)} if timing else None
     verifier = None if dry_run else ShapeVerifier()  # a pruned model that fails it is a bug, never handed on
     if verifier is not None:
-        verifier.prepare(loaded)
+        verifier.prepare(loaded, _first_sample(batches, 2))
     result = prune_pass(loaded)
     report = result.report
     if verifier is not None and result.modified:
@@ -144,3 +144,9 @@ def prune(
                        threads=threads, runs=latency_runs)
     saved = save_model(pruned, output, input_path=path) if output is not None else None
     return PruneResult(pruned, report, before, after, latency, saved, False, folded)
+
+
+def _first_sample(batches, n: int = 1) -> dict | None:
+    """The first ``n`` real samples (their shapes are those the model will see), if there is data."""
+    feeds = next(iter(batches()), None) if batches is not None else None
+    return {k: v[:n] for k, v in feeds.items()} if feeds else None

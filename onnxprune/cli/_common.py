@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from onnxprune import shapes
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.io import check_output_path, same_file
 from onnxprune.report import change, human
@@ -76,6 +77,17 @@ def write_html_report(path: str | None, report: dict, kind: str) -> None:
         from onnxprune.htmlreport import write_html  # only when asked for
 
         write_html(path, report, kind)
+
+
+def _enter_input_shapes(ctx: click.Context, param, value) -> None:
+    if value:  # active while the command runs (ctx closes after it)
+        ctx.with_resource(shapes.input_shapes(shapes.parse(value)))
+
+
+input_shape_option = click.option(
+    "--input-shape", multiple=True, metavar="NAME:D0,D1,...", expose_value=False, callback=_enter_input_shapes,
+    help="Shape of an input with dynamic dims, for runs without data (repeatable).",
+)
 
 
 def check_side_outputs(model: str, output: str | None, *paths: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import html_option, provider_option_flags, provider_options, show_progress, split_list, write_html_report
+from onnxprune.cli._common import html_option, input_shape_option, provider_option_flags, provider_options, show_progress, split_list, write_html_report
 from onnxprune.io import check_output_path
 from onnxprune.parity import PRESETS, check
 from onnxprune.parity.tolerances import parse_tolerance_specs
@@ -32,6 +32,7 @@ Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
 @click.command("check", epilog=EPILOG)
 @click.argument("reference", type=click.Path(dir_okay=False))
 @click.argument("candidate", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("--data", type=click.Path(), help="Inputs: .npz (arrays keyed by input name), folder of .npy/.npz or images. Default: random inputs (exact comparisons only).")
 @click.option("--labels", help="Name of the labels array in --data: accuracy of both models.")
 @click.option("--samples", type=int, help="Use at most N samples (default: all; 16 random ones without --data).")

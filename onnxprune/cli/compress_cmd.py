@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.cli._common import (
+    input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
     html_option,
@@ -34,6 +35,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 
 @click.command("compress", epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the compressed model.")
 @click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
 @click.option("--eval", "eval_data", type=click.Path(), help="Data for the final check (default: --calib).")

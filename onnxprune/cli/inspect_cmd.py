@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
+from onnxprune.cli._common import input_shape_option
 from onnxprune.report import human, table, to_json
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--layers/--no-layers", default=True, help="Show the per-layer MACs table.")
 def inspect_cmd(model: str, as_json: bool, layers: bool) -> None:
@@ -40,6 +42,8 @@ def format_summary(info: dict, layers: bool = True) -> str:
         "",
         table(["op", "count"], list(info["ops"].items())),
     ]
+    if info.get("macs_note"):
+        parts.insert(parts.index("", 6), f"note: MACs with {info['macs_note']}")
     if layers and info["layers"]:
         total = max(info["macs"], 1)
         rows = [

@@ -6,6 +6,7 @@ import click
 
 from onnxprune import api
 from onnxprune.cli._common import (
+    input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
     show_progress,
@@ -23,6 +24,7 @@ def _pass_help() -> str:
 
 @click.command("optimize", epilog="Passes:\n\n" + _pass_help().replace("\n", "\n\n"))
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
 @click.option("--passes", help=f"Comma-separated pass names (default: {','.join(DEFAULT_PIPELINE)}).")
 @click.option("--verify", is_flag=True, help="After each pass: ONNX checker, ONNX Runtime load, output parity.")

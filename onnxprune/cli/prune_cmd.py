@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.cli._common import (
+    input_shape_option,
     check_side_outputs,
     html_option,
     show_progress,
@@ -37,6 +38,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 
 @click.command("prune", epilog="Criteria:\n\n" + _criteria_help())
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write the pruned model (not needed with --dry-run).")
 @click.option("--ratio", type=float, help="Share of channels to remove, in [0, 1), ranked across all layers.")
 @click.option("--target-macs", type=float, help="Share of MACs to keep, e.g. 0.6 (the ratio is searched).")

@@ -6,7 +6,7 @@ import click
 
 from onnxprune.api.quantize_api import quantize
 from onnxprune.calibration import METHODS
-from onnxprune.cli._common import check_side_outputs, html_option, show_progress, split_lists, write_html_report
+from onnxprune.cli._common import check_side_outputs, input_shape_option, html_option, show_progress, split_lists, write_html_report
 from onnxprune.report import change, human, table, write_json
 
 EPILOG = """\b
@@ -23,6 +23,7 @@ add --reduce-range.
 
 @click.command("quantize", epilog=EPILOG)
 @click.argument("model", type=click.Path(dir_okay=False))
+@input_shape_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the INT8 model.")
 @click.option("--calib", help="Calibration data: .npz, folder of .npy/.npz or images.")
 @click.option("--table", "table_path", type=click.Path(dir_okay=False), help="Reuse a saved calibration table (JSON) instead of --calib.")
