@@ -49,6 +49,12 @@ class ParityError(OnnxPruneError):
     exit_code = 1
 
 
+class BrokenOutputError(OnnxPruneError):
+    """A result ONNX Runtime refuses: a bug in onnxprune (exit 3), never written."""
+
+    exit_code = 3
+
+
 def first_line(exc: BaseException, *, with_type: bool = False) -> str:
     """The first line of a library exception's message, to quote in one of ours (theirs run on
     with tracebacks and hints); the type's name alone when the message is empty."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from onnxprune import _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
 from onnxprune.shapes import normalize_dims
-from onnxprune.errors import InvalidModelError, ModelLoadError, UsageError, first_line
+from onnxprune.errors import BrokenOutputError, InvalidModelError, ModelLoadError, UsageError, first_line
 from onnxprune.graphutils import release_mapping
 from onnxprune.validate import check_structure
 
@@ -183,8 +184,13 @@ def save_model(
     input_path: str | os.PathLike | None = None,
     overwrite_input: bool = False,
     external_data: bool | None = None,
+    check_runtime: bool = True,
 ) -> Path:
     """Save ``model`` to ``path`` atomically.
+
+    Before the rename, ONNX Runtime (CPU, graph optimizations off: one cheap session) must
+    load the staged file: a model it refuses is never written (:class:`BrokenOutputError`,
+    exit 3, a bug), unless it refuses the input model as well (custom ops: not ours to judge).
 
     ``external_data=None`` chooses automatically: external data when the weights would push
     the protobuf near its 2 GiB limit or the model was loaded with external data. The external
@@ -221,11 +227,38 @@ def save_model(
             else:  # one tensor at a time: ir.save would hold two more copies of the weights
                 with _external_inlined(model):
                     save_streamed(model, staged)
+            if check_runtime:
+                _check_runtime_loads(staged, input_path)
             _commit(tmp, staged, path, data_name)
     except OSError as exc:
         reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or exc)
         raise UsageError(f"{path}: could not write the model ({reason}); nothing was written") from None
     return path
+
+
+def _runtime_refusal(path: str | os.PathLike) -> str | None:
+    """Why ONNX Runtime's CPU provider cannot load the model file, or None if it can."""
+    import onnxruntime as ort  # here: loading and saving alone should not pay for it
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 4
+    try:
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's Fail/InvalidGraph/NotImplemented...
+        text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from \S+ failed:)?", "", first_line(exc))
+        return re.sub(r"/\S+:\d+ .*?\) (?=[A-Z])", "", text).strip()  # C++ file:line and signature
+    return None
+
+
+def _check_runtime_loads(staged: Path, input_path: str | os.PathLike | None) -> None:
+    problem = _runtime_refusal(staged)
+    if problem is None or (input_path is not None and _runtime_refusal(input_path) is not None):
+        return
+    raise BrokenOutputError(
+        f"the result is not a model ONNX Runtime accepts ({problem}); this is a bug in onnxprune, "
+        "nothing was written"
+    )
 
 
 @contextlib.contextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer import _constant_folding
@@ -29,7 +31,41 @@ class FoldConstants(WrappedPass):
             shape_inference=False,
             input_size_limit=4 * 1024 * 1024,
             output_size_limit=4 * 1024 * 1024,
+            should_fold=_folds_without_copying,
         )
+
+
+SHARED_FOLD_LIMIT = 64  # elements: folding a node that reads a shared constant this big copies it
+GROWTH_SLACK = 64  # elements a fold may add beyond what it reads (shape arithmetic stays foldable)
+_SIZE_OPS = frozenset({"Shape", "Size"})  # their results are tiny whatever they read
+
+
+def _folds_without_copying(node: ir.Node) -> bool | None:
+    """No fold of a node reading a large constant that something else reads too: the result
+    would be a second copy of the weight (silero's LSTM weights: Unsqueeze of a tensor kept
+    for another consumer, +48 % weights). None: onnxscript's own rules decide."""
+    if node.domain == "" and node.op_type in _SIZE_OPS:
+        return None
+    sizes = [_const_size(v) for v in node.inputs if v is not None]
+    made = [v.shape.numpy() for v in node.outputs if v.shape is not None and v.shape.is_static()]
+    if len(made) == len(node.outputs) and sum(math.prod(s) for s in made) > sum(sizes) + GROWTH_SLACK:
+        return False  # ConstantOfShape, Expand, Tile...: data the model makes at run time is not a weight
+    for value in node.inputs:  # shared weights
+        if value is None or len(value.uses()) < 2 and not value.is_graph_output():
+            continue
+        if _const_size(value) >= SHARED_FOLD_LIMIT:
+            return False
+    return None
+
+
+def _const_size(value: ir.Value) -> int:
+    if value.const_value is not None:
+        return value.const_value.size
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        tensor = producer.attributes["value"].value
+        return tensor.size if hasattr(tensor, "size") else 0
+    return 0
 
 
 class LiftConstants(WrappedPass):
@@ -39,6 +75,17 @@ class LiftConstants(WrappedPass):
 
     def make(self):
         return common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
+
+    def call(self, model: ir.Model) -> PassResult:
+        # The initializer is named after its tensor: a Constant whose tensor keeps another
+        # name than its output (spox exports) would leave the readers dangling.
+        for graph in model.graphs():
+            for node in graph:
+                if node.op_type == "Constant" and node.domain == "" and "value" in node.attributes:
+                    tensor = node.attributes["value"].value
+                    if isinstance(tensor, ir.TensorProtocol) and tensor.name != node.outputs[0].name:
+                        tensor.name = node.outputs[0].name
+        return super().call(model)
 
 
 class RemoveUnused(WrappedPass):
@@ -86,14 +133,23 @@ class EliminateIdentity(Pass):
 
 
 class _IdentityElimination(common.IdentityEliminationPass):
-    """onnx-ir's pass, minus one case it gets wrong (1.1.0): ``y = Identity(x)`` where both
-    are graph outputs; it renames ``x`` to ``y`` and one graph output disappears."""
+    """onnx-ir's pass, minus two cases it gets wrong (1.1.0): ``y = Identity(x)`` where both
+    are graph outputs (it renames ``x`` to ``y`` and one graph output disappears), and a
+    subgraph output ``y`` copying a value of an enclosing graph (ONNX Runtime refuses a
+    subgraph that returns an outer-scope value directly)."""
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
         source = node.inputs[0] if len(node.inputs) == 1 else None
-        if source is not None and source.is_graph_output() and node.outputs[0].is_graph_output():
-            return False
+        if source is not None and node.outputs[0].is_graph_output():
+            if source.is_graph_output() or _owner(source) is not node.graph:
+                return False
         return super()._try_eliminate_identity_node(node)
+
+
+def _owner(value: ir.Value) -> ir.Graph | ir.Function | None:
+    """The graph that defines the value (its producer's, or the one it is an input or initializer of)."""
+    producer = value.producer()
+    return producer.graph if producer is not None else value.graph
 
 
 def _count_identities(model: ir.Model) -> int:
