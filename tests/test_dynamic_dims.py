@@ -130,3 +130,22 @@ def test_dim_names_shared_with_the_batch_follow_it(tmp_path):
         shapes.resolve(load_model(path))
     with onnxprune.input_shapes({"a": (3, 7)}):
         assert shapes.resolve(load_model(path), batch=5) == {"a": (3, 7), "s": (2, 3, 4)}
+
+
+def test_quantize_converts_an_old_opset_and_says_so(model, calib, tmp_path):
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    done = run("quantize", model, "-o", out, "--calib", calib, "--no-latency", "--report", report)
+    assert done.exit_code == 0, done.output  # was: opset 11 is too old for per-channel QDQ
+    assert "converted from opset 11 to 13" in done.output
+    assert "converted from opset 11" in report.read_text()
+    assert load_model(out).opset_imports[""] >= 13
+
+
+def test_quantize_falls_back_to_per_tensor_when_conversion_fails(model, calib, tmp_path, monkeypatch):
+    from onnxprune.api import opset_upgrade
+
+    monkeypatch.setattr(opset_upgrade.version_converter, "convert_version",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("no adapter")))
+    result = onnxprune.quantize(model, tmp_path / "q.onnx", calib=calib)
+    assert not result.config.per_channel and "per-tensor" in result.converted
+    assert load_model(tmp_path / "q.onnx").opset_imports[""] == 11

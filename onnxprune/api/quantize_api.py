@@ -12,11 +12,13 @@ import onnx_ir as ir
 
 from onnxprune import runtime, stats
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
+from onnxprune.calibration.data import Dataset
 from onnxprune.errors import UnsupportedError, UsageError
-from onnxprune.io import as_model, check_output_path, save_model, weights_nbytes
+from onnxprune.io import as_model, check_output_path, has_external_data, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
 from onnxprune.passes.quantize.detect import check_not_quantized
-from onnxprune.passes.quantize.quantize_pass import QuantizePass, nothing_to_quantize
+from onnxprune.api import fidelity_guard, opset_upgrade
+from onnxprune.passes.quantize.quantize_pass import MIN_OPSET, QuantizePass, nothing_to_quantize
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 
 LATENCY_BIG_MODEL = 50 << 20  # bytes of weights above which latency is timed on 3 runs, not 10
@@ -42,6 +44,8 @@ class QuantizeResult:
     latency_after_ms: float | None = None
     table: object | None = None  # the CalibrationTable used (None when ranges were given)
     output: Path | None = None
+    converted: str | None = None  # how an old-opset model was brought up to date
+    fidelity: dict | None = None  # the guard's comparison with the float model, nodes it kept float
 
     def to_dict(self) -> dict:
         keep = ("activations", "weights", "biases", "absorbed", "nodes_int8", "declined",
@@ -50,6 +54,8 @@ class QuantizeResult:
             "output": str(self.output) if self.output else None,
             "config": self.config.to_dict(),
             "calibration": self.calibration,
+            "converted": self.converted,
+            "fidelity": self.fidelity,
             **{k: getattr(self, k) for k in keep},
             "ops": stats.summarize(self.model, infer_shapes=False)["ops"],  # counts need no shape inference
             "ranges": {name: _bounds(r) for name, r in (self.table or {}).items()},
@@ -78,6 +84,8 @@ def quantize(
     save_table: str | os.PathLike | None = None,
     latency: bool = False,
     latency_batch: int = 32,
+    guard: bool = True,
+    strict: bool = False,
     progress: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` to INT8 (QDQ format) and optionally save it.
@@ -89,6 +97,9 @@ def quantize(
     folding matters: a BatchNormalization left between a Conv and its Q/DQ keeps the Conv
     float). ``latency`` times ONNX Runtime CPU (one thread) before and after on a batch of
     ``latency_batch`` calibration samples. An ``ir.Model`` passed in is quantized in place.
+    ``guard`` (with calibration data): compare with the float model on held-out samples and
+    keep in float the nodes that destroy the outputs (:mod:`.fidelity_guard`); ``strict``
+    fails (exit 1) naming them instead.
     """
     config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, frozenset(exclude))
     if (calib is None and not synthetic) == (table is None):
@@ -102,6 +113,7 @@ def quantize(
         if target is not None:
             check_output_path(target, path)
     check_not_quantized(loaded)
+    loaded, config, converted = _recent_enough(loaded, config)
     check_exclusions(config.exclude, {n.name for n in loaded.graph}, {n.op_type for n in loaded.graph})
 
     size_before = weights_nbytes(loaded)
@@ -111,10 +123,16 @@ def quantize(
 
     source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress)
     quantize_pass = source.make_pass(config)
+    rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
+    float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
     result = run_pipeline(loaded, [*DEFAULT_PIPELINE, quantize_pass] if clean else [quantize_pass], progress=progress)
-    emitted = quantize_pass.emitted
-    if emitted is None:
+    if quantize_pass.emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
+    guarded = None
+    if float_copy is not None:
+        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress)
+        result.model = guarded.model
+    emitted = quantize_pass.emitted
     latency_after = runtime.latency_ms(result.model, feeds, runs=runs) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
         _as_table(source.used).save(save_table)
@@ -136,7 +154,45 @@ def quantize(
         latency_after_ms=latency_after,
         table=source.used,
         output=saved,
+        converted=converted,
+        fidelity=guarded.to_dict() if guarded is not None else None,
     )
+
+
+def _copy(model: ir.Model) -> ir.Model | None:
+    """An independent copy (None for models with external data: the guard is skipped)."""
+    return None if has_external_data(model) else ir.from_proto(ir.to_proto(model))
+
+
+def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress):
+    """The fidelity guard around one quantization (see :mod:`.fidelity_guard`)."""
+    reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
+    passes = [quantize_pass]
+
+    def requantize(kept: frozenset[str]) -> ir.Model:
+        model = _copy(reference)
+        ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
+
+        def calibrator(m: ir.Model, needed: list[str]):
+            return ranges if all(n in ranges for n in needed) or source.table is not None else source.calibrate(m, needed)
+
+        passes.append(QuantizePass(config=dataclasses.replace(config, exclude=config.exclude | kept), calibrator=calibrator))
+        return run_pipeline(model, [passes[-1]]).model
+
+    dataset = open_dataset(source.calib, reference, limit=(source.samples or 0) + fidelity_guard.HELD_OUT,
+                           preprocess=source.preprocess)
+    feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
+    guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress)
+    return guarded, passes[-1] if guarded.kept_float else quantize_pass
+
+
+def _recent_enough(model: ir.Model, config: QuantConfig) -> tuple[ir.Model, QuantConfig, str | None]:
+    """An old-opset model converted to the opset QDQ needs (said in the output and report);
+    per-tensor weights where the converter fails (QDQ per tensor needs opset 10 only)."""
+    model, note, failure = opset_upgrade.upgrade(model, MIN_OPSET)
+    if failure is not None and config.per_channel:
+        return model, dataclasses.replace(config, per_channel=False), f"{failure}: per-tensor weights instead"
+    return model, config, note
 
 
 @dataclasses.dataclass

@@ -40,13 +40,14 @@ add --reduce-range.
 @click.option("--exclude", multiple=True, help="Node names or op types to keep float (comma list, repeatable).")
 @click.option("--save-table", type=click.Path(dir_okay=False), help="Save the calibration table (JSON) for reuse with --table.")
 @click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
+@click.option("--strict", is_flag=True, help="Fail (exit 1) naming the nodes that destroy the outputs, instead of keeping them float.")
 @click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime CPU before and after.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
 @html_option
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
-                 no_clean, no_latency, report_path, html_path) -> None:
+                 no_clean, strict, no_latency, report_path, html_path) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
     check_side_outputs(model, output, report_path, save_table, html_path)
     result = quantize(
@@ -54,7 +55,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
         symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
         exclude=split_lists(exclude), clean=not no_clean,
-        save_table=save_table, latency=not no_latency, progress=show_progress(ctx),
+        save_table=save_table, strict=strict, latency=not no_latency, progress=show_progress(ctx),
     )
     click.echo(summary(result))
     if report_path:
@@ -77,11 +78,30 @@ def summary(result) -> str:
     if result.latency_before_ms is not None:
         rows.append(("ORT CPU latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
                      f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
-    lines = [f"calibration: {source}", "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
+    lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}", "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
     if result.declined:
         shown = list(result.declined.items())[:5]
         lines.append("left float: " + "; ".join(f"{node} ({why})" for node, why in shown)
                      + (f" (+{len(result.declined) - 5} more)" if len(result.declined) > 5 else ""))
+    if result.fidelity:
+        lines.append(_fidelity_line(result.fidelity))
     if result.output:
         lines += ["", f"wrote {result.output}"]
     return "\n".join(lines)
+
+
+def _fidelity_line(fidelity: dict) -> str:
+    """The guard's verdict: fidelity to the float model, and the nodes it kept float."""
+    def shown(f):
+        worst = min(f["cosine"].values(), default=1.0)
+        top1 = min(f["top1"].values(), default=None)
+        return f"cosine {worst:.3f}" + (f", top-1 {top1:.1%}" if top1 is not None else "")
+    kept = fidelity["kept_float"]
+    after = fidelity["after"]
+    if min([*after["cosine"].values(), *after["top1"].values()], default=1.0) < 0.9:
+        return f"warning: the INT8 outputs still differ from float ({shown(after)} on held-out samples); check accuracy"
+    if not kept:
+        return f"fidelity vs float (held-out samples): {shown(fidelity['after'])}"
+    names = "; ".join(f"{n} ({why})" for n, why in list(kept.items())[:3]) + (f" (+{len(kept) - 3} more)" if len(kept) > 3 else "")
+    return (f"fidelity vs float (held-out samples): {shown(fidelity['before'])} -> {shown(fidelity['after'])} "
+            f"after keeping {len(kept)} nodes float: {names}")

@@ -15,6 +15,7 @@ from onnxprune.passes.quantize.emit import Emitted, Emitter
 from onnxprune.passes.quantize.rules import COMPUTE, Plan, activation_values, plan
 
 MIN_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (the axis attribute)
+MIN_OPSET_PER_TENSOR = 10  # QuantizeLinear/DequantizeLinear themselves
 
 # Given the model as the pass sees it and the tensors it needs, return {name: (min, max)}.
 Calibrator = Callable[[ir.Model, list[str]], Mapping[str, object]]
@@ -52,10 +53,12 @@ class QuantizePass(Pass):
         # Checked here, not in requires(): onnx-ir would wrap our one-line error in its own.
         check_not_quantized(model)
         opset = model.opset_imports.get("", 0)
-        if opset < MIN_OPSET:
+        needed = MIN_OPSET if self.config.per_channel else MIN_OPSET_PER_TENSOR
+        if opset < needed:
+            kind = "per-channel QDQ" if self.config.per_channel else "QDQ"
             raise UnsupportedError(
-                f"opset {opset} is too old for per-channel QDQ (needs {MIN_OPSET}); convert the model "
-                "first, e.g. onnx.version_converter.convert_version(model, 17)"
+                f"opset {opset} is too old for {kind} (needs {needed}); convert the model first, "
+                "e.g. onnx.version_converter.convert_version(model, 17) (onnxprune.quantize does)"
             )
         common.TopologicalSortPass()(model)
         _ensure_types(model)
