@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune import runtime
+from onnxprune import runtime, shapes
 from onnxprune.errors import ParityError
 from onnxprune.parity.inputs import make_feed
 from onnxprune.parity.layerwise import localise
@@ -61,7 +61,7 @@ class Fidelity:
 
 def measure(reference: ir.Model, candidate: ir.Model, feeds: dict[str, np.ndarray]) -> Fidelity:
     """Mean per-sample cosine of every float output; top-1 agreement of (N, classes) outputs."""
-    ref, cand = runtime.run(reference, feeds), runtime.run(candidate, feeds)
+    ref, cand = _run(reference, feeds), _run(candidate, feeds)
     cosine, top1 = {}, {}
     for name, r in ref.items():
         c = cand.get(name)
@@ -75,6 +75,18 @@ def measure(reference: ir.Model, candidate: ir.Model, feeds: dict[str, np.ndarra
         if r.ndim == 2 and r.shape[1] > 1:
             top1[name] = float(np.mean(r.argmax(1) == c.argmax(1)))
     return Fidelity(cosine, top1)
+
+
+def _run(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All samples through one session, in batches of the model's fixed batch size if it has one."""
+    fixed = [d[0] for d in shapes.declared(model).values() if d and isinstance(d[0], int)]
+    step = fixed[0] if fixed else len(next(iter(feeds.values())))
+    names = [o.name for o in model.graph.outputs]
+    parts: list[list[np.ndarray]] = []
+    with runtime.session(model) as sess:
+        for start in range(0, len(next(iter(feeds.values()))) // step * step, step):
+            parts.append(runtime.run_session(sess, names, {k: v[start : start + step] for k, v in feeds.items()}))
+    return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
 
 
 @dataclasses.dataclass
