@@ -16,6 +16,7 @@ Its own module so that quantize's other refinements (budgets, placement) compose
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -29,8 +30,9 @@ from onnxprune.parity.tolerances import Tolerances
 
 MIN_COSINE = 0.9
 MIN_TOP1 = 0.9
-HELD_OUT = 64  # samples compared (the layer-wise search uses the first LOCALISE of them)
-LOCALISE = 16
+HELD_OUT = 32  # samples compared (the layer-wise search uses the first LOCALISE of them)
+LOCALISE = 4
+SECONDS = 90  # the search stops refining after this long (it costs a layer-wise run per round)
 LOCAL_DROP = 0.05  # cosine lost by one node beyond its inputs' that makes it a culprit
 ROUNDS = 3
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
@@ -112,7 +114,10 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: dict[str, np.ndarray]
     model, fidelity = quantized, first
     best = (first.score(), quantized, first, {})
     small = {k: v[:LOCALISE] for k, v in feeds.items()}
+    deadline = time.monotonic() + SECONDS
     for _ in range(ROUNDS):
+        if time.monotonic() > deadline:
+            break
         found = culprits(reference, model, small, progress)
         new = {n: why for n, why in found.items() if n not in kept}
         if not new:
@@ -124,7 +129,7 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: dict[str, np.ndarray]
         best = max(best, (fidelity.score(), model, fidelity, dict(kept)), key=lambda b: b[0])
         if problem is None:
             break
-    if problem is not None:  # last resort: only the matrix products in INT8
+    if problem is not None and time.monotonic() <= deadline:  # last resort: only the matrix products in INT8
         rest = {n.name: f"not a matrix product ({problem})" for n in reference.graph
                 if n.op_type not in MATRIX_OPS and n.name and n.name not in kept}
         kept.update(rest)

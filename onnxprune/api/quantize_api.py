@@ -167,23 +167,28 @@ def _copy(model: ir.Model) -> ir.Model | None:
 def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress):
     """The fidelity guard around one quantization (see :mod:`.fidelity_guard`)."""
     reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
-    passes = [quantize_pass]
+    passes = {id(result.model): quantize_pass}
 
     def requantize(kept: frozenset[str]) -> ir.Model:
         model = _copy(reference)
         ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
 
         def calibrator(m: ir.Model, needed: list[str]):
-            return ranges if all(n in ranges for n in needed) or source.table is not None else source.calibrate(m, needed)
+            missing = [n for n in needed if n not in ranges]
+            if not missing or source.table is not None:
+                return ranges
+            return {**{n: ranges[n] for n in ranges}, **source.calibrate(m, missing)}  # only what is new
 
-        passes.append(QuantizePass(config=dataclasses.replace(config, exclude=config.exclude | kept), calibrator=calibrator))
-        return run_pipeline(model, [passes[-1]]).model
+        made = QuantizePass(config=dataclasses.replace(config, exclude=config.exclude | kept), calibrator=calibrator)
+        model = run_pipeline(model, [made]).model
+        passes[id(model)] = made  # the guard keeps the best of its tries: its pass has the counts
+        return model
 
     dataset = open_dataset(source.calib, reference, limit=(source.samples or 0) + fidelity_guard.HELD_OUT,
                            preprocess=source.preprocess)
     feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
     guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress)
-    return guarded, passes[-1] if guarded.kept_float else quantize_pass
+    return guarded, passes[id(guarded.model)]
 
 
 def _recent_enough(model: ir.Model, config: QuantConfig) -> tuple[ir.Model, QuantConfig, str | None]:
