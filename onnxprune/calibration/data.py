@@ -1,9 +1,13 @@
 """Sample datasets for calibration, parity checks and data-driven pruning.
 
 ``open_dataset`` accepts an ``.npz`` file (arrays keyed by input name, samples along the
-first axis), a folder of ``.npy`` / ``.npz`` files, a folder of images (flat, or one
+batch axis), a folder of ``.npy`` / ``.npz`` files, a folder of images (flat, or one
 sub-folder per class), a dict of arrays, or any iterable of ``{input name: array}`` dicts
-(one sample or a batch each). Whatever the source, ``Dataset.batches`` streams batches:
+(one sample or a batch each). A file or dict can be a complete feed, as ONNX Runtime's
+``CalibrationDataReader`` hands them out: every array of its input's full rank, batch
+dimension included, wherever the model has it (a recurrent state [2, batch, 128]), scalar
+inputs as they are. Batches are cut and joined along each input's batch axis; samples with
+different scalar inputs never share one; a model whose batch is fixed gets batches of that size. Whatever the source, ``Dataset.batches`` streams batches:
 stored arrays are read row by row from their files, compressed ones and images one file
 at a time, so memory does not grow with the size of the dataset.
 
@@ -58,11 +62,13 @@ class Dataset:
         self.input_names = list(self._keys)
         self._specs = specs or {}
         ranks = {key: self._specs[i].rank if i in self._specs else None for i, key in self._keys.items()}
+        self.batch_axes = {i: self._specs[i].batch_axis if i in self._specs else 0 for i in self._keys}
+        axes = {key: self.batch_axes[i] for i, key in self._keys.items()}
         for part in parts:
             missing = [i for i, key in self._keys.items() if key not in part.array_names()]
             if missing:
                 raise DataError(f"{part.name}: model input '{missing[0]}' is missing (data has: {_listed(part.array_names())})")
-            part.bind(list(self._keys.values()), ranks)
+            part.bind(list(self._keys.values()), ranks, axes)
             for input_name, key in self._keys.items():
                 if input_name in self._specs:
                     self._specs[input_name].check_static(part.shape(key), part.dtype(key), part.name)
@@ -120,10 +126,23 @@ class Dataset:
                     rows = index[run] - self._offsets[part_ids[run[0]]]
                     arrays = {name: part.take(key, rows) for name, key in self._keys.items()}
                     pieces.append(check_batch(arrays, self._specs, part.name, index[run], rows, part.n > 1))
-                yield from _stack_same_shapes(pieces)
+                yield from _stack_same_shapes(pieces, self.batch_axes)
         finally:  # also when the caller stops early
             if previous is not None:
                 previous.release()
+
+    def batch_len(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """Samples in a batch that ``batches`` yielded (along each input's batch axis)."""
+        for name, array in feeds.items():
+            axis = self.batch_axes.get(name, 0)
+            if axis is not None:
+                return array.shape[axis]
+        return 1
+
+    def head(self, feeds: Mapping[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+        """The first ``size`` samples of a batch (scalar inputs kept whole)."""
+        axes = {name: self.batch_axes.get(name, 0) for name in feeds}
+        return {k: v if axes[k] is None else v.take(np.arange(size), axes[k]) for k, v in feeds.items()}
 
     def ort_reader(self, batch_size: int = 1) -> _OrtReader:
         """This data as ONNX Runtime's ``CalibrationDataReader`` (``get_next()``), e.g. for
@@ -304,7 +323,10 @@ def _match_inputs(part: Part, specs, labels: str | None) -> dict[str, str]:
 
 
 def _fixed_batch(specs: dict[str, InputSpec]) -> int | None:
-    sizes = {s.shape[0] for s in specs.values() if s.shape and isinstance(s.shape[0], int)}
+    sizes = {
+        s.shape[s.batch_axis] for s in specs.values()
+        if s.shape and s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)
+    }
     if len(sizes) > 1:
         raise DataError(f"model inputs have different fixed batch sizes {sorted(sizes)}")
     return sizes.pop() if sizes else None
@@ -315,22 +337,32 @@ def _runs(ids: np.ndarray) -> list[np.ndarray]:
     return np.split(np.arange(len(ids)), np.flatnonzero(np.diff(ids)) + 1)
 
 
-def _stack_same_shapes(pieces: list[dict[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
-    """Concatenate consecutive pieces whose arrays have equal per-sample shapes."""
+def _stack_same_shapes(pieces: list[dict[str, np.ndarray]], axes: dict[str, int | None]) -> Iterator[dict[str, np.ndarray]]:
+    """Concatenate consecutive pieces whose arrays have equal per-sample shapes (and equal
+    scalar inputs) along each input's batch axis."""
     group: list[dict[str, np.ndarray]] = []
     for piece in pieces:
-        if group and any(piece[k].shape[1:] != group[0][k].shape[1:] for k in piece):
-            yield _concat(group)
+        if group and any(not _same_kind(piece[k], group[0][k], axes.get(k, 0)) for k in piece):
+            yield _concat(group, axes)
             group = []
         group.append(piece)
     if group:
-        yield _concat(group)
+        yield _concat(group, axes)
 
 
-def _concat(group: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+def _same_kind(a: np.ndarray, b: np.ndarray, axis: int | None) -> bool:
+    if axis is None:
+        return a.shape == b.shape and np.array_equal(a, b)
+    return a.shape[:axis] + a.shape[axis + 1 :] == b.shape[:axis] + b.shape[axis + 1 :]
+
+
+def _concat(group: list[dict[str, np.ndarray]], axes: dict[str, int | None]) -> dict[str, np.ndarray]:
     if len(group) == 1:
         return group[0]
-    return {k: np.concatenate([p[k] for p in group]) for k in group[0]}
+    return {
+        k: group[0][k] if axes.get(k, 0) is None else np.concatenate([p[k] for p in group], axes.get(k, 0))
+        for k in group[0]
+    }
 
 
 def _listed(names: Iterable[str]) -> str:
@@ -366,11 +398,19 @@ class _SyntheticPart(Part):
         return list(self.specs)
 
     def raw_shape(self, key):
-        return (self.count, *(d if isinstance(d, int) else 1 for d in self.specs[key].shape[1:]))
+        spec = self.specs[key]
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        if spec.batch_axis is not None:
+            shape[spec.batch_axis] = self.count
+        return tuple(shape)
 
     def dtype(self, key):
         return self.specs[key].dtype
 
     def take(self, key, rows):
-        return np.concatenate([random_inputs(self.model, 1, seed=self.seed + int(r))[key][:1] for r in rows])
+        axis = self.specs[key].batch_axis
+        if axis is None:
+            return np.asarray(random_inputs(self.model, 1, seed=self.seed)[key])
+        pieces = [random_inputs(self.model, 1, seed=self.seed + int(r))[key] for r in rows]
+        return np.concatenate([np.take(p, [0], axis) for p in pieces], axis)
 

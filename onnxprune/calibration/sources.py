@@ -40,31 +40,43 @@ class Part:
         """The stored array (memory-mapped where possible)."""
         raise NotImplementedError
 
-    def bind(self, keys: list[str], ranks: Mapping[str, int | None]) -> None:
-        """Count samples; ``keys`` are the data keys of the model inputs with their ranks."""
+    def bind(self, keys: list[str], ranks: Mapping[str, int | None], axes: Mapping[str, int | None] | None = None) -> None:
+        """Count samples; ``keys`` are the data keys of the model inputs with their ranks and
+        batch axes (0 by default; None: a scalar input, fed as is to every sample)."""
+        self.axes = {k: (axes or {}).get(k, 0) for k in keys}
         shapes = {k: self.raw_shape(k) for k in keys}
-        self.single = bool(shapes) and all(
-            ranks.get(k) is not None and len(s) == ranks[k] - 1 for k, s in shapes.items()
+        batched = {k: s for k, s in shapes.items() if self.axes[k] is not None}
+        self.single = bool(batched) and all(
+            ranks.get(k) is not None and len(s) == ranks[k] - 1 for k, s in batched.items()
         )
         counts = {}
-        for key, shape in shapes.items():
-            if not self.single and len(shape) == 0:
-                raise DataError(f"{self.name}: '{key}' is a scalar, expected samples along the first axis")
-            counts[key] = 1 if self.single else shape[0]
+        for key, shape in batched.items():
+            if not self.single and len(shape) <= self.axes[key]:
+                where = "first axis" if self.axes[key] == 0 else f"axis {self.axes[key]} (the model's batch axis)"
+                raise DataError(f"{self.name}: '{key}' is {'a scalar' if not shape else f'of shape {list(shape)}'}, expected samples along the {where}")
+            counts[key] = 1 if self.single else shape[self.axes[key]]
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"'{k}': {n}" for k, n in counts.items())
             raise DataError(f"{self.name}: inputs have different numbers of samples ({listed})")
-        self.n = next(iter(counts.values()), 0)
+        self.n = next(iter(counts.values()), 1)
 
     def shape(self, key: str) -> tuple[int, ...] | None:
         shape = self.raw_shape(key)
-        return (1, *shape) if self.single and shape is not None else shape
+        axis = getattr(self, "axes", {}).get(key, 0)
+        if self.single and shape is not None and axis is not None:
+            return (*shape[:axis], 1, *shape[axis:])
+        return shape
 
     def take(self, key: str, rows: np.ndarray) -> np.ndarray:
         array = self._read(key)
+        axis = getattr(self, "axes", {}).get(key, 0)
+        if axis is None:  # a scalar input: the same for every sample
+            return np.asarray(array)
         if self.single:
-            return np.asarray(array)[None][rows]
-        return np.asarray(array[rows])
+            return np.expand_dims(np.asarray(array), axis).take(rows, axis)
+        if axis == 0:
+            return np.asarray(array[rows])
+        return np.asarray(array).take(rows, axis)
 
     def whole(self, key: str) -> np.ndarray:
         """All rows of ``key`` (for labels and extras, which are small)."""
@@ -235,7 +247,8 @@ class ImagePart(Part):
     def dtype(self, key):
         return None
 
-    def bind(self, keys, ranks):
+    def bind(self, keys, ranks, axes=None):
+        self.axes = {k: (axes or {}).get(k, 0) for k in keys}
         self.n, self.single = 1, True
 
     def _read(self, key):

@@ -1,7 +1,9 @@
 """Checking data against a model's inputs: names, per-sample shapes, dtypes, NaN/Inf.
 
-Axis 0 of every model input is the sample (batch) axis; the rest is the per-sample shape.
-Symbolic dimensions accept any size. Dtypes convert when numpy calls the conversion
+Each model input has a sample (batch) axis, axis 0 unless the model says otherwise: a
+recurrent state such as [2, batch, 128] has it where the other inputs' batch dimension is
+(``batch_axes``); a scalar input (a sample rate...) has none and is fed as is. The other axes
+make the per-sample shape. Symbolic dimensions accept any size. Dtypes convert when numpy calls the conversion
 'same_kind' (float64 -> float32, int64 -> int32 when the values fit, uint8 -> float32);
 anything else (float -> int, complex -> float, strings) is refused.
 """
@@ -13,7 +15,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.errors import DataError, UnsupportedError
+from onnxprune.errors import DataError
 
 Dim = int | str | None
 
@@ -23,15 +25,23 @@ class InputSpec:
     name: str
     shape: tuple[Dim, ...] | None  # None: rank unknown
     dtype: np.dtype | None
+    batch_axis: int | None = 0  # None: a scalar, the same for every sample
 
     @property
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
 
+    def per_sample(self, shape) -> tuple:
+        """``shape`` without the batch axis."""
+        shape = tuple(shape)
+        return shape if self.batch_axis is None else shape[: self.batch_axis] + shape[self.batch_axis + 1 :]
+
     def check_static(self, shape: tuple[int, ...] | None, dtype: np.dtype | None, where: str) -> None:
-        """Shape (samples first) and dtype of stored data, before reading it."""
+        """Shape (batch axis included) and dtype of stored data, before reading it."""
         if shape is not None and self.shape is not None:
-            expected, given = self.shape[1:], tuple(shape[1:])
+            if self.batch_axis is not None and len(shape) <= self.batch_axis:
+                shape = (*shape, 1)  # too short: reported below as a mismatch
+            expected, given = self.per_sample(self.shape), self.per_sample(shape)
             fits = len(expected) == len(given) and all(
                 not isinstance(e, int) or e == g for e, g in zip(expected, given)
             )
@@ -73,13 +83,32 @@ def model_inputs(model: ir.Model) -> dict[str, InputSpec]:
                 d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)
                 for d in value.shape
             )
-            if not shape:
-                raise UnsupportedError(
-                    f"model input '{value.name}' is a scalar; datasets need a sample (batch) axis"
-                )
         dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else None
         specs[value.name] = InputSpec(value.name, shape, dtype)
-    return specs
+    axes = batch_axes(specs)
+    return {name: dataclasses.replace(spec, batch_axis=axes[name]) for name, spec in specs.items()}
+
+
+def batch_axes(specs: dict[str, InputSpec]) -> dict[str, int | None]:
+    """Where each input's batch axis is: axis 0, except scalars (none) and inputs whose first
+    dimension is fixed and differs from the first input's batch dimension (recurrent states
+    like [2, batch, 128]): there the axis holding that dimension (same name, or the same fixed
+    size, or the first unnamed/symbolic one)."""
+    ranked = [s.shape for s in specs.values() if s.shape]
+    batch = ranked[0][0] if ranked else None
+    axes: dict[str, int | None] = {}
+    for name, spec in specs.items():
+        shape = spec.shape
+        if shape is not None and not shape:
+            axes[name] = None
+        elif shape is None or not isinstance(shape[0], int) or shape[0] == batch:
+            axes[name] = 0
+        elif isinstance(batch, str) and batch in shape:
+            axes[name] = shape.index(batch)
+        else:
+            same = [i for i, d in enumerate(shape) if (d == batch if isinstance(batch, int) else not isinstance(d, int))]
+            axes[name] = same[0] if same else 0
+    return axes
 
 
 def check_batch(
@@ -101,9 +130,11 @@ def check_batch(
             spec.check_static(array.shape, array.dtype, where)
             array = spec.convert(array, where)
         if array.dtype.kind in "fc" and array.size and not np.isfinite(array).all():
-            bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+            axis = spec.batch_axis if spec is not None else 0
+            rows_first = array[None] if axis is None else np.moveaxis(array, axis, 0)
+            bad = ~np.isfinite(rows_first.reshape(len(rows_first), -1)).all(axis=1)
             i = int(np.argmax(bad))
-            what = "NaN" if np.isnan(array[i]).any() else "Inf"
+            what = "NaN" if np.isnan(rows_first[i]).any() else "Inf"
             row = f", row {rows[i]}" if multi_row else ""
             raise DataError(f"input '{name}': sample {samples[i]} ({where}{row}) contains {what}")
         checked[name] = array

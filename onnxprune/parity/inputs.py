@@ -121,10 +121,10 @@ def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, l
     def batches() -> Iterator[Batch]:
         offset = 0
         for feeds in dataset.batches(batch_size):
-            size = min(len(next(iter(feeds.values()))), n - offset)
+            size = min(dataset.batch_len(feeds), n - offset)
             if size <= 0:
                 return
-            yield ({k: v[:size] for k, v in feeds.items()},
+            yield (feeds if size == dataset.batch_len(feeds) else dataset.head(feeds, size),
                    None if label_array is None else label_array[offset : offset + size])
             offset += size
 

@@ -27,13 +27,14 @@ def main() -> None:
     train_x, eval_x = train_x.reshape(len(train_x), -1), eval_x.reshape(len(eval_x), -1)
     pipe = make_pipeline(StandardScaler(), MLPClassifier((48, 32), max_iter=300, random_state=0))
     pipe.fit(train_x, train_y)
-    onx = to_onnx(pipe, train_x[:1], target_opset={"": 15, "ai.onnx.ml": 3}, initial_types=None)
-    onx.graph.input[0].name = "x"
-    for node in onx.graph.node:
-        node.input[:] = ["x" if i == "X" else i for i in node.input]
     out = HERE / "skl2onnx"
     out.mkdir(exist_ok=True)
-    (out / "digits_mlp.onnx").write_bytes(onx.SerializeToString())
+    for name, options in (("digits_mlp_zipmap", None), ("digits_mlp", {"zipmap": False})):
+        onx = to_onnx(pipe, train_x[:1], target_opset={"": 15, "ai.onnx.ml": 3}, options=options)
+        onx.graph.input[0].name = "x"
+        for node in onx.graph.node:
+            node.input[:] = ["x" if i == "X" else i for i in node.input]
+        (out / f"{name}.onnx").write_bytes(onx.SerializeToString())
     save_eval(out / "digits_mlp.onnx", x=eval_x.astype(np.float32), labels=eval_y)
     print(f"sklearn accuracy {pipe.score(eval_x, eval_y):.3f}")
 
