@@ -9,6 +9,7 @@ and the ground truth. Deterministic for a given seed.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import string
@@ -138,6 +139,7 @@ EXTENSIONS = {
 ROOTS = (sys.prefix, "/usr/share", "/usr/lib", "/etc", "/usr/include")
 
 
+@functools.lru_cache(maxsize=4)
 def machine_files(limit_per_type: int = 40, budget: int = 150_000) -> dict[str, list[Path]]:
     """Real files of this machine by type (from the extension), at most ``budget`` entries walked."""
     found: dict[str, list[Path]] = {}

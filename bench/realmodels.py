@@ -166,7 +166,7 @@ SIZES = {"calib": 32, "eval": 32}
 def data(model: Model, path: Path, split: str = "eval", n: int | None = None) -> Data:
     """Offline samples for ``model``: ``split`` 'calib' or 'eval' (disjoint, different seeds)."""
     seed = 0 if split == "calib" else 1
-    n = n or SIZES[split]
+    asked, n = n, n or SIZES[split]
     task = model.task
     if model.committed:
         arrays = dict(np.load(eval_file(path)))
@@ -193,6 +193,9 @@ def data(model: Model, path: Path, split: str = "eval", n: int | None = None) ->
         config = json.loads((path.parent / "config.min.json").read_text()) if (path.parent / "config.min.json").exists() else None
         space = config["target_labels_space"] if config else []
         x, labels, _ = realdata.file_samples(space, split=seed)
+        if asked:  # a seeded subset (every file found otherwise)
+            keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:asked])
+            x, labels = x[keep], labels[keep]
         return Data({"bytes": x}, truth=labels)
     if task == "vad":
         audio, truth = realdata.speech(3.0 if split == "calib" else 4.0, seed)
