@@ -157,6 +157,28 @@ def render(results: dict) -> str:
     return rm_table(["model", "exporter", "opset", *commands, "opt weights"], rows) + "\n" + legend
 
 
+def markdown(results: dict) -> str:
+    """The command x model table as Markdown, for the README (``--readme``)."""
+    commands = [c for c in COMMANDS if any(c in m["commands"] for m in results["models"].values())]
+    lines = ["| model | exporter | opset | " + " | ".join(f"`{c}`" for c in commands) + " | optimize weights |",
+             "|---" * (len(commands) + 4) + "|"]
+    for name, entry in results["models"].items():
+        cells = [_cell(entry["commands"][c]) if c in entry["commands"] else "-" for c in commands]
+        opt = entry["commands"].get("optimize", {})
+        grow = f"{opt['weights_after'] / opt['weights_before']:.2f}x" if opt.get("weights_before") else "-"
+        lines.append(f"| {name} | {entry['exporter']} | {entry['opset']} | " + " | ".join(cells) + f" | {grow} |")
+    return "\n".join(lines)
+
+
+def update_readme(results: dict, readme: Path = ROOT / "README.md") -> None:
+    """Rewrite the README region between ``<!-- table:realmodels -->`` and ``<!-- /table -->``."""
+    text = readme.read_text()
+    start, end = "<!-- table:realmodels -->", "<!-- /table -->"
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{markdown(results)}\n{end}{tail}")
+
+
 def rm_table(headers, rows) -> str:
     from onnxprune.report import table
 
@@ -171,9 +193,11 @@ def main() -> None:
     parser.add_argument("--no-download", action="store_true", help="use only installed/cached wheels")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true", help="print the table of the JSON and exit")
+    parser.add_argument("--readme", action="store_true", help="write the JSON's table into README.md and exit")
     args = parser.parse_args()
-    if args.render:
-        print(render(json.loads(args.json.read_text())))
+    if args.render or args.readme:
+        results = json.loads(args.json.read_text())
+        update_readme(results) if args.readme else print(render(results))
         return
     every = {**rm.EXPORTS, **rm.REAL}
     names = args.models.split(",") if args.models else list(every)
