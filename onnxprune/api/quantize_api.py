@@ -131,7 +131,7 @@ def quantize(
     guarded = None
     if float_copy is not None:
         guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress)
-        result.model = guarded.model
+        result.model = guarded.model if guarded is not None else result.model
     emitted = quantize_pass.emitted
     latency_after = runtime.latency_ms(result.model, feeds, runs=runs) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
@@ -186,6 +186,8 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
 
     dataset = open_dataset(source.calib, reference, limit=(source.samples or 0) + fidelity_guard.HELD_OUT,
                            preprocess=source.preprocess)
+    if any(axis != 0 for axis in dataset.batch_axes.values()):
+        return None, quantize_pass  # the guard cuts samples along axis 0: not for states [2, batch, ..] or scalar inputs yet
     feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
     guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress)
     return guarded, passes[id(guarded.model)]
