@@ -117,7 +117,7 @@ def compress(
     """
     pruning = any(x is not None for x in (ratio, target_macs, target_params))
     if quantize_model and calib is None:
-        raise UsageError("quantization needs calibration data (calib); or skip it with quantize_model=False")
+        raise UsageError("quantization needs calibration data (--calib); or skip it with --no-quantize")
     loaded, path = as_model(model)
     if output is not None:
         check_output_path(output, path)

@@ -11,6 +11,10 @@ import numpy as np
 
 from onnxprune.io import atomic_write
 
+# Every JSON report (`--json`) starts with this; keys are only ever added, a change of
+# meaning bumps it.
+REPORT_SCHEMA_VERSION = 1
+
 
 def human(n: float, unit: str = "") -> str:
     """1234567 -> '1.23 M'; bytes with unit='B' -> '1.18 MiB'."""

@@ -71,7 +71,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(model, tmp_path):
         (["--ratio", "0.3", "--criterion", "activation"], "needs calibration data"),
         (["--ratio", "0.3", "--target-macs", "0.5"], "only one of"),
         ([], "say how much"),
-        (["--ratio", "0.3", "--round-to", "0"], "round_to"),
+        (["--ratio", "0.3", "--round-to", "0"], "--round-to"),
         (["--ratio", "0.3", "--group-ratio", "conv"], "PATTERN=RATIO"),
     ],
 )
@@ -156,7 +156,7 @@ def test_nothing_to_remove_leaves_the_model_unmodified_and_runs_are_deterministi
 
 
 def test_pass_options_are_checked_when_built():
-    with pytest.raises(UsageError, match="min_channels"):
+    with pytest.raises(UsageError, match="--min-channels"):
         PrunePass("l1", 0.3, min_channels=0)
     with pytest.raises(UsageError, match="unknown criterion"):
         PrunePass("magic", 0.3)

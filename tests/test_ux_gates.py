@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import importlib
 from onnxprune.cli import cli
 from onnxprune.compress import compress
 from onnxprune.errors import DataError, UsageError
@@ -128,3 +128,18 @@ def test_compress_report_carries_the_check_results(tmp_path):
     assert check_report["tolerances"]["preset"] == "int8" and check_report["failures"] == []
     logits = check_report["comparisons"][0]["outputs"]["logits"]
     assert logits["accuracy_reference"] > 0.98 and logits["cosine"] > 0.99
+
+
+def test_top_k_is_capped_by_the_class_count():
+    from onnxprune.parity.metrics import OutputStats
+    stats = OutputStats(top_k=5)
+    scores = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    stats.update(scores, scores)
+    assert stats.summary()["top_k"] == 4
+
+
+@pytest.mark.parametrize("flag, value", [("--min-top1", "1.5"), ("--min-topk", "99"),
+                                         ("--max-accuracy-drop", "-0.1"), ("--min-cosine", "2")])
+def test_share_criteria_are_range_checked(flag, value):
+    result = run("check", MODEL, MODEL, flag, value, "--providers", "cpu")
+    assert result.exit_code == 2 and f"{flag} must be between" in result.output, result.output

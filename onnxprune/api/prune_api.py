@@ -110,7 +110,7 @@ def prune(
     if output is not None and not dry_run:
         check_output_path(output, path)
     if batch_size < 1:
-        raise UsageError(f"batch_size must be at least 1 (given {batch_size})")
+        raise UsageError(f"--batch-size must be at least 1 (given {batch_size})")
     batches = None
     if calib is not None:
         dataset = calib if isinstance(calib, Dataset) else open_dataset(calib, loaded, limit=calib_limit)

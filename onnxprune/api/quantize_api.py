@@ -103,7 +103,7 @@ def quantize(
     """
     config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, frozenset(exclude))
     if (calib is None and not synthetic) == (table is None):
-        raise UsageError("give calibration data (calib) or a calibration table (table), not both or neither")
+        raise UsageError("give calibration data (--calib) or a calibration table (--table), not both or neither")
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}' (choose: {', '.join(METHODS)})")
     if batch_size < 1 or (samples is not None and samples < 1):

@@ -15,7 +15,7 @@ import click
 from onnxprune import shapes
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.io import check_output_path, same_file
-from onnxprune.report import change, human
+from onnxprune.report import REPORT_SCHEMA_VERSION, change, human, to_json, write_json
 
 EXIT_INTERNAL = 3  # a bug in onnxprune; user errors exit with their OnnxPruneError.exit_code
 
@@ -26,6 +26,19 @@ class Group(click.Group):
     User errors exit 2 (parity failures 1) without a traceback; a bug exits 3 and points at
     ``--debug``, which shows the traceback instead.
     """
+
+    GLOBAL_FLAGS = ("--debug", "-q", "--quiet")
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        """``--debug`` / ``-q`` work anywhere on the line, not only before the subcommand."""
+        if "--" in args:  # everything after '--' is an argument
+            cut = args.index("--")
+            head, tail = args[:cut], args[cut:]
+        else:
+            head, tail = args, []
+        flags = [a for a in head if a in self.GLOBAL_FLAGS]
+        rest = [a for a in head if a not in self.GLOBAL_FLAGS]
+        return super().parse_args(ctx, flags + rest + tail)
 
     def invoke(self, ctx: click.Context):
         debug = ctx.params.get("debug", False)
@@ -66,6 +79,42 @@ def _quiet_libraries(debug: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+STDOUT_NAMES = ("-", "/dev/stdout")
+_JSON_TO_STDOUT = "onnxprune.json_to_stdout"
+
+
+def _route_tables(ctx: click.Context, param, value):
+    if value in STDOUT_NAMES:  # the JSON owns stdout: tables and notes go to stderr
+        ctx.find_root().meta[_JSON_TO_STDOUT] = True
+    return value
+
+
+def json_option(*aliases: str):
+    """``--json PATH|-``, one convention for every command (``-``: stdout, tables to stderr)."""
+    return click.option(
+        "--json", *aliases, "report_path", metavar="PATH|-", callback=_route_tables,
+        type=click.Path(dir_okay=False, allow_dash=True), expose_value=True,
+        help=f"Write the JSON report (schema_version {REPORT_SCHEMA_VERSION}) to PATH; '-' writes it "
+             "to stdout and the tables to stderr.")
+
+
+def echo(text: str = "") -> None:
+    """Print a table or message: stdout, or stderr when the JSON report goes to stdout."""
+    ctx = click.get_current_context(silent=True)
+    click.echo(text, err=bool(ctx and ctx.find_root().meta.get(_JSON_TO_STDOUT)))
+
+
+def write_report(path: str | None, data: Mapping) -> None:
+    """The JSON report to ``path`` (atomically) or to stdout, with ``schema_version`` first."""
+    if not path:
+        return
+    data = {"schema_version": REPORT_SCHEMA_VERSION, **data}
+    if path in STDOUT_NAMES:
+        click.echo(to_json(data))
+    else:
+        write_json(path, data)
+
+
 def html_option(command):
     """``--html PATH``: the report as one self-contained page with plots."""
     return click.option("--html", "html_path", type=click.Path(dir_okay=False),
@@ -94,7 +143,7 @@ def check_side_outputs(model: str, output: str | None, *paths: str | None) -> No
     """Reports and tables: never onto the input model, the output model or each other (checked
     before any work, so a clash costs nothing)."""
     taken = [Path(output)] if output else []
-    for path in filter(None, paths):
+    for path in (p for p in paths if p and p not in STDOUT_NAMES):
         check_output_path(path, model)
         if any(same_file(Path(path), other) for other in taken):
             raise UsageError(f"{path} is given for two outputs; choose distinct paths")

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import click
 
-from onnxprune.cli._common import html_option, input_shape_option, provider_option_flags, provider_options, show_progress, split_list, write_html_report
+from onnxprune.cli._common import (
+    STDOUT_NAMES,
+    echo,
+    html_option,
+    input_shape_option,
+    json_option,
+    provider_option_flags,
+    provider_options,
+    show_progress,
+    split_list,
+    write_html_report,
+    write_report,
+)
 from onnxprune.io import check_output_path
 from onnxprune.parity import PRESETS, check
 from onnxprune.parity.tolerances import parse_tolerance_specs
-from onnxprune.report import to_json, write_json
 
 EPILOG = """\b
 Examples:
@@ -56,16 +67,15 @@ Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
               help="Samples for --layerwise (localising needs fewer than judging).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random inputs.")
 @provider_option_flags
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full result as JSON (schema_version 1); '-': to stdout (the report goes to stderr).")
+@json_option()
 @html_option
 @click.pass_context
 def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, preprocess, providers,
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
               top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, provider_option, provider_options_file,
-              json_path, html_path) -> None:
+              report_path, html_path) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
-    to_stdout = json_path == "-"
-    sides = [p for p in (None if to_stdout else json_path, html_path) if p]
+    sides = [p for p in (None if report_path in STDOUT_NAMES else report_path, html_path) if p]
     for side in sides:  # fail before the work, never onto either model
         for model in (reference, candidate):
             check_output_path(side, model)
@@ -84,10 +94,7 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
         tolerances=preset, criteria=criteria, labels=labels, samples=samples, batch_size=batch_size,
         preprocess=preprocess, layerwise=layerwise, layerwise_samples=layerwise_samples, seed=seed, progress=show_progress(ctx),
     )
-    click.echo(str(result), err=to_stdout)
-    if to_stdout:
-        click.echo(to_json(result.to_dict()))
-    elif json_path:
-        write_json(json_path, result.to_dict())
+    echo(str(result))
+    write_report(report_path, result.to_dict())
     write_html_report(html_path, result.to_dict(), "check")
     result.raise_on_failure()

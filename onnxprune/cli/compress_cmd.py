@@ -8,16 +8,19 @@ from onnxprune.cli._common import (
     input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
+    echo,
     html_option,
+    json_option,
     show_progress,
     split_list,
     split_lists,
     write_html_report,
+    write_report,
 )
 from onnxprune.compress import STAGES, compress
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
 from onnxprune.calibration import METHODS
-from onnxprune.report import change, table, write_json
+from onnxprune.report import change, table
 
 EPILOG = """\b
 Examples:
@@ -53,7 +56,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--max-accuracy-drop", type=float, help="Fail (exit 1) if accuracy on --labels drops more than this (0..1).")
 @click.option("--providers", help="Execution providers for the check (default: every available one of cpu,cuda).")
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime CPU before/after on a batch this big (0: skip).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@json_option("--report")
 @html_option
 @click.pass_context
 def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
@@ -72,15 +75,14 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
     rows = [("original", "", *_cells(result.before, result.before))]
     rows += [(s.name, f"{s.seconds:.2f} s", *_cells(s.summary, result.before)) for s in result.stages]
     headers = ["stage", "time", *(label for label, _ in SIZE_COLUMNS.values())]
-    click.echo(table(headers, rows, align="lrrrrr"))
+    echo(table(headers, rows, align="lrrrrr"))
     if result.latency_ms:
         lat = result.latency_ms
-        click.echo(f"\nlatency (ONNX Runtime CPU, 1 thread, batch {lat['batch']}): "
+        echo(f"\nlatency (ONNX Runtime CPU, 1 thread, batch {lat['batch']}): "
                    f"{lat['before']:.2f} ms -> {lat['after']:.2f} ms ({change(lat['before'], lat['after'])})")
-    click.echo("\n" + str(result.check))
-    click.echo(f"\nwrote {result.output}")
-    if report_path:
-        write_json(report_path, result.to_dict())
+    echo("\n" + str(result.check))
+    echo(f"\nwrote {result.output}")
+    write_report(report_path, result.to_dict())
     write_html_report(html_path, result.to_dict(), "compress")
     result.check.raise_on_failure()
 

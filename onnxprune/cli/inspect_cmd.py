@@ -5,22 +5,27 @@ from __future__ import annotations
 import click
 
 from onnxprune import api
-from onnxprune.cli._common import input_shape_option
-from onnxprune.report import human, table, to_json
+from onnxprune.cli._common import STDOUT_NAMES, echo, input_shape_option, write_report
+from onnxprune.io import check_output_path
+from onnxprune.report import REPORT_SCHEMA_VERSION, human, table
 
 
 @click.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @input_shape_option
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--json", "report_path", metavar="[PATH|-]", is_flag=False, flag_value="-",
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help=f"Write the summary as JSON (schema_version {REPORT_SCHEMA_VERSION}) to PATH, or to "
+                   "stdout ('-', or --json alone: then no table).")
 @click.option("--layers/--no-layers", default=True, help="Show the per-layer MACs table.")
-def inspect_cmd(model: str, as_json: bool, layers: bool) -> None:
+def inspect_cmd(model: str, report_path: str | None, layers: bool) -> None:
     """Show a model's inputs/outputs, op histogram, parameters, MACs and size."""
+    if report_path and report_path not in STDOUT_NAMES:
+        check_output_path(report_path, model)
     info = api.inspect(model)
-    if as_json:
-        click.echo(to_json(info))
-        return
-    click.echo(format_summary(info, layers))
+    if report_path not in STDOUT_NAMES:  # the table, unless the JSON owns stdout
+        echo(format_summary(info, layers))
+    write_report(report_path, info)
 
 
 def format_summary(info: dict, layers: bool = True) -> str:

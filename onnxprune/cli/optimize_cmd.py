@@ -9,13 +9,16 @@ from onnxprune.cli._common import (
     input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
+    echo,
+    json_option,
     show_progress,
     size_row,
     split_list,
+    write_report,
 )
 from onnxprune.passes import PASSES, get_pass
 from onnxprune.pipeline import DEFAULT_PIPELINE
-from onnxprune.report import table, write_json
+from onnxprune.report import table
 
 
 def _pass_help() -> str:
@@ -29,7 +32,7 @@ def _pass_help() -> str:
 @click.option("--passes", help=f"Comma-separated pass names (default: {','.join(DEFAULT_PIPELINE)}).")
 @click.option("--verify", is_flag=True, help="After each pass: ONNX checker, ONNX Runtime load, output parity.")
 @click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Parity tolerance for --verify (max abs error / max |reference|).")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@json_option("--report")
 @click.pass_context
 def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> None:
     """Run the exact clean-up pipeline: outputs stay numerically equal."""
@@ -51,12 +54,11 @@ def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> 
         )
         for r in result.pipeline.records
     ]
-    click.echo(table(["pass", "modified", "Δnodes", "Δparams", "time", "changes"], rows, align="llrrrl"))
-    click.echo("")
+    echo(table(["pass", "modified", "Δnodes", "Δparams", "time", "changes"], rows, align="llrrrl"))
+    echo("")
     sizes = [size_row(key, result.before, result.after) for key in SIZE_COLUMNS]
-    click.echo(table(["", "before", "after", "change"], sizes, align="lrrr"))
+    echo(table(["", "before", "after", "change"], sizes, align="lrrr"))
     if verify:
-        click.echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)")
-    click.echo(f"\nwrote {result.output}")
-    if report_path:
-        write_json(report_path, result.to_dict())
+        echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)")
+    echo(f"\nwrote {result.output}")
+    write_report(report_path, result.to_dict())

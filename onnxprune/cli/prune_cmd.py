@@ -7,16 +7,19 @@ import click
 from onnxprune.cli._common import (
     input_shape_option,
     check_side_outputs,
+    echo,
     html_option,
+    json_option,
     show_progress,
     size_row,
     split_lists,
     write_html_report,
+    write_report,
 )
 from onnxprune.errors import UsageError
 from onnxprune.api.prune_api import PruneResult, prune
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport
-from onnxprune.report import change, table, write_json
+from onnxprune.report import change, table
 
 
 def _criteria_help() -> str:
@@ -60,7 +63,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
 @click.option("--all-groups", is_flag=True, help="List every group, also those left whole.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@json_option("--report")
 @html_option
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
@@ -78,15 +81,14 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         refit_inputs=refit_inputs, dry_run=dry_run,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )
-    click.echo(format_groups(result.report, all_groups))
-    click.echo("")
-    click.echo(format_summary(result))
+    echo(format_groups(result.report, all_groups))
+    echo("")
+    echo(format_summary(result))
     if dry_run:
-        click.echo("\ndry run: nothing written")
+        echo("\ndry run: nothing written")
     else:
-        click.echo(f"\nwrote {result.output}")
-    if report_path:
-        write_json(report_path, result.to_dict())
+        echo(f"\nwrote {result.output}")
+    write_report(report_path, result.to_dict())
     write_html_report(html_path, result.to_dict(), "prune")
 
 

@@ -6,8 +6,18 @@ import click
 
 from onnxprune.api.quantize_api import quantize
 from onnxprune.calibration import METHODS
-from onnxprune.cli._common import check_side_outputs, input_shape_option, html_option, show_progress, split_lists, write_html_report
-from onnxprune.report import change, human, table, write_json
+from onnxprune.cli._common import (
+    check_side_outputs,
+    echo,
+    html_option,
+    input_shape_option,
+    json_option,
+    show_progress,
+    split_lists,
+    write_html_report,
+    write_report,
+)
+from onnxprune.report import change, human, table
 
 EPILOG = """\b
 Examples:
@@ -42,7 +52,7 @@ add --reduce-range.
 @click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) naming the nodes that destroy the outputs, instead of keeping them float.")
 @click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime CPU before and after.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Write a JSON report here.")
+@json_option("--report")
 @html_option
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
@@ -57,9 +67,8 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         exclude=split_lists(exclude), clean=not no_clean,
         save_table=save_table, strict=strict, latency=not no_latency, progress=show_progress(ctx),
     )
-    click.echo(summary(result))
-    if report_path:
-        write_json(report_path, result.to_dict())
+    echo(summary(result))
+    write_report(report_path, result.to_dict())
     write_html_report(html_path, result.to_dict(), "quantize")
 
 

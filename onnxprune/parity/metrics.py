@@ -94,6 +94,7 @@ class OutputStats:
         self.sum_err_sq = 0.0
         self.min_sample_cosine = math.inf
         self.classifier: bool | None = None
+        self.k_used = top_k
         self.top1_hits = 0
         self.topk_hits = 0
         self.labelled = 0
@@ -160,6 +161,7 @@ class OutputStats:
         cand_top = np.argmax(candidate, axis=1)
         self.top1_hits += int(np.count_nonzero(ref_top == cand_top))
         k = min(self.top_k, candidate.shape[1])
+        self.k_used = k  # top-5 of a 4-class output is top-4
         cand_best = np.argpartition(-candidate, k - 1, axis=1)[:, :k]
         self.topk_hits += int(np.count_nonzero((cand_best == ref_top[:, None]).any(axis=1)))
         if labels is not None:
@@ -212,7 +214,7 @@ class OutputStats:
         if self.classifier and self.samples:
             out["top1_agreement"] = self.top1_hits / self.samples
             out["topk_agreement"] = self.topk_hits / self.samples
-            out["top_k"] = self.top_k
+            out["top_k"] = self.k_used
         if self.classifier and self.labelled:
             out["accuracy_reference"] = self.ref_correct / self.labelled
             out["accuracy_candidate"] = self.cand_correct / self.labelled

@@ -70,7 +70,11 @@ class Tolerances:
         if not _STAT.match(self.stat) or (self.quantile is not None and not 0 < self.quantile < 100):
             raise UsageError(f"unknown error statistic '{self.stat}' (use max, mean or pNN, e.g. p99)")
         if self.top_k < 1:
-            raise UsageError(f"top-k must be at least 1, got {self.top_k}")
+            raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
+        for flag, value, low in (("--min-top1", self.min_top1, 0), ("--min-topk", self.min_topk, 0),
+                                 ("--max-accuracy-drop", self.max_accuracy_drop, 0), ("--min-cosine", self.min_cosine, -1)):
+            if value is not None and not low <= value <= 1:  # shares, not percentages: 0.99, not 99
+                raise UsageError(f"{flag} must be between {low} and 1 (a share, e.g. 0.99), got {value:g}")
         for name, value in [("atol", self.atol), ("rtol", self.rtol), *self.per_output_atol.items(),
                             *self.per_output_rtol.items()]:
             if value is not None and not (value >= 0 and math.isfinite(value)):

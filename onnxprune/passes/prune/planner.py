@@ -63,9 +63,9 @@ class Candidate:
 def check_constraints(min_channels: int, round_to: int) -> None:
     """The per-group constraints must be at least 1 (UsageError otherwise)."""
     if min_channels < 1:
-        raise UsageError(f"min_channels must be at least 1 (given {min_channels})")
+        raise UsageError(f"--min-channels must be at least 1 (given {min_channels})")
     if round_to < 1:
-        raise UsageError(f"round_to must be at least 1 (given {round_to})")
+        raise UsageError(f"--round-to must be at least 1 (given {round_to})")
 
 
 def make_candidates(
@@ -202,7 +202,7 @@ def search_ratio(
     :func:`give_back` then trims the overshoot of rounded kept counts.
     """
     if (target_macs is None) == (target_params is None):
-        raise UsageError("give exactly one of target_macs and target_params")
+        raise UsageError("give exactly one of --target-macs and --target-params")
     option, kind, target = (
         ("target_macs", "MACs", target_macs) if target_macs is not None else ("target_params", "parameters", target_params)
     )

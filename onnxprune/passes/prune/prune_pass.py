@@ -98,9 +98,9 @@ class PrunePass(Pass):
         super().__init__()
         given = [x is not None for x in (ratio, target_macs, target_params)]
         if sum(given) > 1:
-            raise UsageError("give only one of ratio, target_macs and target_params")
+            raise UsageError("give only one of --ratio, --target-macs and --target-params")
         if sum(given) == 0 and not group_ratios:
-            raise UsageError("say how much to prune: ratio, target_macs, target_params or group ratios")
+            raise UsageError("say how much to prune: --ratio, --target-macs, --target-params or --group-ratio")
         self.ratio = check_ratio(ratio) if ratio is not None else 0.0
         self.group_ratios = {k: check_ratio(v, f"ratio of '{k}'") for k, v in (group_ratios or {}).items()}
         self.target_macs, self.target_params = target_macs, target_params
@@ -113,7 +113,7 @@ class PrunePass(Pass):
         if reconstruct and calibration is None:
             raise UsageError("reconstruction refits layers on calibration data: give it (--calib)")
         if refit_inputs not in ("pruned", "original"):
-            raise UsageError(f"refit_inputs must be 'pruned' or 'original' (given '{refit_inputs}')")
+            raise UsageError(f"--refit-inputs must be 'pruned' or 'original' (given '{refit_inputs}')")
         self.reconstruct = calibration is not None if reconstruct is None else reconstruct
         self.refit_inputs = refit_inputs
         self.dry_run, self.progress = dry_run, progress

@@ -1,0 +1,5 @@
+"""``python -m onnxprune``: the ``onnxprune`` command."""
+
+from onnxprune.cli import main
+
+main()
