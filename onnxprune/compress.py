@@ -22,12 +22,15 @@ from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
+from onnxprune.report import short_repr
 
 STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
 
 
 @dataclasses.dataclass
 class StageRecord:
+    __repr__ = short_repr  # a line, not the whole graph
+
     name: str
     seconds: float
     summary: dict  # nodes, parameters, weights_bytes, macs after the stage
@@ -37,6 +40,8 @@ class StageRecord:
 @dataclasses.dataclass
 class CompressResult:
     """Truthy when the final parity check holds."""
+
+    __repr__ = short_repr  # a line, not the whole graph
 
     model: ir.Model
     before: dict

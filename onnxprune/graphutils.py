@@ -144,3 +144,26 @@ def node_macs(node: ir.Node) -> int | None:
         return None
     k = a[0] if node.op_type == "Gemm" and attr(node, "transA", 0) else a[-1]
     return math.prod(out[1:] if len(out) > 1 else out) * k
+
+
+def name_unnamed_nodes(model: ir.Model) -> int:
+    """Give every unnamed node a stable name, ``{op_type}_{k}`` (k counts that op's unnamed
+    nodes in graph order, subgraphs included), so that tables can show it and ``--exclude``
+    / ``--group-ratio`` can name it; names already taken are skipped. Returns how many."""
+    nodes = list(model.graph.all_nodes())
+    taken = {n.name for n in nodes if n.name}
+    counters: dict[str, int] = {}
+    named = 0
+    for node in nodes:
+        if node.name:
+            continue
+        while True:
+            k = counters.get(node.op_type, 0)
+            counters[node.op_type] = k + 1
+            name = f"{node.op_type}_{k}"
+            if name not in taken:
+                break
+        node.name = name
+        taken.add(name)
+        named += 1
+    return named

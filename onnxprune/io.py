@@ -33,7 +33,7 @@ from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
 from onnxprune.shapes import normalize_dims
 from onnxprune.errors import BrokenOutputError, InvalidModelError, ModelLoadError, UsageError, first_line
-from onnxprune.graphutils import release_mapping
+from onnxprune.graphutils import name_unnamed_nodes, release_mapping
 from onnxprune.validate import check_structure
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
@@ -337,16 +337,23 @@ def _umask() -> int:
     return mask
 
 
-ModelLike = ir.Model | str | os.PathLike
+ModelLike = ir.Model | onnx.ModelProto | str | os.PathLike
 
 
 def as_model(model: ModelLike) -> tuple[ir.Model, Path | None]:
-    """Load ``model`` if it is a path; check the structure either way."""
+    """Load ``model`` if it is a path (or convert an ``onnx.ModelProto``); check the structure
+    either way, and name unnamed nodes (:func:`~onnxprune.graphutils.name_unnamed_nodes`)."""
+    if isinstance(model, onnx.ModelProto):
+        model = ir.from_proto(model)
     if isinstance(model, ir.Model):
         normalize_dims(model)
         check_structure(model)
+        name_unnamed_nodes(model)
         return model, None
+    if not isinstance(model, (str, os.PathLike)):
+        raise UsageError(f"a model is a path, an onnx.ModelProto or an onnx_ir.Model, not a {type(model).__name__}")
     path = Path(model)
     loaded = load_model(path)
     check_structure(loaded, str(path))
+    name_unnamed_nodes(loaded)
     return loaded, path

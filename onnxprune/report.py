@@ -71,3 +71,26 @@ def write_json(path: str | os.PathLike, data: object) -> None:
     """Write a JSON report atomically."""
     with atomic_write(path) as handle:
         handle.write(to_json(data) + "\n")
+
+
+def short_repr(obj) -> str:
+    """A result's repr that fits a line or two: models and long lists summarised (the default
+    dataclass repr of a result printed its whole graph, 65 KB for the sample model)."""
+    import dataclasses
+
+    import onnx_ir as ir
+
+    def show(value) -> str:
+        if isinstance(value, ir.Model):
+            return f"<model {value.graph.name!r}: {len(value.graph)} nodes>"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return f"{type(value).__name__}(...)"
+        if isinstance(value, (list, tuple)) and len(value) > 3:
+            return f"[{len(value)} items]"
+        if isinstance(value, dict) and len(value) > 3:
+            return f"{{{len(value)} keys}}"
+        text = repr(value)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    fields = ", ".join(f"{f.name}={show(getattr(obj, f.name))}" for f in dataclasses.fields(obj) if f.repr)
+    return f"{type(obj).__name__}({fields})"

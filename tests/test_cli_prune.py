@@ -218,4 +218,4 @@ def test_control_flow_is_named_in_the_report_and_the_output(tmp_path):
 
 
 def test_no_control_flow_no_note(model):
-    assert prune(model, ratio=0.3, latency_runs=0).report.notes == []
+    assert not any("control-flow" in note for note in prune(model, ratio=0.3, latency_runs=0).report.notes)

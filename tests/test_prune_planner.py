@@ -63,7 +63,7 @@ def test_min_channels_and_never_all_removed():
     assert len(plan_at(make_candidates(groups, scores), 1.0).keep[0]) == 1
     plan = plan_at(make_candidates(groups, scores, min_channels=3), 0.9)
     np.testing.assert_array_equal(plan.keep[0], [5, 6, 7])
-    with pytest.raises(UsageError, match="min_channels"):
+    with pytest.raises(UsageError, match="--min-channels"):
         make_candidates(groups, scores, min_channels=0)
 
 

@@ -137,7 +137,7 @@ def test_nothing_pruned_nothing_refit():
 def test_reconstruction_needs_calibration_data():
     with pytest.raises(UsageError, match="calibration"):
         PrunePass("l1", 0.3, reconstruct=True)
-    with pytest.raises(UsageError, match="refit_inputs"):
+    with pytest.raises(UsageError, match="--refit-inputs"):
         PrunePass("l1", 0.3, calibration=batches_of([]), refit_inputs="both")
     assert not PrunePass("l1", 0.3).reconstruct and PrunePass("l1", 0.3, calibration=batches_of([])).reconstruct
 

@@ -14,6 +14,7 @@ from onnxprune import stats
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.passes.base import Pass
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, Verifier, run_pipeline
+from onnxprune.report import short_repr
 
 
 def inspect(model: ModelLike) -> dict:
@@ -24,6 +25,8 @@ def inspect(model: ModelLike) -> dict:
 
 @dataclasses.dataclass
 class OptimizeResult:
+    __repr__ = short_repr  # a line, not the whole graph
+
     model: ir.Model
     before: dict
     after: dict

@@ -25,6 +25,7 @@ from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.passes.prune import DEFAULT_ROUND_TO, PrunePass, PruneReport
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, ShapeVerifier, run_pipeline
+from onnxprune.report import short_repr
 
 SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
@@ -37,6 +38,8 @@ PREPARE: tuple[str, ...] = ("eliminate-identity", "fold-constants", "remove-unus
 @dataclasses.dataclass
 class PruneResult:
     """What `prune()` did: the model, the per-group report, and before/after numbers."""
+
+    __repr__ = short_repr  # a line, not the whole graph
 
     model: ir.Model
     report: PruneReport

@@ -20,6 +20,7 @@ from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.api import fidelity_guard, opset_upgrade
 from onnxprune.passes.quantize.quantize_pass import MIN_OPSET, QuantizePass, nothing_to_quantize
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
+from onnxprune.report import short_repr
 
 LATENCY_BIG_MODEL = 50 << 20  # bytes of weights above which latency is timed on 3 runs, not 10
 
@@ -27,6 +28,8 @@ LATENCY_BIG_MODEL = 50 << 20  # bytes of weights above which latency is timed on
 @dataclasses.dataclass
 class QuantizeResult:
     """The quantized model and what it took: counts, sizes, latencies, pass records."""
+
+    __repr__ = short_repr  # a line, not the whole graph
 
     model: ir.Model
     config: QuantConfig
@@ -101,7 +104,7 @@ def quantize(
     keep in float the nodes that destroy the outputs (:mod:`.fidelity_guard`); ``strict``
     fails (exit 1) naming them instead.
     """
-    config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, frozenset(exclude))
+    config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, exclude)
     if (calib is None and not synthetic) == (table is None):
         raise UsageError("give calibration data (--calib) or a calibration table (--table), not both or neither")
     if method not in METHODS:

@@ -103,10 +103,12 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
             f"{(g.channels - g.kept) / g.channels:.0%}" if g.channels else "",
             f"{s['min']:.2f} / {s['median']:.2f} / {s['max']:.2f}" if s else "",
             f"{s['max_removed']:.2f}" if s and s["max_removed"] is not None else "",
+            _shorten(g.members[1:], 2) if len(g.members) > 1 else "", _ranges(g.removed),
             g.reason or "",
         ))
     hidden = len(report.groups) - len(rows)
-    text = table(["group", "status", "channels", "removed", "score min/med/max", "max removed", "note"], rows, align="llrrrrl")
+    text = table(["group", "status", "channels", "removed", "score min/med/max", "max removed", "also", "channels removed",
+                  "note"], rows, align="llrrrrlll")
     target = ", ".join(f"keep {share:.0%} of {'MACs' if k == 'macs' else 'parameters'}" for k, share in (report.target or {}).items())
     ratio = f"ratio {report.ratio:.3f}" + (f" (searched to {target})" if target else "")
     lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]
@@ -120,6 +122,27 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
         lines.append(f"({hidden} groups kept whole not shown; --all-groups lists them)")
     lines += [f"note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def _shorten(names: list[str], shown: int) -> str:
+    """The first names of a list, and how many more (the JSON report has them all)."""
+    return ", ".join(names[:shown]) + (f" +{len(names) - shown}" if len(names) > shown else "")
+
+
+def _ranges(indices: list[int], width: int = 24) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8', cut to ``width`` characters with the count left."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(str(start) if start == index else f"{start}-{index}")
+            start = None
+    text = ",".join(parts)
+    if len(text) <= width:
+        return text
+    cut = text[:width].rsplit(",", 1)[0]
+    return f"{cut},… ({len(indices)})"
 
 
 def format_refits(report: PruneReport) -> str:

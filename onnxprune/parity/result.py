@@ -62,6 +62,7 @@ import math
 
 from onnxprune.errors import ParityError
 from onnxprune.parity.tolerances import Tolerances
+from onnxprune.report import short_repr
 
 SCHEMA_VERSION = 1
 
@@ -69,6 +70,8 @@ SCHEMA_VERSION = 1
 @dataclasses.dataclass
 class CheckResult:
     """Truthy when parity holds (like Polygraphy's comparison results)."""
+
+    __repr__ = short_repr  # a line, not the whole graph
 
     passed: bool
     reference: str

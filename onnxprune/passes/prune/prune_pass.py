@@ -41,6 +41,11 @@ Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 DEFAULT_ROUND_TO = 8
 
 
+def _members(group) -> list[str]:
+    """The layers whose output channels form ``group``, in graph order, each once."""
+    return list(dict.fromkeys(s.node.name for s in group.by_role(Role.PRODUCER) if s.node.name))
+
+
 @dataclasses.dataclass
 class PrunePassResult(PassResult):
     report: PruneReport | None = None
@@ -108,7 +113,7 @@ class PrunePass(Pass):
         if self.criterion.needs_data and calibration is None:
             raise UsageError(f"criterion '{self.criterion.name}' needs calibration data (--calib)")
         self.uniform, self.round_to, self.min_channels = uniform, round_to, min_channels
-        self.exclude = list(exclude)
+        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # "name", not n, a, m, e
         self.calibration, self.compensate = calibration, compensate
         if reconstruct and calibration is None:
             raise UsageError("reconstruction refits layers on calibration data: give it (--calib)")
@@ -130,10 +135,14 @@ class PrunePass(Pass):
         bar.update()
         bar.set_postfix_str(f"scores ({self.criterion.name})")
         excluded = self._matched(model, groups, self.exclude, "exclusion")
-        local = {}
+        local, acted = {}, []
+        by_id = {g.id: g for g in groups}
         for pattern, ratio in self.group_ratios.items():
             matched = match_groups(model, groups, [pattern], "group ratio", roles=[Role.PRODUCER])[pattern]
             local.update(dict.fromkeys(matched, ratio))
+            acted += [f"--group-ratio '{pattern}={ratio:g}' acts on group {by_id[gid].name}, which couples "
+                      + ", ".join(_members(by_id[gid])) for gid in sorted(matched)
+                      if len(_members(by_id[gid])) > 1]  # tied through a residual or Concat: say so
         active = [g for g in groups if g.prunable and g.id not in excluded and g.size > 1]
         self.criterion.prepare(model, active)
         raw = {g.id: np.asarray(self.criterion(g), dtype=np.float64) for g in active}
@@ -157,7 +166,8 @@ class PrunePass(Pass):
             self.criterion.name, ratio, target, self._rows(groups, excluded, scores, plan),
             (cost.macs, macs), (cost.params, params),
         )
-        report.notes = [note for note in (control_flow_note(model),) if note]
+        report.notes = [note for note in (control_flow_note(model),) if note] + acted
+        report.notes += self._rounding_notes(report, ratio, target, set(local))
         bar.update()
         if self.dry_run or not plan.keep:
             return PrunePassResult(model, False, [], report, plan)
@@ -177,6 +187,22 @@ class PrunePass(Pass):
     @staticmethod
     def _matched(model: ir.Model, groups: list[Group], patterns: Sequence[str], what: str) -> set[int]:
         return set().union(*match_groups(model, groups, patterns, what).values()) if patterns else set()
+
+    def _rounding_notes(self, report: PruneReport, ratio: float | None, target, own: set[int]) -> list[str]:
+        """--round-to can undo a small ratio (nothing removed) or overshoot one: say so (over
+        the groups the ratio ranks: not declined, excluded or with their own --group-ratio)."""
+        ranked = [g for g in report.groups if g.status in ("pruned", "kept") and g.id not in own]
+        before, after = sum(g.channels for g in ranked), sum(g.kept for g in ranked)
+        if self.round_to <= 1 or target is not None or not ratio or not before:
+            return []
+        removed = (before - after) / before
+        if removed == 0:
+            return [f"--ratio {ratio:g} removed no channel: --round-to {self.round_to} keeps channel counts "
+                    f"multiples of {self.round_to} (--round-to 1 for exact counts)"]
+        if abs(removed - ratio) > 0.02:
+            return [f"--ratio {ratio:g} removed {removed:.1%} of the channels: --round-to {self.round_to} "
+                    f"rounds each group's kept count to a multiple of {self.round_to} (--round-to 1 for exact counts)"]
+        return []
 
     def _rows(self, groups, excluded, scores, plan) -> list[GroupReport]:
         rows = []
@@ -199,6 +225,10 @@ class PrunePass(Pass):
             elif g.size < 2:
                 row.reason = "a single channel"
             rows.append(row)
+        for g, row in zip(groups, rows):
+            row.members = _members(g)
+            row.readers = sorted({s.node.name for s in g.by_role(Role.CONSUMER) if s.node.name})
+            row.removed = plan.removed(g).tolist() if g.id in plan.keep else []
         return rows
 
     def _channel_means(self, model, groups, plan) -> tuple[dict[int, np.ndarray] | None, str | None]:

@@ -21,6 +21,9 @@ class GroupReport:
     status: str  # "pruned", "kept", "declined", "excluded"
     reason: str | None = None  # why declined / excluded, or the criterion's fallback note
     scores: dict | None = None  # normalised score summary: min/median/max, best removed
+    members: list[str] = dataclasses.field(default_factory=list)  # layers whose output channels these are
+    readers: list[str] = dataclasses.field(default_factory=list)  # layers reading them (input channels)
+    removed: list[int] = dataclasses.field(default_factory=list)  # removed channel indices
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

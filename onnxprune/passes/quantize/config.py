@@ -44,7 +44,8 @@ class QuantConfig:
             raise UsageError(
                 f"unknown activation type '{self.activation_type}' (choose: {', '.join(ACTIVATION_TYPES)})"
             )
-        object.__setattr__(self, "exclude", frozenset(self.exclude))
+        exclude = [self.exclude] if isinstance(self.exclude, str) else self.exclude  # one name, not its letters
+        object.__setattr__(self, "exclude", frozenset(exclude))
 
     @property
     def activation_dtype(self) -> np.dtype:
