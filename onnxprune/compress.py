@@ -22,9 +22,11 @@ from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
+from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import short_repr
 
 STAGES: tuple[str, ...] = ("optimize", "prune", "quantize", "check")
+BN_FOLDING = ("fold-batchnorm", "batchnorm-to-affine")
 
 
 @dataclasses.dataclass
@@ -86,6 +88,14 @@ def _tolerances(pruned: bool, quantized: bool) -> Tolerances | str:
     return "pruned"
 
 
+def _computes_in_half(model: ir.Model) -> bool:
+    """Whether the weights of the layers quantization would take are all float16/bfloat16."""
+    types = {node.inputs[1].const_value.dtype for node in model.graph
+             if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(node.inputs) > 1
+             and node.inputs[1] is not None and node.inputs[1].const_value is not None}
+    return bool(types) and types <= {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
+
+
 def compress(
     model: ModelLike,
     output: str | os.PathLike | None = None,
@@ -129,6 +139,9 @@ def compress(
     # The original to check against. The stages edit `loaded` in place, but replace tensors
     # rather than write into them, so a clone sharing the weights stays as it was (a copy
     # through protobuf would cost a copy of every weight, and lose external data's folder).
+    if quantize_model and _computes_in_half(loaded):
+        raise UsageError("the model computes in float16 and INT8 quantization starts from float32: "
+                         "pass --no-quantize (prune and check still run), or export the model in float32")
     reference = loaded.clone()
     # Every input is checked before any work (README promise): names, shapes, dtypes, NaN/Inf
     # of both data sets streamed once, labels read, and the criteria able to be evaluated.
@@ -151,7 +164,10 @@ def compress(
         seconds = time.perf_counter() - start
         stages.append(StageRecord(name, seconds, stats.size_summary(result.model), result))
 
-    run("optimize", lambda: optimize(loaded, progress=progress))
+    # The bn criterion scores the BatchNorms: fold them after pruning (prune does), not before.
+    keep_bn = pruning and criterion == "bn"
+    passes = [p for p in DEFAULT_PIPELINE if p not in BN_FOLDING] if keep_bn else DEFAULT_PIPELINE
+    run("optimize", lambda: optimize(loaded, passes=passes, progress=progress))
     if pruning:
         run("prune", lambda: prune(
             loaded, criterion=criterion, ratio=ratio, target_macs=target_macs,

@@ -50,7 +50,7 @@ def test_input_file_untouched_output_written_and_report_complete(tmp_path):
     assert result.latency_before_ms > 0 and result.latency_after_ms > 0
     report = result.to_dict()
     assert report["calibration"] == {"method": "minmax", "samples": 64, "tensors": report["calibration"]["tensors"],
-                                     "source": str(DIGITS / "calib.npz")}
+                                     "source": str(DIGITS / "calib.npz"), "notes": []}
     assert report["ops"]["QuantizeLinear"] > 0 and report["passes"][-1]["name"] == "quantize"
 
 

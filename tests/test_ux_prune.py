@@ -84,3 +84,19 @@ def test_api_takes_a_model_proto_and_an_exclude_string():
     assert quantized.declined == {"/fc/Gemm": "excluded"} and len(repr(quantized)) < 1500
     checked = onnxprune.check(proto, proto, providers=["cpu"])
     assert checked and len(repr(checked)) < 1500
+
+
+def test_bn_criterion_on_a_folded_model_is_refused():
+    folded = onnxprune.optimize(MODEL).model
+    with pytest.raises(onnxprune.OnnxPruneError, match="criterion 'bn' needs BatchNormalization"):
+        onnxprune.prune(folded, ratio=0.3, criterion="bn", dry_run=True, latency_runs=0)
+
+
+def test_compress_with_bn_scores_the_batchnorms_then_folds_them():
+    result = onnxprune.compress(MODEL, calib=CALIB, eval_data=DIGITS / "eval.npz", criterion="bn",
+                                target_macs=0.7, quantize_model=False)
+    report = result.stages[1].result.report
+    pruned = [g for g in report.groups if g.status == "pruned"]
+    assert pruned and not any("scored by l1" in (g.reason or "") for g in pruned)
+    assert not any(n.op_type == "BatchNormalization" for n in result.model.graph)  # folded after
+    assert result, result.check.failures

@@ -78,6 +78,7 @@ def prune(
     calib=None,
     calib_limit: int | None = None,
     batch_size: int = 32,
+    preprocess=None,
     fold: bool = True,
     compensate: bool = True,
     reconstruct: bool | None = None,
@@ -93,7 +94,8 @@ def prune(
     ``uniform``), ``group_ratios`` ({node name or glob: ratio}), or ``target_macs`` /
     ``target_params`` (share to keep, e.g. 0.6). ``criterion``: l1, l2, bn, activation, apoz
     (the last two need ``calib``: anything :func:`onnxprune.calibration.open_dataset` reads,
-    e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most).
+    e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most;
+    ``preprocess`` for an image folder).
     ``exclude``: node names or globs whose tensors stay untouched. ``round_to``: kept channel
     counts are multiples of it (default 8, see :data:`DEFAULT_ROUND_TO`; 1 lets the ranking
     alone decide, which can keep more accuracy on tiny layers but runs slower).
@@ -114,10 +116,12 @@ def prune(
         check_output_path(output, path)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (given {batch_size})")
-    batches = None
+    batches, data_notes = None, []
     if calib is not None:
-        dataset = calib if isinstance(calib, Dataset) else open_dataset(calib, loaded, limit=calib_limit)
+        dataset = calib if isinstance(calib, Dataset) else \
+            open_dataset(calib, loaded, limit=calib_limit, preprocess=preprocess)
         batches = functools.partial(dataset.batches, batch_size)
+        data_notes = list(dataset.notes)
     prune_pass = PrunePass(
         criterion, ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
         group_ratios=group_ratios, round_to=round_to, min_channels=min_channels, exclude=exclude,
@@ -134,6 +138,7 @@ def prune(
         verifier.prepare(loaded, _first_sample(batches, 2))
     result = prune_pass(loaded)
     report = result.report
+    report.notes += data_notes  # e.g. the image preprocessing used
     if verifier is not None and result.modified:
         verifier(loaded, prune_pass.name)
     if dry_run:

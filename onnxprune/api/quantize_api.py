@@ -237,7 +237,7 @@ class _RangeSource:
         self.used = calibrate(model, dataset, method=self.method, tensors=tensors, batch_size=self.batch_size,
                               percentile=self.percentile, symmetric=self.symmetric, progress=self.progress)
         self.info = {"method": self.method, "samples": len(dataset), "tensors": len(tensors),
-                     "source": "synthetic" if self.synthetic else str(self.calib)}
+                     "source": "synthetic" if self.synthetic else str(self.calib), "notes": list(dataset.notes)}
         return self.used
 
 

@@ -58,6 +58,7 @@ class Dataset:
         self._parts = parts
         self._labels_key = labels
         first = parts[0]
+        self.notes: list[str] = []  # what was done to the data that the user should see
         self._keys = _match_inputs(first, specs, labels)  # model input -> data key
         self.input_names = list(self._keys)
         self._specs = specs or {}
@@ -71,7 +72,14 @@ class Dataset:
             part.bind(list(self._keys.values()), ranks, axes)
             for input_name, key in self._keys.items():
                 if input_name in self._specs:
-                    self._specs[input_name].check_static(part.shape(key), part.dtype(key), part.name)
+                    spec = self._specs[input_name]
+                    spec.check_static(part.shape(key), part.dtype(key), part.name)
+                    given = part.dtype(key)
+                    if given is not None and spec.dtype is not None and np.dtype(given).kind in "iub" \
+                            and spec.dtype.kind == "f" and not self.notes:
+                        self.notes.append(
+                            f"input '{input_name}': {part.name} holds {np.dtype(given).name} values, cast to "
+                            f"{spec.dtype.name} as they are (no scaling; images: --preprocess 'scale=1/255,...')")
         counts = np.array([p.n for p in parts], dtype=np.int64)
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         total = int(self._offsets[-1])
@@ -233,7 +241,12 @@ def open_dataset(
         labels = None  # image folders take labels from their class sub-folders
     elif labels is not None and any(isinstance(p, ImagePart) for p in parts):
         raise DataError(f"{name}: labels of an image folder come from class sub-folders; it has none")
-    return Dataset(parts, specs, name=name, limit=limit, shuffle=shuffle, seed=seed, labels=labels, classes=classes)
+    dataset = Dataset(parts, specs, name=name, limit=limit, shuffle=shuffle, seed=seed, labels=labels, classes=classes)
+    image = next((p for p in parts if isinstance(p, ImagePart)), None)
+    if image is not None:
+        given = "--preprocess" if preprocess is not None else "default, no --preprocess given"
+        dataset.notes.append(f"images preprocessed ({given}): {image.preprocess.describe()}")
+    return dataset
 
 
 def _path_parts(path: Path, specs, preprocess) -> tuple[list[Part], list[str] | None]:

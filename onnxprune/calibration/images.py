@@ -157,6 +157,22 @@ class Preprocess:
             raise UsageError(f"{path}: expected a table of preprocess keys")
         return cls.from_dict(values)
 
+    def describe(self) -> str:
+        """One line saying what is done to each image (printed, so a silent default is seen)."""
+        def size(value) -> str:
+            return f"{value[0]}x{value[1]}" if isinstance(value, tuple) else f"shorter side {value}"
+
+        dtype = np.dtype(self.dtype or "float32")
+        scale = self.scale if self.scale is not None else (1 / 255 if dtype.kind == "f" else 1.0)
+        steps = [(self.color or "rgb").lower()]
+        steps += [f"resize {size(self.resize)}"] if self.resize is not None else []
+        steps += [f"crop {size(self.crop)}"] if self.crop is not None else []
+        steps.append(f"scale {Fraction(scale).limit_denominator(10000)}")
+        steps.append(f"mean {':'.join(f'{m:g}' for m in self.mean)}" if self.mean else "no mean")
+        steps.append(f"std {':'.join(f'{s:g}' for s in self.std)}" if self.std else "no std")
+        steps += [(self.layout or "nchw").lower(), dtype.name]
+        return ", ".join(steps)
+
     def for_model(self, shape: tuple, dtype: np.dtype | None) -> Preprocess:
         """Fill what was left open (layout, colour, size, dtype) from a model input's shape."""
         layout, color, resize, out_dtype = self.layout, self.color, self.resize, self.dtype

@@ -25,7 +25,8 @@ EPILOG = """\b
 Examples:
   onnxprune check model.onnx model.opt.onnx
   onnxprune check model.onnx model.int8.onnx --data eval.npz --labels labels --preset int8
-  onnxprune check model.onnx pruned.onnx --data eval.npz --atol 1e-3 --atol logits:1e-2 --layerwise
+  onnxprune check model.onnx model.opt.onnx --data eval.npz --atol 1e-3 --atol logits:1e-2 --layerwise
+  onnxprune check model.onnx pruned.onnx --data eval.npz --labels labels --preset pruned
   onnxprune check model.onnx model.int8.onnx --data eval.npz --providers cpu,openvino --json -
   onnxprune check model.onnx model.onnx --data eval.npz --providers cpu,openvino \\
       --provider-option openvino:INFERENCE_PRECISION_HINT=f32
@@ -52,7 +53,7 @@ Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
 @click.option("--providers", help="Comma-separated execution providers: cpu, cuda, tensorrt, openvino, dml, coreml... (default: every available one of cpu,cuda).")
 @click.option("--require-providers", is_flag=True, help="Fail (exit 2) if a requested provider is unavailable.")
 @click.option("--preset", type=click.Choice(["auto", *PRESETS]), default="auto", show_default=True,
-              help="exact: every element within 1e-4 + 1e-4*|ref|. int8: cosine/SQNR/top-1/accuracy drop. auto: int8 if only the candidate is quantized.")
+              help="exact: every element within 1e-4 + 1e-4*|ref|. int8: cosine/SQNR/top-1/accuracy drop. pruned: top-1 >= 95 %, accuracy drop <= 1 point. auto: pruned if the candidate's metadata says it was pruned, int8 if only the candidate is quantized, else exact.")
 @click.option("--atol", multiple=True, metavar="[OUTPUT:]X", help="Absolute tolerance, for all outputs or one (repeatable).")
 @click.option("--rtol", multiple=True, metavar="[OUTPUT:]X", help="Relative tolerance, for all outputs or one (repeatable).")
 @click.option("--stat", help="Which elements must be within tolerance: max (all), mean, pNN (e.g. p99: 99 %).")

@@ -55,6 +55,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
 @click.option("--calib-limit", type=int, help="Use at most this many calibration samples.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
+@click.option("--preprocess", help="Image preprocessing for an image folder, e.g. 'resize=256,crop=224,scale=1/255,mean=...,std=...'.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
 @click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
@@ -67,7 +68,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @html_option
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
-              min_channels, exclude, calib, calib_limit, batch_size, fold, compensate, reconstruct, refit_inputs, dry_run, latency_runs,
+              min_channels, exclude, calib, calib_limit, batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, dry_run, latency_runs,
               threads, all_groups, report_path, html_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
@@ -77,7 +78,7 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
         min_channels=min_channels, exclude=split_lists(exclude), calib=calib,
-        calib_limit=calib_limit, batch_size=batch_size, fold=fold, compensate=compensate, reconstruct=reconstruct,
+        calib_limit=calib_limit, batch_size=batch_size, preprocess=preprocess, fold=fold, compensate=compensate, reconstruct=reconstruct,
         refit_inputs=refit_inputs, dry_run=dry_run,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )

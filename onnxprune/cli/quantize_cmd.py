@@ -87,7 +87,8 @@ def summary(result) -> str:
     if result.latency_before_ms is not None:
         rows.append(("ORT CPU latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
                      f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
-    lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}", "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
+    lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}",
+             *(f"note: {n}" for n in calib.get("notes", [])), "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
     if result.declined:
         shown = list(result.declined.items())[:5]
         lines.append("left float: " + "; ".join(f"{node} ({why})" for node, why in shown)

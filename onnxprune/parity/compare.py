@@ -88,8 +88,10 @@ class Comparison:
         }
 
 
-def check_compatible(reference: ir.Model, candidate: ir.Model) -> None:
-    """Same input names/dtypes/shapes and same output names/dtypes/shapes, or a UsageError."""
+def check_compatible(reference: ir.Model, candidate: ir.Model) -> list[str]:
+    """Same input names/dtypes/shapes and same output names/dtypes/shapes, or a UsageError.
+    Float types may differ (fp32 vs fp16, the point of such a check): the notes say so."""
+    notes = []
     for kind, ref_values, cand_values in (
         ("input", _graph_inputs(reference), _graph_inputs(candidate)),
         ("output", list(reference.graph.outputs), list(candidate.graph.outputs)),
@@ -106,11 +108,16 @@ def check_compatible(reference: ir.Model, candidate: ir.Model) -> None:
         for name, r in ref.items():
             c = cand[name]
             if r.dtype is not None and c.dtype is not None and r.dtype != c.dtype:
-                raise UsageError(f"{kind} '{name}': reference is {r.dtype}, candidate is {c.dtype}")
+                if not (r.dtype.is_floating_point() and c.dtype.is_floating_point()):
+                    raise UsageError(f"{kind} '{name}': reference is {r.dtype}, candidate is {c.dtype}")
+                notes.append(f"{kind} '{name}': reference is {r.dtype}, candidate is {c.dtype}: "
+                             + ("each model gets the data in its own type" if kind == "input"
+                                else "compared in float64"))
             if not _shapes_compatible(r.shape, c.shape):
                 raise UsageError(
                     f"{kind} '{name}': reference shape {_fmt(r.shape)} vs candidate shape {_fmt(c.shape)}"
                 )
+    return notes
 
 
 def _graph_inputs(model: ir.Model) -> list[ir.Value]:
@@ -190,7 +197,7 @@ def check(
         raise UsageError(f"--layerwise-samples must be at least 1, got {layerwise_samples}")
     ref_model, ref_path = as_model(reference)
     cand_model, cand_path = as_model(candidate)
-    check_compatible(ref_model, cand_model)
+    type_notes = check_compatible(ref_model, cand_model)
     explicit = requested_criteria(tolerances, criteria)
     tolerances = resolve_tolerances(tolerances, ref_model, cand_model, criteria)
     _check_named_tolerances(tolerances, ref_model, layerwise)
@@ -238,7 +245,7 @@ def check(
         tolerances=tolerances,
         comparisons=summaries,
         failures=failures,
-        notes=_notes(feed, tolerances, summaries, unavailable)
+        notes=type_notes + _notes(feed, tolerances, summaries, unavailable)
         + [f"{CLASSIFIER_CRITERIA[k][0][2:].replace('-', ' ')} of preset '{tolerances.preset}' not evaluated: "
            + ("no labels" if k == "max_accuracy_drop" and not feed.labelled else "no classifier output")
            for k in unevaluated]

@@ -103,6 +103,7 @@ def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, l
             dataset = open_dataset(data, model, limit=samples, preprocess=preprocess,
                                    labels=labels if isinstance(labels, str) else None)
         notes = [str(w.message) for w in caught]
+    notes += [n for n in getattr(dataset, "notes", []) if n not in notes]
     if label_array is None and labels is not None:
         label_array = dataset.labels
     elif labels is None and dataset.classes is None:

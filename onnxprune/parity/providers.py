@@ -74,9 +74,23 @@ def run_session(session, feeds: Mapping[str, np.ndarray], endpoint: Endpoint, na
     """{output name: array} of one run; an error (see ``runtime.run_session``) names the endpoint."""
     names = names or [o.name for o in session.get_outputs()]
     try:
-        return dict(zip(names, runtime.run_session(session, names, feeds)))
+        return dict(zip(names, runtime.run_session(session, names, _in_session_types(session, feeds))))
     except OnnxPruneError as exc:
         raise type(exc)(f"{endpoint}: {exc}") from None
+
+
+_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _in_session_types(session, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    """Float inputs cast to the session's float type: an fp16 candidate checked against its
+    fp32 reference gets the same data in float16."""
+    cast = {}
+    for spec in session.get_inputs():
+        want, given = _FLOATS.get(spec.type), feeds.get(spec.name)
+        if want is not None and given is not None and given.dtype.kind == "f" and given.dtype != want:
+            cast[spec.name] = given.astype(want)
+    return {**feeds, **cast} if cast else feeds
 
 
 def with_cpu_fallback(provider: str) -> list[str]:

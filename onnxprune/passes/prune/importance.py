@@ -144,6 +144,14 @@ class BatchNormScale(Criterion):
         super().__init__()
         self.fallback = Magnitude(1)
 
+    def prepare(self, model: ir.Model, groups: Sequence[Group]) -> None:
+        # On a model whose BatchNorms were folded away, every group would silently be scored
+        # by l1 under the name "bn": refuse instead.
+        if groups and not any(n.op_type == "BatchNormalization" for n in model.graph.all_nodes()):
+            raise UsageError("criterion 'bn' needs BatchNormalization layers and this model has none "
+                             "(folded into the convolutions by optimize?): prune the model before "
+                             "optimizing it, or choose --criterion l1")
+
     def __call__(self, group: Group) -> np.ndarray:
         parts = []
         for slot in group.by_role(Role.PARAM):
