@@ -121,6 +121,7 @@ def prune(
         dataset = calib if isinstance(calib, Dataset) else \
             open_dataset(calib, loaded, limit=calib_limit, preprocess=preprocess)
         batches = functools.partial(dataset.batches, batch_size)
+        batches.total = -(-len(dataset) // (dataset.fixed_batch or batch_size))  # for progress bars
         data_notes = list(dataset.notes)
     prune_pass = PrunePass(
         criterion, ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,

@@ -108,8 +108,9 @@ def format_groups(report: PruneReport, all_groups: bool = False) -> str:
             g.reason or "",
         ))
     hidden = len(report.groups) - len(rows)
-    text = table(["group", "status", "channels", "removed", "score min/med/max", "max removed", "also", "channels removed",
-                  "note"], rows, align="llrrrrlll")
+    headers = ["group", "status", "channels", "removed", "score min/med/max", "max removed", "also", "channels removed",
+               "note"]
+    text = table(headers, rows, align="llrrrrlll", optional=[4, 5])  # narrow terminal: scores give way
     target = ", ".join(f"keep {share:.0%} of {'MACs' if k == 'macs' else 'parameters'}" for k, share in (report.target or {}).items())
     ratio = f"ratio {report.ratio:.3f}" + (f" (searched to {target})" if target else "")
     lines = [f"criterion {report.criterion}, {ratio}; scores normalised by each group's mean", text]

@@ -57,7 +57,8 @@ def render(result) -> str:
                          _num(o["cosine"], ".6f"), _num(o["sqnr_db"], ".1f"), _pct(o["top1_agreement"]),
                          topk, _accuracy(o), status))
     lines.append(table(["comparison", "output", "max abs", "mean abs", "p99 abs", "cosine", "SQNR dB",
-                        "top-1", "top-k", "accuracy", "status"], rows, align="llrrrrrrrll"))
+                        "top-1", "top-k", "accuracy", "status"], rows, align="llrrrrrrrll",
+                       optional=[4, 3, 8, 7]))  # a narrow terminal keeps max abs, cosine, SQNR, accuracy
     if result.layerwise is not None:
         lines += ["", *_layerwise(result.layerwise)]
     for provider, report in (result.layerwise_providers or {}).items():

@@ -125,7 +125,10 @@ class PrunePass(Pass):
         check_constraints(min_channels, round_to)
 
     def call(self, model: ir.Model) -> PrunePassResult:
-        with tqdm(total=4, desc="prune", unit="step", disable=not self.progress, leave=False) as bar:
+        # Steps, not a percentage: the rewrite step (with the refit) is most of the time, and a bar
+        # at 75 % through it looked stuck; the refit shows its own bars with totals.
+        with tqdm(total=4, desc="prune", unit="step", disable=not self.progress, leave=False,
+                  bar_format="{desc}: step {n_fmt}/{total_fmt}{postfix} [{elapsed}]") as bar:
             return self._run(model, bar)
 
     def _run(self, model: ir.Model, bar: tqdm) -> PrunePassResult:

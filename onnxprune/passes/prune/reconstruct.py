@@ -152,7 +152,8 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
     outputs = [t.x_value for t in targets] + ([t.y_value for t in targets] if reference is None else [])
     rows = 0
     with exposed(model, outputs), runtime.session(model) as sess:
-        for feeds in tqdm(batches(), desc=progress or "", unit="batch", disable=not progress, leave=False):
+        for feeds in tqdm(batches(), desc=progress or "", unit="batch", disable=not progress, leave=False,
+                          total=getattr(batches, "total", None)):  # set by the stage API when known
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
             chunks = budget_chunks(
