@@ -137,7 +137,8 @@ def worker(tool: str, model_path: str, data: str, method: str, samples: int, bat
     dataset = open_dataset(data, model, limit=samples)
     start = time.perf_counter()
     if tool == "onnxprune":
-        table = calibrate(model, dataset, method=method, batch_size=batch, percentile=99.99, symmetric=method == "percentile")
+        table = calibrate(model, dataset, method=method, batch_size=batch, percentile=99.99,
+                          symmetric=method == "percentile")
         ranges = table.as_dict()
     else:
         from onnxruntime.quantization.calibrate import (
@@ -249,8 +250,11 @@ def main() -> None:
                             human(result["peak"] if result else polled, "B") + ("" if result else "+"),
                             len(result["ranges"]) if result else "-", agreement or error,
                         ])  # fmt: skip
-                        print(table(["model", "method", "samples", "tool", "time s", "peak RSS", "tensors", "vs ours / error"], rows[-1:]), file=sys.stderr)
-    print(table(["model", "method", "samples", "tool", "time s", "peak RSS", "tensors", "range width vs ours / error"], rows))
+                        columns = ["model", "method", "samples", "tool", "time s", "peak RSS", "tensors",
+                                   "vs ours / error"]
+                        print(table(columns, rows[-1:]), file=sys.stderr)
+    print(table(["model", "method", "samples", "tool", "time s", "peak RSS", "tensors", "range width vs ours / error"],
+                rows))
 
 
 def _agreement(ours: dict, theirs: dict) -> str:

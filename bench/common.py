@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
+import json
 import multiprocessing as mp
 import os
 import sys
@@ -29,12 +30,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(tempfile.gettempdir()) / "onnxprune-bench"
+RESULTS = ROOT / "bench" / "results"  # JSON the README tables are generated from (readme_tables.py)
 sys.path.insert(0, str(ROOT / "tests"))  # the test zoo (tests/zoo.py) doubles as bench models
 
 from onnxprune.errors import first_line  # noqa: E402
 from onnxprune.report import human, table  # noqa: E402  (re-exported for the scripts)
 
-__all__ = ["CACHE", "Measurement", "conv_bn_stack", "human", "measure", "op_counts", "parity", "resnet50", "table"]
+__all__ = ["CACHE", "RESULTS", "Measurement", "conv_bn_stack", "human", "measure", "op_counts", "parity", "resnet50",
+           "table", "write_result"]
 
 
 # -- isolated measurement -----------------------------------------------------------------
@@ -116,6 +119,7 @@ def resnet50(batch: int = 1, image: int = 224) -> Path:
     path = CACHE / f"resnet50-b{batch}-{image}.onnx"
     if not path.exists():
         import torch
+
         import zoo  # tests/zoo.py: randomize_norms, export_module
 
         torch.manual_seed(0)
@@ -224,3 +228,29 @@ def op_counts(path: str | os.PathLike) -> collections.Counter:
     import onnx
 
     return collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+# -- results for the README ----------------------------------------------------------------
+
+
+def write_result(name: str, columns: Sequence[str], rows: Sequence[Sequence], *, align: str | None = None,
+                 figures: dict | None = None, data: object = None) -> Path:
+    """Write ``bench/results/NAME.json``: the table (cells as printed), single figures quoted in
+    the README's prose, and the raw measurements; ``python bench/readme_tables.py`` puts them
+    into README.md. The command line that produced it is recorded with it."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = "python bench/" + " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    result = {
+        "command": command,
+        "machine": f"{os.cpu_count()} CPUs visible; timings vary with the load of a shared machine",
+        "table": {"columns": list(columns), "rows": [[str(c) for c in r] for r in rows],
+                  **({"align": align} if align else {})},
+        "figures": figures or {},
+        "data": data,
+    }
+    path = RESULTS / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    os.replace(tmp, path)
+    print(f"wrote {path.relative_to(ROOT)}", file=sys.stderr)
+    return path

@@ -10,19 +10,7 @@ size. Goal (issue 6): exact passes with peak RSS <= 1.5x the model size. The pee
 model with ``onnx.load`` (all weights in memory); whatever happens to them is recorded, not
 hidden. Files are deleted afterwards.
 
-Measured here (2.25 GiB model with one BatchNorm to fold, 2 shared cores; onnxsim 0.8.1):
-
-    onnxprune inspect                   0.0 s   131 MiB  0.06x
-    onnxprune optimize                  2.0 s  1.13 GiB  0.50x   (BN folded into a 256 MiB weight;
-                                                                  other weights copied file to file)
-    onnxprune optimize --verify        10.0 s  2.89 GiB  1.29x   (ORT maps the weights)
-    onnxprune prune --ratio 0.5         4.9 s  2.39 GiB  1.06x
-    onnxprune quantize --synthetic     12.0 s  2.89 GiB  1.28x   (calibration's ORT session; was 4.20 GiB,
-                                                                  1.87x, before each weight was freed once
-                                                                  quantized: the pass now peaks at 0.97 GiB)
-    onnxprune check (model vs itself)   1.0 s  4.64 GiB  2.06x   (two ORT sessions)
-    onnxsim                            34.8 s  7.33 GiB  3.26x   (works, external data)
-    onnxslim                           12.6 s  7.38 GiB  3.28x
+Results go to bench/results/large-model.json (the README's table: bench/readme_tables.py).
 """
 
 from __future__ import annotations
@@ -105,7 +93,8 @@ PEERS = {"onnxsim (onnx.load + simplify)": run_onnxsim, "onnxslim": run_onnxslim
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=2.1, help="weights size (rounded up to whole layers)")
-    parser.add_argument("--skip-peers", action="store_true", help="only onnxprune (peers may need 3x+ the model in RAM)")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="only onnxprune (peers may need 3x+ the model in RAM)")
     parser.add_argument("--json", help="write the measurements here")
     args = parser.parse_args()
 
@@ -132,6 +121,8 @@ def main() -> None:
         print()
         print(common.table(["tool", "time", "peak RSS", "x model", "result"], rows, align="lrrrl"))
         print(f"\ngoal: exact passes within {GOAL_MEMORY_FACTOR}x the model's size ({common.human(size, 'B')})")
+        common.write_result("large-model", ["command", "time", "peak RSS", "× model size", "result"], rows,
+                            align="lrrrl", figures={"size": common.human(size, "B")}, data=results)
         if args.json:
             Path(args.json).write_text(json.dumps({"model_bytes": size, "tools": results}, indent=2))
     finally:

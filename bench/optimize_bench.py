@@ -83,8 +83,10 @@ def bench(models: list[str], tools: list[str], workdir: Path) -> list[dict]:
     return rows
 
 
-def render(rows: list[dict]) -> str:
-    headers = ["model", "size", "tool", "time", "peak RSS", "added RSS", "added/size", "nodes", "BN left", "parity"]
+HEADERS = ["model", "size", "tool", "time", "peak RSS", "added RSS", "added/size", "nodes", "BN left", "parity"]
+
+
+def render(rows: list[dict]) -> list[tuple]:
     body = []
     for r in rows:
         ok = r["error"] is None
@@ -98,7 +100,17 @@ def render(rows: list[dict]) -> str:
             r.get("bn_left", ""),
             f"{r['parity']:.1e}" if ok else r["error"][:40],
         ))
-    return common.table(headers, body, align="llllrrrrrr")
+    return body
+
+
+def figures(rows: list[dict]) -> dict:
+    """The ResNet-50 numbers the README's prose quotes."""
+    ours = [r for r in rows if r["model"] == "resnet50" and r["tool"] == "onnxprune" and not r["error"]]
+    if not ours:
+        return {}
+    r = ours[0]
+    return {"resnet50_time": f"{r['wall_s']:.2f} s", "resnet50_added": f"{r['extra_rss'] / r['model_bytes']:.2f}×",
+            "resnet50_process": f"{r['peak_rss'] / r['model_bytes']:.2f}×"}
 
 
 def goal_lines(rows: list[dict]) -> list[str]:
@@ -126,9 +138,11 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="onnxprune-optimize-bench-") as tmp:
         rows = bench(args.models, args.tools, Path(tmp))
-    print(render(rows))
+    body = render(rows)
+    print(common.table(HEADERS, body, align="llllrrrrrr"))
     for line in goal_lines(rows):
         print(line)
+    common.write_result("optimize", HEADERS, body, align="lllrrrrlrr", figures=figures(rows), data=rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

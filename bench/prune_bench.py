@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import CACHE, ROOT, measure, resnet50, table
 
+from common import CACHE, ROOT, measure, resnet50, table, write_result
 
 # --- models -----------------------------------------------------------------------------
 
@@ -71,6 +71,7 @@ def vit_b16():
 def export(name: str) -> Path:
     """The model file: ResNet50 from bench/common.py; ViT-B/16 exported once into CACHE."""
     import torch
+
     import zoo  # tests/zoo.py: export_module
 
     if name == "resnet50":
@@ -90,9 +91,9 @@ def export(name: str) -> Path:
 # --- workers (each run in a fresh process) ----------------------------------------------
 
 def work_onnxprune(src: str, dst: str, ratio: float) -> dict:
+    from onnxprune.api.prune_api import PREPARE
     from onnxprune.io import load_model, save_model
     from onnxprune.passes.prune.analysis import analyze
-    from onnxprune.api.prune_api import PREPARE
     from onnxprune.passes.prune.importance import get_criterion, normalize
     from onnxprune.passes.prune.planner import make_candidates, plan_at
     from onnxprune.passes.prune.rewrite import apply_plan
@@ -162,7 +163,8 @@ def activation_memory(sample_counts: list[int]) -> None:
         src = zoo.export(name, dynamic_batch=True)
         for n in sample_counts:
             r = run_worker("activation", src, Path(os.devnull), n)
-            rows.append((name, n, f"{r.get('collect_s', float('nan')):.2f}", f"{r['peak_rss_mb']:.0f}", r["error"] or ""))
+            rows.append((name, n, f"{r.get('collect_s', float('nan')):.2f}", f"{r['peak_rss_mb']:.0f}",
+                         r["error"] or ""))
     print("activation statistics (ORT, every prunable group's consumer inputs exposed), batches of 32")
     print(table(["model", "samples", "collect s", "peak RSS MB", "error"], rows, align="lrrrl"))
 
@@ -209,8 +211,8 @@ def digits(criteria: list[str], targets: list[float]) -> None:
     """Held-out accuracy of the digits model pruned to keep each MAC share: per criterion, how
     the removed channels are compensated, and the least-squares refit (--reconstruct)."""
     from onnxprune import load_model, optimize, runtime
-    from onnxprune.graphutils import param_count
     from onnxprune.api import prune
+    from onnxprune.graphutils import param_count
     data = np.load(DIGITS / "eval.npz")
     inputs, labels = data["input"], data["labels"]
     calib = DIGITS / "calib.npz"
@@ -258,8 +260,10 @@ def digits(criteria: list[str], targets: list[float]) -> None:
           " calibration folded into the next bias; least-squares refit of the next layers, inputs from the"
           " original model (default) or from the pruned one, layer by layer); latency: ORT CPU, 1 thread, batch 1,"
           " median of 200, vs the original")
-    print(table(["criterion", "keep MACs", "variant", "MACs kept", *columns, "parameters", "latency", "note"], rows,
-                align="lllrrrrrrrrl"))
+    headers = ["criterion", "keep MACs", "variant", "MACs kept", *columns, "parameters", "latency", "note"]
+    print(table(headers, rows, align="lllrrrrrrrrl"))
+    write_result("prune-digits", headers[:-1], [r[:-1] for r in rows], align="lllrrrrrrrr",
+                 figures={"original": rows[0][4]}, data=[dict(zip(headers, r)) for r in rows])
 
 
 def refit_cost(image: int, samples: int) -> None:
@@ -275,11 +279,13 @@ def refit_cost(image: int, samples: int) -> None:
                            ("refit, pruned inputs", {"refit_inputs": "pruned"})):
         m = measure(work_refit, str(src), str(calib), str(test), options, preload=PRELOAD)
         r = m.result or {}
-        rows.append((label, f"{r['prune_s']:.1f}" if "prune_s" in r else "", f"{m.peak_rss / 2**20:.0f}", r.get("refit", ""), r.get("recentred", ""),
+        rows.append((label, f"{r['prune_s']:.1f}" if "prune_s" in r else "", f"{m.peak_rss / 2**20:.0f}",
+                     r.get("refit", ""), r.get("recentred", ""),
                      f"{r['error']:.4f}" if "error" in r else "", m.error or ""))
     print(f"ResNet-50 ({image}x{image}, random weights and BN statistics), l1 keeping 60 % of the MACs, "
           f"{samples} calibration images (batch 1); output error: ‖y - y0‖ / ‖y0 - mean y0‖ on 8 other images")
-    print(table(["variant", "prune() s", "peak RSS MB (process)", "layers refit", "re-centred", "output error", "error"], rows,
+    columns = ["variant", "prune() s", "peak RSS MB (process)", "layers refit", "re-centred", "output error", "error"]
+    print(table(columns, rows,
                 align="lrrrrrl"))
 
 
@@ -294,7 +300,8 @@ def work_refit(src: str, calib: str, test: str, options: dict) -> dict:
     seconds = time.perf_counter() - start
     out = np.concatenate([runtime.run(r.model, {"input": x[i:i + 1]})["output"] for i in range(len(x))])
     fits = r.report.reconstruction or []
-    return {"prune_s": seconds, "error": float(np.linalg.norm(out - reference) / np.linalg.norm(reference - reference.mean())),
+    error = float(np.linalg.norm(out - reference) / np.linalg.norm(reference - reference.mean()))
+    return {"prune_s": seconds, "error": error,
             "refit": sum(f.status == "refit" for f in fits), "recentred": sum(f.status == "recentred" for f in fits)}
 
 
@@ -360,11 +367,10 @@ def main() -> None:
                 r.update(check(original, dst) if r["error"] is None else {"valid": False, "error": r["error"]})
                 rows.append(_row(name, form, tool, r))
     print(f"\nratio {args.ratio} of each layer's channels (l1 / L2-norm ranking), batch-1 224x224 inputs")
-    print(table(
-        ["model", "input", "tool", "prune time s", "load+prune+save s", "peak RSS MB", "of which imports",
-         "weights removed", "valid", "shapes kept", "groups pruned/prunable/all", "error"],
-        rows, align="lllrrrrrllrl",
-    ))
+    headers = ["model", "input", "tool", "prune time s", "load+prune+save s", "peak RSS MB", "of which imports",
+               "weights removed", "valid", "shapes kept", "groups pruned/prunable/all", "error"]
+    print(table(headers, rows, align="lllrrrrrllrl"))
+    write_result("prune-onnxsim", headers, rows, align="lllrrrrrllrl", data=[dict(zip(headers, r)) for r in rows])
     print("onnxprune time: prepare (Identity/Constant clean-up) + analysis + scoring/planning + rewrite;"
           " each tool runs in a fresh process (bench/common.py measure), imports preloaded.")
 

@@ -3,7 +3,8 @@
 For each model, calibration method and sample count, each tool quantizes the same float model
 (BatchNorm already folded by ``onnxprune optimize``, so both see the same graph) from the same
 data in the same batches, in its own fresh process (bench/common.measure): wall time of the
-whole quantization and peak RSS of that process, best of ``--repeat`` interleaved runs. Then, in this process, every INT8 model is
+whole quantization and peak RSS of that process, best of ``--repeat`` interleaved runs. Then, in
+this process, every INT8 model is
 scored against the float model on held-out inputs: top-1 agreement, mean cosine of the
 outputs, held-out accuracy (digits), and ONNX Runtime CPU latency (1 thread, batch 32).
 
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CACHE, human, measure, table
+from common import CACHE, human, measure, table, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits"
@@ -100,7 +101,8 @@ def smooth_images(n: int, seed: int) -> np.ndarray:
     """Low-pass filtered noise: spatially correlated like photos, roughly unit variance."""
     rng = np.random.default_rng(seed)
     coarse = rng.standard_normal((n, 3, 16, 16)).astype(np.float32)
-    return np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3) + 0.1 * rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
+    noise = 0.1 * rng.standard_normal((n, 3, 64, 64)).astype(np.float32)
+    return np.repeat(np.repeat(coarse, 4, axis=2), 4, axis=3) + noise
 
 
 def prepare(name: str) -> dict:
@@ -124,6 +126,7 @@ def prepare(name: str) -> dict:
             import zlib
 
             import torch
+
             import zoo  # tests/zoo.py (on sys.path via common)
 
             module = resnet_module()
@@ -131,7 +134,9 @@ def prepare(name: str) -> dict:
             zoo.export_module(module, (1, 3, 64, 64), source, dynamic_batch=True)
     else:
         rng = np.random.default_rng(1)
-        pool, held_inputs, labels = rng.standard_normal((500, 32, 128), np.float32), rng.standard_normal((256, 32, 128), np.float32), None
+        pool = rng.standard_normal((500, 32, 128), np.float32)
+        held_inputs = rng.standard_normal((256, 32, 128), np.float32)
+        labels = None
         source = folder / "exported.onnx"
         if not source.exists():
             import zoo
@@ -286,9 +291,12 @@ def main() -> None:
                                     f"{theirs.extra_rss / max(ours.extra_rss, 1):.1f}x",
                                     human(ours.extra_rss, "B"), human(theirs.extra_rss, "B")])
     print(table(HEADERS, rows, align="lllrrrrrrr"))
+    write_result("quantize", HEADERS, rows, align="lllrrrrrrr")
     if summary:
         print("\nonnxprune vs ort-matched (same settings): speed-up and memory ratio of the quantization call")
-        print(table(["model", "method", "samples", "faster", "less memory", "onnxprune +RSS", "ORT +RSS"], summary))
+        columns = ["model", "method", "samples", "faster", "less memory", "onnxprune +RSS", "ORT +RSS"]
+        print(table(columns, summary))
+        write_result("quantize-vs-ort", columns, summary, align="llrrrrr")
 
 
 HEADERS = ["model", "tool", "method", "samples", "time s", "peak RSS", "top-1 vs fp32", "cosine", "accuracy",

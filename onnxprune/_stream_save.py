@@ -1,7 +1,7 @@
 """Writing a single-file ONNX model one initializer at a time.
 
 ``ir.save`` (like ``onnx.save``) builds the whole ``ModelProto`` and then its bytes: two more
-copies of every weight on top of the model in memory (+300 MB peak for ResNet-50's 100 MB).
+copies of every weight on top of the model in memory (about 3x the weights at the peak).
 Protobuf's wire format lets us do without: a message is the concatenation of its encoded
 fields, in any order, and a sub-message is ``tag, length, bytes``. So we serialize the model
 without its initializers (small), then append each initializer to the graph field as its

@@ -81,7 +81,8 @@ def load_file(path: str | Path) -> Options:
     except Exception as exc:
         raise UsageError(f"{path}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'JSON'}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise UsageError(f"{path}: expected {{provider: {{key: value}}}}, e.g. {{\"openvino\": {{\"precision\": \"FP32\"}}}}")
+        raise UsageError(f"{path}: expected {{provider: {{key: value}}}}, "
+                         f"e.g. {{\"openvino\": {{\"precision\": \"FP32\"}}}}")
     result: Options = {}
     for provider, options in data.items():
         full = eps.resolve(provider)

@@ -27,7 +27,6 @@ from onnxprune.errors import (
     InvalidModelError,
     OnnxPruneError,
     UnsupportedError,
-    UsageError,
     first_line,
 )
 from onnxprune import shapes

@@ -53,9 +53,11 @@ def write_large_mlp(folder, *, total_bytes: int = 2_300_000_000, width: int = 81
             x = f"add{i}"
             if i == 0 and batchnorm:  # BatchNorm1d: folding it rewrites a 256 MiB weight
                 stats = [numpy_helper.from_array(rng.uniform(lo, hi, width).astype(np.float32), f"bn_{k}")
-                         for k, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.1, 0.1), ("mean", -0.1, 0.1), ("var", 0.5, 1.5))]
+                         for k, lo, hi in (("scale", 0.5, 1.5), ("bias", -0.1, 0.1), ("mean", -0.1, 0.1),
+                                           ("var", 0.5, 1.5))]
                 inits += stats
-                nodes.append(helper.make_node("BatchNormalization", [x, *(t.name for t in stats)], ["bn0"], name="BN_0"))
+                bn_inputs = [x, *(t.name for t in stats)]
+                nodes.append(helper.make_node("BatchNormalization", bn_inputs, ["bn0"], name="BN_0"))
                 x = "bn0"
             nodes.append(helper.make_node("Relu", [x], [f"relu{i}"], name=f"Relu_{i}"))
             x = f"relu{i}"

@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from test_parity_helpers import DIGITS, DIGITS_EVAL, ROOT, conv_net, perturbed_digits
 
 from onnxprune.cli import cli
+from test_parity_helpers import DIGITS, DIGITS_EVAL, ROOT, conv_net, perturbed_digits
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import onnx
 import pytest
-import zoo
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
-from tiny import max_error, rand
 
+import zoo
 from onnxprune import runtime
 from onnxprune.cli import cli
 from onnxprune.pipeline import DEFAULT_PIPELINE
+from tiny import max_error, rand
 
 
 def run(*args: object):

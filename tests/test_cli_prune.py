@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune import load_model, runtime, stats
+from onnxprune.api import prune
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
-from onnxprune.api import prune
 from onnxprune.passes.prune import PrunePass
 from onnxprune.pipeline import run_pipeline
 from onnxprune.validate import check_model

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from tiny import Tiny
 
 from onnxprune.cli import cli
+from tiny import Tiny
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
 
@@ -33,7 +33,8 @@ def quantized_digits(tmp_path_factory):
 def test_quantize_prints_the_summary_and_writes_model_report_and_table(quantized_digits):
     result, out, report, table = quantized_digits
     assert result.exit_code == 0, result.output
-    for text in ("calibration: entropy on 100 samples", "tensors quantized", "weights size", "ORT CPU latency", "wrote"):
+    expected = ("calibration: entropy on 100 samples", "tensors quantized", "weights size", "ORT CPU latency", "wrote")
+    for text in expected:
         assert text in result.output
     onnx.checker.check_model(str(out))
     data = json.loads(report.read_text())
@@ -60,7 +61,8 @@ def test_options_reach_the_model(tmp_path):
                     "--no-latency")
     assert result.exit_code == 0, result.output
     model = onnx.load(str(out))
-    zero_points = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("_zero_point")}
+    zero_points = {i.name: onnx.numpy_helper.to_array(i)
+                   for i in model.graph.initializer if i.name.endswith("_zero_point")}
     assert not any(z.any() for z in zero_points.values())  # symmetric int8: every zero point is 0
     assert {z.dtype for z in zero_points.values()} == {np.dtype(np.int8), np.dtype(np.int32)}  # int32: biases
     weights = [onnx.numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8

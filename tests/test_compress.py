@@ -65,11 +65,13 @@ def test_cli_writes_model_and_report(tmp_path):
     res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB),
                                    "--eval", str(EVAL), "--labels", "labels", "--target-macs", "0.8",
                                    "--round-to", "1", "--latency-batch", "0", "--report", str(report)])
-    assert res.exit_code in (0, 1), res.output
+    # keeping 80 % of the MACs with a refit on the calibration data, then INT8: the check
+    # passes (test_cli_failed_check_exits_1_and_still_writes covers the failing case)
+    assert res.exit_code == 0, res.output
     onnx.checker.check_model(str(out))
     data = json.loads(report.read_text())
     assert [s["name"] for s in data["stages"]] == ["optimize", "prune", "quantize"]
-    assert data["passed"] == (res.exit_code == 0)
+    assert data["passed"] is True
     assert "stage" in res.output and "parity" in res.output
 
 

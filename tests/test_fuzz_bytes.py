@@ -104,5 +104,7 @@ def test_damaged_model_with_external_data(workdir, data):
 def test_truncated_model_is_refused(original, workdir, cut):
     path = workdir / "truncated.onnx"
     path.write_bytes(original[:cut])
-    with pytest.raises((ModelLoadError, InvalidModelError), match="truncated|not a valid ONNX|no graph|corrupted|malformed"):
+    with pytest.raises(
+        (ModelLoadError, InvalidModelError), match="truncated|not a valid ONNX|no graph|corrupted|malformed"
+    ):
         load_model(path)

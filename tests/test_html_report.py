@@ -132,7 +132,8 @@ def test_axes_are_rounded_to_nice_ticks():
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium; .ci/run does)")
+needs_browser = pytest.mark.skipif(CHROMIUM is None,
+                                   reason="Chromium not installed (apt-get install chromium; .ci/run does)")
 
 
 @needs_browser

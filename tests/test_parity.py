@@ -10,6 +10,12 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+
+import onnxprune
+from onnxprune.errors import DataError, ParityError, UsageError
+from onnxprune.parity import SCHEMA_VERSION, Tolerances, check
+from onnxprune.parity.providers import plan_comparisons, select_providers
+from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_map
 from test_parity_helpers import (
     DIGITS,
     DIGITS_EVAL,
@@ -20,12 +26,6 @@ from test_parity_helpers import (
     perturbed_digits,
     quantized_digits,
 )
-
-import onnxprune
-from onnxprune.errors import DataError, ParityError, UsageError
-from onnxprune.parity import SCHEMA_VERSION, Tolerances, check
-from onnxprune.parity.providers import plan_comparisons, select_providers
-from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_map
 
 CUDA = "CUDAExecutionProvider"
 HAS_CUDA = CUDA in ort.get_available_providers()

@@ -67,7 +67,8 @@ def test_provider_options_files_and_precedence(tmp_path):
     assert from_json["precision"] == "ACCURACY" and from_json["num_of_threads"] == "2"
     assert po.load_file(tmp_path / "o.toml")[OPENVINO] == {"precision": "FP32", "enable_qdq_optimizer": "true"}
     merged = po.merge(po.load_file(tmp_path / "o.json"), po.parse_specs(["openvino:INFERENCE_PRECISION_HINT=f32"]))
-    assert json.loads(merged[OPENVINO]["load_config"]) == {"CPU": {"NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}}
+    expected = {"CPU": {"NUM_STREAMS": "1", "INFERENCE_PRECISION_HINT": "f32"}}
+    assert json.loads(merged[OPENVINO]["load_config"]) == expected
     hinted = po.fp32_hint(OPENVINO, {"load_config": '{"CPU":{"INFERENCE_PRECISION_HINT":"bf16"}}'})
     assert json.loads(hinted["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "f32"}}
     assert po.precision_asked(hinted) == {"CPU.INFERENCE_PRECISION_HINT": "f32"}
@@ -80,8 +81,8 @@ def test_plugin_packages_are_found_and_a_broken_one_is_explained(tmp_path, monke
     package = tmp_path / "onnxruntime_ep_fake"
     package.mkdir()
     (package / "__init__.py").write_text(
-        "def get_library_path():\n    return %r\n\ndef get_ep_names():\n    return ['FakeExecutionProvider']\n"
-        % str(tmp_path / "libfake.so"))
+        f"def get_library_path():\n    return {str(tmp_path / 'libfake.so')!r}\n\n"
+        "def get_ep_names():\n    return ['FakeExecutionProvider']\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(eps, "_plugins", None)
     found = eps.plugins()

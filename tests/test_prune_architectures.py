@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 import pytest
-from test_prune_rewrite import assert_close, check_pruned, outputs, zero_filters
 
 from onnxprune import runtime
 from onnxprune.graphutils import const_array, set_initializer
@@ -19,6 +18,7 @@ from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
+from test_prune_rewrite import assert_close, check_pruned, outputs, zero_filters
 
 # name: (groups, prunable, grouped-conv groups, substrings of the declined reasons)
 EXPECTED = {

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_prune_importance import toy_groups, toy_model
-
-from zoo import ARCHITECTURES, export
 
 from onnxprune import load_model, stats
+from onnxprune.api.prune_api import PREPARE
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune.analysis import analyze
-from onnxprune.api.prune_api import PREPARE
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import Magnitude, normalize
 from onnxprune.passes.prune.planner import (
@@ -23,6 +20,8 @@ from onnxprune.passes.prune.planner import (
 )
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.pipeline import run_pipeline
+from test_prune_importance import toy_groups, toy_model
+from zoo import ARCHITECTURES, export
 
 
 def bare(gid: int, size: int, **attrs) -> Group:

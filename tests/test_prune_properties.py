@@ -7,19 +7,19 @@ channels masked at their consumers; and pruning all-zero filters never changes t
 
 from __future__ import annotations
 
-import graphgen
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_prune_architectures import _zero_channels
-from test_prune_rewrite import assert_close, masked, outputs, random_plan
 
+import graphgen
 from onnxprune.errors import OnnxPruneError
 from onnxprune.passes.prune import fold
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.group import PrunePlan
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.validate import check_model
+from test_prune_architectures import _zero_channels
+from test_prune_rewrite import assert_close, masked, outputs, random_plan
 
 # More examples than the profile's default (these are the core completeness properties and
 # take ~0.05 s each); the dev profile's larger count still applies.

@@ -16,16 +16,16 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 from click.testing import CliRunner
-from tiny import Tiny, fresh, max_error
 
 from onnxprune import load_model, runtime
+from onnxprune.api import prune
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import const_array
-from onnxprune.api import prune
 from onnxprune.passes.prune import PrunePass
 from onnxprune.passes.prune.lstsq import FLUSH_ROWS, NormalEquations, conv_rows
 from onnxprune.validate import check_model
+from tiny import Tiny, fresh, max_error
 
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
 RNG = np.random.default_rng(7)
@@ -49,7 +49,8 @@ def conv_chain():
     g = Tiny({"x": ["N", 4, 6, 6]})
     w1, b1 = dependent_rows(3, 4, offset=0.0)  # a constant would differ at the zero padding
     y = g.op("Conv", ["x", g.init("w1", w1.reshape(3, 4, 1, 1)), g.init("b1", b1)], name="conv1")
-    y = g.op("Conv", [y, g.init("w2", RNG.standard_normal((5, 3, 3, 3)).astype(np.float32))], name="conv2", pads=[1, 1, 1, 1])
+    w2 = g.init("w2", RNG.standard_normal((5, 3, 3, 3)).astype(np.float32))
+    y = g.op("Conv", [y, w2], name="conv2", pads=[1, 1, 1, 1])
     return g.proto(y), (4, 6, 6)
 
 

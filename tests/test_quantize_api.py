@@ -120,5 +120,7 @@ def test_a_model_with_nothing_to_quantize_is_an_error():
     model = fresh(g.proto(g.op("Softmax", [g.op("Exp", ["x"])])))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(UnsupportedError, match=r"nothing to quantize: no Conv/.* node in the main graph \(ops: Exp, Softmax\)"):
+        with pytest.raises(
+            UnsupportedError, match=r"nothing to quantize: no Conv/.* node in the main graph \(ops: Exp, Softmax\)"
+        ):
             quantize(model, synthetic=True, samples=4)

@@ -10,7 +10,6 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from tiny import Tiny, feeds_for, fresh, rand
 
 from onnxprune import runtime
 from onnxprune.errors import UnsupportedError, UsageError
@@ -19,6 +18,7 @@ from onnxprune.io import load_model
 from onnxprune.passes.quantize import QuantConfig, QuantizePass
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
+from tiny import Tiny, feeds_for, fresh, rand
 
 
 def observed_ranges(model: ir.Model, names: list[str], feeds: list[dict]) -> dict[str, tuple[float, float]]:
@@ -62,7 +62,9 @@ def residual_net() -> onnx.ModelProto:
     g = Tiny({"x": ["batch", 3, 8, 8]})
     stem = g.op("Relu", [g.op("Conv", ["x", g.init("w0", rand(8, 3, 3, 3)), g.init("b0", rand(8))], pads=[1] * 4)])
     pooled = g.op("MaxPool", [stem], kernel_shape=[2, 2], strides=[2, 2])
-    branch = g.op("Relu", [g.op("Conv", [pooled, g.init("w1", rand(8, 8, 3, 3) * 0.2), g.init("b1", rand(8))], pads=[1] * 4)])
+    branch = g.op(
+        "Relu", [g.op("Conv", [pooled, g.init("w1", rand(8, 8, 3, 3) * 0.2), g.init("b1", rand(8))], pads=[1] * 4)]
+    )
     branch = g.op("Conv", [branch, g.init("w2", rand(8, 8, 3, 3) * 0.2), g.init("b2", rand(8))], pads=[1] * 4)
     merged = g.op("Relu", [g.op("Add", [branch, pooled])])
     flat = g.op("Flatten", [g.op("GlobalAveragePool", [merged])])
@@ -308,7 +310,10 @@ def test_float_weights_are_released_as_they_are_quantized(tmp_path, monkeypatch)
 
     original = qp.quantize
     batches = [feeds_for(proto)]  # calibrated in memory: ORT reads no external data from bytes
-    calibrator = lambda m, names: observed_ranges(fresh(proto), names, batches)
+
+    def calibrator(m, names):
+        return observed_ranges(fresh(proto), names, batches)
+
     monkeypatch.setattr(qp, "quantize", spy)
     QuantizePass(calibrator=calibrator)(model)
     monkeypatch.undo()
@@ -317,4 +322,5 @@ def test_float_weights_are_released_as_they_are_quantized(tmp_path, monkeypatch)
     in_memory = fresh(proto)
     QuantizePass(calibrator=calibrator)(in_memory)
     assert {k: v.const_value.numpy().tobytes() for k, v in model.graph.initializers.items()} == {
-        k: v.const_value.numpy().tobytes() for k, v in in_memory.graph.initializers.items()}
+        k: v.const_value.numpy().tobytes() for k, v in in_memory.graph.initializers.items()
+    }

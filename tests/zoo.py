@@ -38,8 +38,8 @@ from zoo_blocks import (
     EncoderBlock,
     Fire,
     InvertedResidual,
-    SqueezeExcite,
     ShuffleUnit,
+    SqueezeExcite,
     UNet,
     conv_bn,
 )

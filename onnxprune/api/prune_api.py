@@ -4,9 +4,8 @@ Order: exact preparation (:data:`PREPARE`), pruning, then (``fold``) the exact c
 pipeline with BatchNorm folding. Pruning *before* BN folding keeps the BNs visible to the
 ``bn`` criterion and loses nothing for the others: ``l1``/``l2`` scale each filter by its BN
 factor, so they rank exactly as on the folded model, and activation statistics do not depend
-on the form of the graph. Measured on the digits model (bench/prune_bench.py --digits), both
-orders give identical models for l1/l2/activation/apoz, while ``bn`` keeping 50 % of the MACs
-reaches 87.1 % accuracy pruned first and 83.6 % (its l1 fall-back) on a folded model.
+on the form of the graph; ``bn`` on a folded model falls back to l1 (no BNs left to read).
+``bench/prune_bench.py --digits`` compares both orders ("fold first" rows).
 """
 
 from __future__ import annotations

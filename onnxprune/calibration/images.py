@@ -150,7 +150,8 @@ class Preprocess:
         except ImportError:
             raise UsageError(f"{path}: TOML configs need Python 3.11+; use JSON") from None
         except ValueError as exc:
-            raise UsageError(f"{path}: not a valid {path.suffix[1:].upper() or 'JSON'} file ({first_line(exc)})") from None
+            kind = path.suffix[1:].upper() or "JSON"
+            raise UsageError(f"{path}: not a valid {kind} file ({first_line(exc)})") from None
         if isinstance(values, dict) and isinstance(values.get("preprocess"), dict):
             values = values["preprocess"]
         if not isinstance(values, dict):

@@ -14,8 +14,8 @@ The nodes are added to the model for the session's creation only (the model is r
 right after). ORT optimises the probed graph (``ORT_ENABLE_ALL``: NCHWc convolutions,
 fusions), which a probed tensor survives (graph outputs are never fused away) with values
 changed by float rounding only (ranges within 3e-7 relative of an unoptimised session's).
-On the benchmark's ResNet that is 22% less CPU time than unoptimised (ORT's own calibrators
-run unoptimised), once the nodes run in a good order (see ``_optimised_session``).
+That costs less CPU time than an unoptimised session (ORT's own calibrators run
+unoptimised), once the nodes run in a good order (see ``_optimised_session``).
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ from onnxprune.runtime import session
 
 _LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # of the graph the probed session runs
 # ORT's default order runs nodes whose outputs are graph outputs last, so the added
-# reductions would keep every activation alive to the end (+300 MB at batch 20 on a 3 MB
-# CNN); the priority-based order runs ready nodes by index: in the order of the graph.
+# reductions would keep every activation alive to the end (hundreds of MB on a small CNN);
+# the priority-based order runs ready nodes by index: in the order of the graph.
 _ORDER = ort.ExecutionOrder.PRIORITY_BASED
 REDUCTIONS = ("ReduceMin", "ReduceMax", "Size", "ReduceSum")  # outputs per reduced tensor, in order
 _PROBE_TAG = "__onnxprune_"  # in the names of the nodes probes add
@@ -107,10 +107,9 @@ def _optimised_session(model: ir.Model, providers) -> Iterator[ort.InferenceSess
 
     ORT's priority-based order runs ready nodes by index, and the optimiser appends the nodes
     it adds (NCHWc ReorderOutput before each probe of a convolution output) at the end: the
-    probes would run last and every probed tensor would stay alive (+580 MB on the benchmark's
-    ResNet at batch 50). So the optimised graph is saved (weights to a side file), its nodes
-    re-sorted with probes first among ready nodes, and loaded as it is (10-20 ms more than one
-    session on the benchmark's models). If ORT cannot save it, the graph runs unoptimised.
+    probes would run last and every probed tensor would stay alive. So the optimised graph is
+    saved (weights to a side file), its nodes re-sorted with probes first among ready nodes,
+    and loaded as it is (a second session load). If ORT cannot save it, the graph runs unoptimised.
     """
     folder = Path(tempfile.mkdtemp(prefix="onnxprune-probes-"))
     try:
@@ -144,8 +143,7 @@ def _optimised_session(model: ir.Model, providers) -> Iterator[ort.InferenceSess
 
 def _lean(options: ort.SessionOptions) -> None:
     # Memory patterns (one block planned per input shape after a first run) come on top of
-    # the arena chunks of that first run: +20 MB on the benchmark's transformer, +70 MB on
-    # its ResNet at batch 50, for no measurable speed.
+    # the arena chunks of that first run: more memory for no measurable speed.
     options.enable_mem_pattern = False
 
 

@@ -76,7 +76,9 @@ class Statistics:
                 dirty.append(name)
         if dirty:
             listed = ", ".join(f"'{n}'" for n in dirty[:5]) + (f" and {len(dirty) - 5} more" if len(dirty) > 5 else "")
-            warnings.warn(f"tensor {listed} produced NaN/Inf on the calibration data; ignored those values", stacklevel=3)
+            warnings.warn(
+                f"tensor {listed} produced NaN/Inf on the calibration data; ignored those values", stacklevel=3
+            )
         return self
 
     def compute(self, method: str = "minmax", **options) -> CalibrationTable:

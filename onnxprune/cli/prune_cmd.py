@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.api.prune_api import PruneResult, prune
 from onnxprune.cli._common import (
     input_shape_option,
     check_side_outputs,
@@ -17,7 +18,6 @@ from onnxprune.cli._common import (
     write_report,
 )
 from onnxprune.errors import UsageError
-from onnxprune.api.prune_api import PruneResult, prune
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport
 from onnxprune.report import change, table
 

@@ -259,8 +259,9 @@ def localise(
     _expose(ref_copy, [m.name for m in matches])
     _expose(cand_copy, [m.candidate for m in matches])
     ref_end, cand_end = Endpoint("reference", reference_provider), Endpoint("candidate", candidate_provider)
-    with runtime.session(ref_copy, with_cpu_fallback(reference_provider), provider_options=provider_options) as ref_sess, \
-            runtime.session(cand_copy, with_cpu_fallback(candidate_provider), provider_options=provider_options) as cand_sess:
+    options = provider_options
+    with runtime.session(ref_copy, with_cpu_fallback(reference_provider), provider_options=options) as ref_sess, \
+            runtime.session(cand_copy, with_cpu_fallback(candidate_provider), provider_options=options) as cand_sess:
         ref_names = [m.name for m in matches]
         cand_names = [m.candidate for m in matches]
         fixed = any(shape and isinstance(shape[0], int) for shape, _ in runtime.input_specs(reference).values())

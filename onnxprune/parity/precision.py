@@ -85,12 +85,14 @@ def probe_note(result: dict) -> str:
     asked = ", ".join(f"{k}={v}" for k, v in po.precision_asked(result["options"]).items())
     hint = ", ".join(f"{k}={v}" for k, v in po.FP32_HINTS[result["provider"]].items())
     head = (f"{result['provider']} differs from {base} on the reference itself by up to {result['max_abs']:.3g} "
-            f"(SQNR {_db(result['sqnr_db'])} dB, {result['samples']} samples) " + (f"with {asked}" if asked else "with its default options"))
+            f"(SQNR {_db(result['sqnr_db'])} dB, {result['samples']} samples) "
+            + (f"with {asked}" if asked else "with its default options"))
     if result["collapsed"]:
         why = f"the options given ({asked}) make {p}" if asked else f"by default {p}"
         return (f"{head}; with {hint} the difference falls to {result['max_abs_fp32']:.3g} "
                 f"(SQNR {_db(result['sqnr_db_fp32'])} dB): {why} compute below fp32 (bf16/fp16/TF32 on this "
-                f"hardware) — a precision hint, not a bug; --provider-option {p}:{hint.split(',')[0]} checks fp32 parity")
+                f"hardware) — a precision hint, not a bug; --provider-option {p}:{hint.split(',')[0]} "
+                "checks fp32 parity")
     return (f"{head}; with {hint} it is still {result['max_abs_fp32']:.3g}: not (only) a precision hint — "
             f"--layerwise names the first tensor where {p} departs")
 
@@ -121,5 +123,6 @@ def placement_notes(summary: Mapping[str, Mapping]) -> list[str]:
             if total:
                 others = ", ".join(f"{n} {short_name(p)}" for p, n in counts.items() if p != provider)
                 parts.append(f"{model} {counts.get(provider, 0)}/{total} nodes" + (f" ({others})" if others else ""))
-        notes.append(f"{provider} ran {entry['share']:.0%} of the nodes itself, the rest fell back: " + "; ".join(parts))
+        notes.append(f"{provider} ran {entry['share']:.0%} of the nodes itself, the rest fell back: "
+                     + "; ".join(parts))
     return notes

@@ -58,7 +58,7 @@ def select_providers(requested: Sequence[str] | None, require: bool) -> tuple[li
         unavailable = []
     fail_if_unavailable(unavailable, require)
     if not used:
-        raise UsageError(f"none of the requested execution providers is available: "
+        raise UsageError("none of the requested execution providers is available: "
                          + "; ".join(f"{u['provider']}: {u['reason']}" for u in unavailable))
     return used, unavailable
 

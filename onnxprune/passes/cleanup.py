@@ -6,7 +6,7 @@ import math
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-from onnxscript.optimizer import _constant_folding
+from onnxscript.optimizer import constant_folding  # the public name of the module
 
 from onnxprune.passes.base import Pass, PassResult, WrappedPass
 
@@ -27,7 +27,7 @@ class FoldConstants(WrappedPass):
 
     def make(self):
         # Folded tensors up to 4M elements; larger folds would mostly duplicate weights.
-        return _constant_folding.FoldConstantsPass(
+        return constant_folding.FoldConstantsPass(
             shape_inference=False,
             input_size_limit=4 * 1024 * 1024,
             output_size_limit=4 * 1024 * 1024,

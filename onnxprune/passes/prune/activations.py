@@ -108,7 +108,7 @@ def collect_channel_stats(
         for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
-            for chunk in budget_chunks(values.values(), lambda v: batch_nbytes(v, batch), FETCH_BUDGET):
+            for chunk in budget_chunks(values.values(), lambda v, batch=batch: batch_nbytes(v, batch), FETCH_BUDGET):
                 names = [v.name for v in chunk]
                 try:
                     arrays = sess.run(names, feeds)

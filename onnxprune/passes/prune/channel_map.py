@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import onnx_ir as ir
 
@@ -17,11 +18,11 @@ from onnxprune.passes.prune.group import Group, PrunePlan, Role
 CHANNEL_MAP_KEY = "onnxprune.kept_channels"
 
 
-def channel_map_from_plan(groups: Sequence[Group], plan: PrunePlan) -> dict[str, dict]:
+def channel_map_from_plan(groups: Sequence[Group], plan: PrunePlan) -> dict[str, dict[str, Any]]:
     """{activation tensor: {"axis", "removed"}} of a prune plan,
     in the form :data:`CHANNEL_MAP_KEY` stores; a tensor shared by several groups (a Concat)
     gets the union of their removed positions."""
-    entries: dict[str, dict] = {}
+    entries: dict[str, dict[str, Any]] = {}
     for group in groups:
         removed = plan.removed(group)
         if not removed.size:

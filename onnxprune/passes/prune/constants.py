@@ -21,11 +21,10 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.graphutils import attr
+from onnxprune.graphutils import MAC_OPS, attr
 from onnxprune.passes.prune.group import Group, Role, Slot
 from onnxprune.passes.prune.layers import is_depthwise, resolve_weight
 from onnxprune.passes.prune.rules import constant
-from onnxprune.graphutils import MAC_OPS
 
 _PASS_THROUGH = set(
     "Identity Dropout Cast Transpose Squeeze Unsqueeze Reshape Flatten Split Slice Resize Upsample "

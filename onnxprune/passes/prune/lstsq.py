@@ -158,5 +158,6 @@ def _pads_begin(node, spatial, out, kernel, strides, dilations) -> tuple[int, ..
     if auto in ("NOTSET", "VALID"):
         pads = attr(node, "pads") or [0] * (2 * len(spatial))
         return tuple(pads[: len(spatial)]) if auto == "NOTSET" else (0,) * len(spatial)
-    total = [max((o - 1) * s + (k - 1) * d + 1 - i, 0) for o, s, k, d, i in zip(out, strides, kernel, dilations, spatial)]
+    total = [max((o - 1) * s + (k - 1) * d + 1 - i, 0)
+             for o, s, k, d, i in zip(out, strides, kernel, dilations, spatial)]
     return tuple(t // 2 if auto == "SAME_UPPER" else t - t // 2 for t in total)

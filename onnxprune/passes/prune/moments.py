@@ -1,10 +1,10 @@
 """Data-free estimate of each channel's mean at the consumers, from BatchNorm statistics.
 
 A removed channel still contributed ``W[:, c] * E[x_c]`` (on average) to the next layer;
-folding that into the bias is what keeps accuracy after pruning without retraining (on the
-digits model, keeping 70 % of the MACs with l1: 31 % held-out accuracy without it, 98 % with
-it). Calibration data gives ``E[x_c]`` directly (:func:`.activations.collect_channel_stats`);
-without data, BatchNorm tells it: in inference BN normalises with the training statistics,
+folding that into the bias is what keeps accuracy after pruning without retraining (the
+"none" and "BN stats" columns of ``bench/prune_bench.py --digits``). Calibration data gives
+``E[x_c]`` directly (:func:`.activations.collect_channel_stats`); without data, BatchNorm tells
+it: in inference BN normalises with the training statistics,
 so its output for channel c is, over the data it was trained on, close to
 
     y_c ~ N(β_c, γ_c²)
@@ -69,7 +69,8 @@ class _Moments:
     def __init__(self, group: Group) -> None:
         self.group = group
         self.bn: dict[int, Slot] = {
-            id(s.node): s for s in group.by_role(Role.PARAM)
+            id(s.node): s
+            for s in group.by_role(Role.PARAM)
             if s.node.op_type == "BatchNormalization" and s.node.inputs[1] is s.value
         }
         self.memo: dict[int, tuple[np.ndarray, np.ndarray] | None] = {}

@@ -29,10 +29,9 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
-from onnxprune.graphutils import param_count
+from onnxprune.graphutils import MAC_OPS, node_macs, param_count
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
-from onnxprune.graphutils import MAC_OPS, node_macs
 
 
 @dataclasses.dataclass(eq=False)
@@ -146,7 +145,8 @@ class CostModel:
             if macs is None:
                 continue
             self.macs += macs
-            weight = next((v for v in node.inputs[1:2] + node.inputs[:1] if v is not None and id(v) in self.slots), None)
+            operands = node.inputs[1:2] + node.inputs[:1]
+            weight = next((v for v in operands if v is not None and id(v) in self.slots), None)
             if weight is not None:
                 self.node_macs.append((macs, id(weight)))
         self.params = param_count(model)
@@ -204,7 +204,9 @@ def search_ratio(
     if (target_macs is None) == (target_params is None):
         raise UsageError("give exactly one of --target-macs and --target-params")
     option, kind, target = (
-        ("target_macs", "MACs", target_macs) if target_macs is not None else ("target_params", "parameters", target_params)
+        ("target_macs", "MACs", target_macs)
+        if target_macs is not None
+        else ("target_params", "parameters", target_params)
     )
     if not 0 < target <= 1:
         raise UsageError(f"{option} is the share to keep and must be in (0, 1] (given {target})")
@@ -289,7 +291,5 @@ def match_groups(
         matched = {n for n in names if n == pattern or fnmatch.fnmatchcase(n, pattern)}
         if not matched:
             raise UsageError(f"{what} '{pattern}' names no node of the model")
-        result[pattern] = {
-            g.id for g in groups if any(s.node.name in matched for s in g.slots if s.role in roles)
-        }
+        result[pattern] = {g.id for g in groups if any(s.node.name in matched for s in g.slots if s.role in roles)}
     return result

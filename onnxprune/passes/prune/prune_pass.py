@@ -18,14 +18,19 @@ from tqdm import tqdm
 
 from onnxprune.errors import UsageError
 from onnxprune.passes.base import Pass, PassResult
+from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slots
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_map
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
-from onnxprune.passes.prune.activations import collect_channel_stats, hooked_slots
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.planner import (
-    CostModel, check_constraints, make_candidates, match_groups, plan_at, search_ratio,
+    CostModel,
+    check_constraints,
+    make_candidates,
+    match_groups,
+    plan_at,
+    search_ratio,
 )
 from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.report import GroupReport, PruneReport, control_flow_note
@@ -34,10 +39,8 @@ from onnxprune.passes.prune.rewrite import apply_plan
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
 # Kept channel counts are multiples of 8 unless asked otherwise: ONNX Runtime's CPU convolutions
-# (MLAS NCHWc, blocks of 8 or 16 channels) and GPU tensor cores want them. Measured with
-# `bench/prune_bench.py --latency` (ORT CPU, 1 thread, AVX-512): the digits model keeping 50 %
-# of its MACs ran 25 % *slower* than unpruned with unrounded counts, 23 % faster with multiples
-# of 8; ResNet50 keeping 60 %: 27 % faster unrounded, 36 % with multiples of 8, 39 % of 16.
+# (MLAS NCHWc, blocks of 8 or 16 channels) and GPU tensor cores want them: unrounded counts
+# can make a pruned model slower than the original (`bench/prune_bench.py --latency`).
 DEFAULT_ROUND_TO = 8
 
 
@@ -217,7 +220,8 @@ class PrunePass(Pass):
                 rows.append(GroupReport(g.id, g.name, g.size, g.size, "excluded", "excluded by --exclude"))
                 continue
             kept = plan.keep.get(g.id)
-            row = GroupReport(g.id, g.name, g.size, g.size if kept is None else len(kept), "kept" if kept is None else "pruned")
+            row = GroupReport(g.id, g.name, g.size, g.size if kept is None else len(kept),
+                              "kept" if kept is None else "pruned")
             row.reason = self.criterion.notes.get(g.id)
             if g.id in scores:
                 s, removed = scores[g.id], plan.removed(g)
@@ -252,7 +256,8 @@ class PrunePass(Pass):
         """apply_plan with least-squares refits; means only for the groups still read by a
         layer that is not refit (a refit's bias is its own mean compensation)."""
         changes, fits = prune_and_refit(
-            model, groups, plan, self.calibration, channel_means=lambda part: self._channel_means(model, groups, part)[0],
+            model, groups, plan, self.calibration,
+            channel_means=lambda part: self._channel_means(model, groups, part)[0],
             sequential=self.refit_inputs == "pruned", progress=self.progress,
         )
         return changes, fits, "calibration means" if self.compensate else None

@@ -59,7 +59,7 @@ class QuantConfig:
     def excludes(self, node_name: str, op_type: str) -> bool:
         return node_name in self.exclude or op_type in self.exclude
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         data = dataclasses.asdict(self)
         data["exclude"] = sorted(self.exclude)
         return data

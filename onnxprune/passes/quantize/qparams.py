@@ -96,7 +96,8 @@ def quantize(values: np.ndarray, params: QParams, dtype: np.dtype) -> np.ndarray
 
 def _quantize_block(values: np.ndarray, scale: np.ndarray, zero: np.ndarray, info: np.iinfo) -> np.ndarray:
     q = np.rint(values.astype(np.float64) / scale.astype(np.float64)) + zero
-    return np.clip(q, info.min, info.max).astype(info.dtype)
+    clipped: np.ndarray = np.clip(q, info.min, info.max).astype(info.dtype)
+    return clipped
 
 
 def weight_qparams(weight: np.ndarray, axis: int | None, qmax: int) -> QParams:

@@ -1,0 +1,69 @@
+"""Held-out accuracy of the pruned digits model, bounded from below per criterion.
+
+No retraining, prune()'s defaults (round_to 8; l1/l2/bn compensate with BatchNorm statistics;
+activation/apoz get calibration data, hence the least-squares refit). The floors sit a few
+points under what ``bench/prune_bench.py --digits`` measures (chance is 10 %): a criterion that
+ranks channels badly, or a lost compensation or refit, falls through them; a test below shows
+that an inverted ranking does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune import load_model, runtime
+from onnxprune.api import prune
+from onnxprune.api.prune_api import PREPARE
+from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune.importance import Magnitude
+from onnxprune.pipeline import run_pipeline
+from onnxprune.validate import check_model
+
+DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
+FLOORS = {
+    (0.7, "l1"): 0.90, (0.7, "l2"): 0.75, (0.7, "bn"): 0.88, (0.7, "activation"): 0.97, (0.7, "apoz"): 0.97,
+    (0.5, "l1"): 0.38, (0.5, "l2"): 0.20, (0.5, "bn"): 0.73, (0.5, "activation"): 0.97, (0.5, "apoz"): 0.97,
+}
+
+
+def accuracy(model, inputs: np.ndarray, labels: np.ndarray) -> float:
+    logits = runtime.run(model, {"input": inputs})["logits"]
+    return float((logits.argmax(axis=1) == labels).mean())
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    data = np.load(DIGITS / "eval.npz")
+    return data["input"], data["labels"]
+
+
+@pytest.mark.parametrize("keep_macs, criterion", sorted(FLOORS))
+def test_pruned_digits_model_keeps_its_accuracy(criterion, keep_macs, held_out):
+    inputs, labels = held_out
+    calib = DIGITS / "calib.npz" if criterion in ("activation", "apoz") else None
+    result = prune(DIGITS / "digits.onnx", criterion=criterion, target_macs=keep_macs, calib=calib, latency_runs=0)
+    check_model(result.model)
+    assert result.after["macs"] <= keep_macs * result.before["macs"]
+    acc = accuracy(result.model, inputs, labels)
+    original = accuracy(load_model(DIGITS / "digits.onnx"), inputs, labels)
+    assert FLOORS[keep_macs, criterion] <= acc <= original + 1 / len(labels), (acc, original)
+
+
+class InvertedL1(Magnitude):
+    """l1 the wrong way round: the weakest channels score highest."""
+
+    def __call__(self, group):
+        return 1.0 / (super().__call__(group) + 1e-6)
+
+
+def test_floors_separate_a_good_ranking_from_a_bad_one(held_out):
+    """Keeping the weakest channels instead of the strongest, at the same MAC share and with
+    the same compensation, ends below the l1 floor."""
+    inputs, labels = held_out
+    model = load_model(DIGITS / "digits.onnx")
+    run_pipeline(model, PREPARE)
+    PrunePass(InvertedL1(1), target_macs=0.7)(model)
+    assert accuracy(model, inputs, labels) < FLOORS[0.7, "l1"]

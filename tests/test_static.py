@@ -1,0 +1,28 @@
+"""Static checks as tests, so that every landing is gated by them: ruff (rules in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ruff():
+    if subprocess.run([sys.executable, "-m", "ruff", "--version"], capture_output=True).returncode:
+        pytest.fail("ruff is not installed: pip install -e '.[test]'")
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "onnxprune", "tests", "bench"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy():
+    """mypy with the configuration in pyproject.toml: strict on the IR passes it checks."""
+    if subprocess.run([sys.executable, "-m", "mypy", "--version"], capture_output=True).returncode:
+        pytest.fail("mypy is not installed: pip install -e '.[test]'")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", "/dev/null"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
