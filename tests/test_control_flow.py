@@ -13,13 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxprune import api, runtime
 from onnxprune.cli import cli
 from onnxprune.errors import BrokenOutputError
-from onnxprune.passes.cleanup import FoldConstants, RemoveUnused
 from onnxprune.io import load_model, save_model, weights_nbytes
+from onnxprune.passes.cleanup import FoldConstants, RemoveUnused
 
 RNG = np.random.default_rng(0)
 
 
-def branchy(tmp_path) -> "Path":  # noqa: F821
+def branchy(tmp_path) -> Path:  # noqa: F821
     """a, b = If(c, then: (Identity(Relu(x)), w[:384] + x), else: (Identity(Relu(x)), w[:384] * x)).
 
     Both branches return an outer-scope value through an Identity (ORT refuses it returned
@@ -37,11 +37,14 @@ def branchy(tmp_path) -> "Path":  # noqa: F821
                 helper.make_tensor_value_info(f"r_{tag}", TensorProto.FLOAT, [384])]
         return helper.make_graph(nodes, tag, [], outs)
     nodes = [helper.make_node("Relu", ["x"], ["xr"]),
-             helper.make_node("If", ["c"], ["a", "b"], then_branch=branch("then", "Add"), else_branch=branch("else", "Mul"))]
+             helper.make_node("If", ["c"], ["a", "b"], then_branch=branch("then", "Add"),
+                              else_branch=branch("else", "Mul"))]
     graph = helper.make_graph(
         nodes, "branchy",
-        [helper.make_tensor_value_info("c", TensorProto.BOOL, []), helper.make_tensor_value_info("x", TensorProto.FLOAT, [384])],
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [384]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [384])],
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [384])],
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [384]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [384])],
         [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -83,7 +86,8 @@ def test_constant_whose_tensor_has_another_name_lifts_cleanly(tmp_path):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "c.onnx"
     onnx.save(model, path)
-    result = CliRunner().invoke(cli, ["-q", "optimize", str(path), "-o", str(tmp_path / "o.onnx"), "--passes", "lift-constants"])
+    result = CliRunner().invoke(cli, ["-q", "optimize", str(path), "-o", str(tmp_path / "o.onnx"),
+                                      "--passes", "lift-constants"])
     assert result.exit_code == 0, result.output
 
 

@@ -23,7 +23,9 @@ RNG = np.random.default_rng(0)
 
 def paddle_like(tmp_path, dims=(-1, 3, None, None), opset=11, name="model.onnx"):
     """Conv(3->8, 3x3, pad 1) -> BN -> Relu -> Conv(8->8) -> GlobalAveragePool -> Flatten -> Gemm(8->4)."""
-    w = lambda *s: numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32) * 0.3, f"w{len(s)}_{s[0]}_{s[1]}")
+    def w(*s):
+        return numpy_helper.from_array(RNG.standard_normal(s).astype(np.float32) * 0.3, f"w{len(s)}_{s[0]}_{s[1]}")
+
     inits = [w(8, 3, 3, 3), w(8, 8, 3, 3), w(8, 4)]
     bn = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in
           (("s", RNG.uniform(0.5, 1.5, 8)), ("b", RNG.standard_normal(8)), ("m", RNG.standard_normal(8) * 0.1),
