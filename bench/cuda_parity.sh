@@ -9,6 +9,8 @@
 #   --no-install  never pip-install onnxruntime-gpu (fail instead when CUDA is missing)
 #   --quick       only the original and the exact-optimized model (no prune/quantize)
 #   --dry-run     print the commands, run nothing
+#   --realmodels DIR  then the INT8 latency rows of bench/realmodels_perf.py on the first
+#                 provider that is not cpu (DIR: the extracted wheels it reads)
 # Needs: the package installed (pip install -e .); for CUDA an NVIDIA GPU with its driver.
 set -euo pipefail
 
@@ -19,6 +21,7 @@ OUT="$ROOT/out/cuda_parity"
 INSTALL=1
 QUICK=0
 DRY=0
+REALMODELS=""
 
 say() { echo "[cuda_parity] $*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -30,7 +33,8 @@ while (($#)); do
     --no-install) INSTALL=0; shift ;;
     --quick) QUICK=1; shift ;;
     --dry-run) DRY=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --realmodels) REALMODELS="${2:?--realmodels needs a folder}"; shift 2 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -140,3 +144,11 @@ for entry in sys.argv[1:]:
 print(table(["model", "comparison", "max abs", "cosine", "SQNR dB", "top-1", "accuracy", "preset", "status"],
             rows, align="llrrrrrll"))
 EOF
+
+if [[ -n "$REALMODELS" ]]; then
+  gpu=$(tr ',' '\n' <<<"$PROVIDERS" | grep -vx cpu | head -1)
+  [[ -n "$gpu" ]] || die "--realmodels needs a provider other than cpu in --providers"
+  full=$("$PY" -c "from onnxprune.runtime import resolve_provider; print(resolve_provider('$gpu'))")
+  run "$PY" "$ROOT/bench/realmodels_perf.py" --root "$REALMODELS" --provider "$full" \
+    --out "$ROOT/bench/results/realmodels_perf_${gpu}.json"
+fi

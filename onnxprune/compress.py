@@ -15,7 +15,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxprune import runtime, stats
+from onnxprune import profiling, runtime, stats
 from onnxprune.api import optimize, prune, quantize
 from onnxprune.calibration import open_dataset
 from onnxprune.errors import UsageError
@@ -180,8 +180,9 @@ def compress(
             **dict(quantize_options or {})))
         current = stages[-1].result.model
 
-    result = check(reference, current, feed, providers=providers, tolerances=tolerances, criteria=criteria,
-                   progress=progress)
+    with profiling.phase("self-check"):
+        result = check(reference, current, feed, providers=providers, tolerances=tolerances, criteria=criteria,
+                       progress=progress)
     latency = None
     if latency_batch:
         feeds = runtime.random_inputs(reference, batch=latency_batch)

@@ -17,6 +17,7 @@ reads are never overwritten.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import re
@@ -31,9 +32,10 @@ import onnx_ir as ir
 from onnxprune import _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
-from onnxprune.shapes import normalize_dims
 from onnxprune.errors import BrokenOutputError, InvalidModelError, ModelLoadError, UsageError, first_line
 from onnxprune.graphutils import name_unnamed_nodes, release_mapping
+from onnxprune.profiling import timed
+from onnxprune.shapes import normalize_dims
 from onnxprune.validate import check_structure
 
 # Protobuf cannot serialize a message over 2 GiB; stay well clear of it.
@@ -90,6 +92,16 @@ def release_mappings(model: ir.Model) -> None:
         release_mapping(tensor)
 
 
+def trim_heap() -> None:
+    """Return the C heap's free pages to the system (glibc keeps what protobuf/ONNX Runtime
+    freed: 15-20 MB after loading and cleaning a small model). No-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@timed("load")
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load an ONNX model; raise :class:`ModelLoadError` with a one-line reason on failure.
 
@@ -177,6 +189,7 @@ def check_output_path(
     return path
 
 
+@timed("save")
 def save_model(
     model: ir.Model,
     path: str | os.PathLike,

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from onnxprune import runtime
+from onnxprune import profiling, runtime
 from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError, first_line
 from onnxprune.graphutils import node_count, param_count
 from onnxprune.parity.metrics import OutputStats
@@ -47,6 +47,9 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "remove-unused",
     "shape-inference",
 )
+
+
+_CLEANUP = frozenset(DEFAULT_PIPELINE)  # one row in a profile
 
 
 class PassCrashedError(RuntimeError):
@@ -200,7 +203,8 @@ def run_pipeline(
         nodes, params = node_count(model), param_count(model)
         start = time.perf_counter()
         try:
-            result = p(model)
+            with profiling.phase("clean-up" if name in _CLEANUP else name):
+                result = p(model)
         except OnnxPruneError:
             raise
         except ir.passes.InvariantError as exc:

@@ -31,6 +31,7 @@ from onnxprune.errors import (
 )
 from onnxprune import shapes
 from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
+from onnxprune.profiling import timed
 
 # In-memory weights up to this size are handed to ONNX Runtime as serialized bytes (fast);
 # beyond it, through a temporary file (serializing would hold two more copies in memory).
@@ -207,6 +208,7 @@ def random_inputs(model: ir.Model, batch: int = 1, seed: int = 0) -> dict[str, n
     return feeds
 
 
+@timed("latency check")
 def latency_ms(
     model: ir.Model | str | os.PathLike,
     feeds: Mapping[str, np.ndarray],

@@ -17,7 +17,7 @@ DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(cli, ["quantize", *map(str, args)], catch_exceptions=False)
+    return CliRunner().invoke(cli, ["quantize", *map(str, args), "--no-placement"], catch_exceptions=False)  # placement: test_placement.py
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune import runtime, stats
+from onnxprune import profiling, runtime, stats
+from onnxprune.api import fidelity_guard, opset_upgrade
+from onnxprune.api.placement import place
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
+from onnxprune.calibration.collect import activation_batch
 from onnxprune.calibration.data import Dataset
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.io import as_model, check_output_path, has_external_data, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
 from onnxprune.passes.quantize.detect import check_not_quantized
-from onnxprune.api import fidelity_guard, opset_upgrade
 from onnxprune.passes.quantize.quantize_pass import MIN_OPSET, QuantizePass, nothing_to_quantize
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 from onnxprune.report import short_repr
@@ -49,10 +51,11 @@ class QuantizeResult:
     output: Path | None = None
     converted: str | None = None  # how an old-opset model was brought up to date
     fidelity: dict | None = None  # the guard's comparison with the float model, nodes it kept float
+    placement: dict | None = None  # latency-aware placement: what was measured (see placement.py)
 
     def to_dict(self) -> dict:
         keep = ("activations", "weights", "biases", "absorbed", "nodes_int8", "declined",
-                "size_before", "size_after", "latency_before_ms", "latency_after_ms")
+                "size_before", "size_after", "latency_before_ms", "latency_after_ms", "placement")
         return {
             "output": str(self.output) if self.output else None,
             "config": self.config.to_dict(),
@@ -89,6 +92,9 @@ def quantize(
     latency_batch: int = 32,
     guard: bool = True,
     strict: bool = False,
+    placement: bool = False,
+    placement_batch: int = 8,
+    provider: str = "CPUExecutionProvider",
     progress: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` to INT8 (QDQ format) and optionally save it.
@@ -99,10 +105,14 @@ def quantize(
     {tensor: (min, max)} mapping). ``clean`` first runs the exact clean-up pipeline (BatchNorm
     folding matters: a BatchNormalization left between a Conv and its Q/DQ keeps the Conv
     float). ``latency`` times ONNX Runtime CPU (one thread) before and after on a batch of
-    ``latency_batch`` calibration samples. An ``ir.Model`` passed in is quantized in place.
+    ``latency_batch`` calibration samples.
     ``guard`` (with calibration data): compare with the float model on held-out samples and
     keep in float the nodes that destroy the outputs (:mod:`.fidelity_guard`); ``strict``
-    fails (exit 1) naming them instead.
+    fails (exit 1) naming them instead. ``placement`` then keeps float the nodes that INT8
+    would not make faster on ``provider``, measured on up to ``placement_batch`` samples (see
+    :mod:`.placement`; skipped for models over 512 MB of weights). An ``ir.Model`` passed in is
+    changed in place (the result's ``model`` is the quantized one: the guard and placement may
+    re-emit on a copy).
     """
     config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, exclude)
     if (calib is None and not synthetic) == (table is None):
@@ -128,13 +138,24 @@ def quantize(
     quantize_pass = source.make_pass(config)
     rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
     float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
-    result = run_pipeline(loaded, [*DEFAULT_PIPELINE, quantize_pass] if clean else [quantize_pass], progress=progress)
+    cleaned = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if clean else None
+    placing = placement and size_before <= runtime.SESSION_BYTES_LIMIT
+    before_pass = loaded.clone() if placing else None  # shares the weights: the pass replaces, never writes
+    result = run_pipeline(loaded, [quantize_pass], progress=progress)
+    result.records[:0] = cleaned.records if cleaned is not None else []
     if quantize_pass.emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     guarded = None
     if float_copy is not None:
         guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress)
         result.model = guarded.model if guarded is not None else result.model
+    placed = None
+    if placing:  # on a batch the calibration's memory budget allows (magika: 1, not 8: 90 MB less)
+        batch = min(placement_batch, activation_batch(before_pass))
+        feeds_for = _latency_feeds(before_pass, calib, preprocess, batch)
+        placed = place(before_pass, result.model, quantize_pass, source.used, quantize_pass.config, feeds_for,
+                       provider)
+        result.model, quantize_pass = placed.model, placed.quantize_pass
     emitted = quantize_pass.emitted
     latency_after = runtime.latency_ms(result.model, feeds, runs=runs) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
@@ -150,7 +171,7 @@ def quantize(
         biases=emitted.biases,
         absorbed=emitted.absorbed,
         nodes_int8=emitted.nodes,
-        declined=dict(quantize_pass.plan.declined),
+        declined={**quantize_pass.plan.declined, **(placed.excluded if placed else {})},
         size_before=size_before,
         size_after=weights_nbytes(result.model),
         latency_before_ms=latency_before,
@@ -159,6 +180,7 @@ def quantize(
         output=saved,
         converted=converted,
         fidelity=guarded.to_dict() if guarded is not None else None,
+        placement=placed.to_dict() if placed else None,
     )
 
 
@@ -232,6 +254,10 @@ class _RangeSource:
         return QuantizePass(self.used, config)
 
     def calibrate(self, model: ir.Model, tensors: list[str]) -> CalibrationTable:
+        with profiling.phase("calibration"):
+            return self._calibrate(model, tensors)
+
+    def _calibrate(self, model: ir.Model, tensors: list[str]) -> CalibrationTable:
         dataset = open_dataset(self.calib, model, limit=self.samples, preprocess=self.preprocess,
                                synthetic=self.synthetic)
         self.used = calibrate(model, dataset, method=self.method, tensors=tensors, batch_size=self.batch_size,

@@ -35,9 +35,10 @@ import onnx_ir as ir
 import onnxruntime as ort
 from google.protobuf.message import DecodeError
 
+from onnxprune import profiling
 from onnxprune.calibration.tensors import graph_values
 from onnxprune.errors import OnnxPruneError
-from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, weights_nbytes
+from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, trim_heap, weights_nbytes
 from onnxprune.runtime import session
 
 _LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # of the graph the probed session runs
@@ -96,8 +97,8 @@ def probed_session(model: ir.Model, probes: Sequence[Probe], providers) -> Itera
         chains.append((value, nodes))
         outputs += [n.outputs[0] for n in nodes if n.op_type != "Reshape"]
     with contextlib.ExitStack() as stack:
-        with _augmented(model, head, chains, outputs):  # restored as soon as the session exists
-            sess = stack.enter_context(_optimised_session(model, providers))
+        with profiling.phase("calibration session"), _augmented(model, head, chains, outputs):
+            sess = stack.enter_context(_optimised_session(model, providers))  # model restored now
         yield sess, [v.name for v in outputs]
 
 
@@ -124,6 +125,7 @@ def _optimised_session(model: ir.Model, providers) -> Iterator[ort.InferenceSess
         try:
             with session(model, providers, optimization_level=_LEVEL, configure=save):
                 pass
+            trim_heap()  # that session's memory goes back before the next one grows
             proto = onnx.load(str(path), load_external_data=False)
         except (OnnxPruneError, OSError, DecodeError):  # e.g. an execution provider's compiled nodes
             proto = None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from onnxprune import shapes
+from onnxprune import profiling, shapes
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.io import check_output_path, same_file
 from onnxprune.report import REPORT_SCHEMA_VERSION, change, human, to_json, write_json
@@ -44,7 +44,12 @@ class Group(click.Group):
         debug = ctx.params.get("debug", False)
         _quiet_libraries(debug)
         try:
-            return super().invoke(ctx)
+            with profiling.record() as profile:
+                try:
+                    return super().invoke(ctx)
+                finally:
+                    if ctx.params.get("profile"):
+                        click.echo(profile.render(), err=True)
         except OnnxPruneError as exc:
             if debug:
                 traceback.print_exc()
@@ -154,6 +159,12 @@ def show_progress(ctx: click.Context) -> bool:
     """Progress bars go to stderr, only on a terminal and unless --quiet."""
     root = ctx.find_root()
     return not root.params.get("quiet", False) and sys.stderr.isatty()
+
+
+def with_profile(report: dict) -> dict:
+    """A JSON report with the command's timing block so far (seconds and peak MB per phase)."""
+    profile = profiling.current()
+    return {**report, "profile": profile.to_dict()} if profile is not None else report
 
 
 def split_list(text: str | None) -> list[str]:

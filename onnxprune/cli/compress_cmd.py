@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import click
 
+from onnxprune.calibration import METHODS
 from onnxprune.cli._common import (
-    input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
     echo,
     html_option,
+    input_shape_option,
     json_option,
     show_progress,
     split_list,
     split_lists,
+    with_profile,
     write_html_report,
     write_report,
 )
 from onnxprune.compress import STAGES, compress
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
-from onnxprune.calibration import METHODS
 from onnxprune.report import change, table
 
 EPILOG = """\b
@@ -82,7 +83,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
                    f"{lat['before']:.2f} ms -> {lat['after']:.2f} ms ({change(lat['before'], lat['after'])})")
     echo("\n" + str(result.check))
     echo(f"\nwrote {result.output}")
-    write_report(report_path, result.to_dict())
+    write_report(report_path, with_profile(result.to_dict()))
     write_html_report(html_path, result.to_dict(), "compress")
     result.check.raise_on_failure()
 

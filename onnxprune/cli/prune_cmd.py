@@ -6,14 +6,15 @@ import click
 
 from onnxprune.api.prune_api import PruneResult, prune
 from onnxprune.cli._common import (
-    input_shape_option,
     check_side_outputs,
     echo,
     html_option,
+    input_shape_option,
     json_option,
     show_progress,
     size_row,
     split_lists,
+    with_profile,
     write_html_report,
     write_report,
 )
@@ -89,7 +90,7 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         echo("\ndry run: nothing written")
     else:
         echo(f"\nwrote {result.output}")
-    write_report(report_path, result.to_dict())
+    write_report(report_path, with_profile(result.to_dict()))
     write_html_report(html_path, result.to_dict(), "prune")
 
 

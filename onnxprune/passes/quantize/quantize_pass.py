@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import onnx_ir as ir
 from onnx_ir.passes import common
 
+from onnxprune import profiling
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.quantize.config import QuantConfig
@@ -69,7 +70,8 @@ class QuantizePass(Pass):
         needed = [v.name for v in activation_values(model, self.config, the_plan)]
         ranges = self.ranges if self.ranges is not None else self.calibrator(model, needed)
         _check_ranges(ranges, needed)
-        self.emitted = Emitter(model, self.config, ranges).run(the_plan)
+        with profiling.phase("emit"):
+            self.emitted = Emitter(model, self.config, ranges).run(the_plan)
         common.RemoveUnusedNodesPass()(model)
         common.TopologicalSortPass()(model)
         return PassResult(model, True, self.emitted.changes)
