@@ -14,7 +14,8 @@ from onnxprune.cli._common import Group
 @click.version_option(__version__, prog_name="onnxprune")
 @click.option("--debug", is_flag=True, help="Show tracebacks and library logs.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@click.option("--profile", is_flag=True, help="Print seconds and peak memory per phase (load, clean-up, calibration...) to stderr.")
+@click.option("--profile", is_flag=True,
+              help="Print seconds and peak memory per phase (load, clean-up, calibration...) to stderr.")
 def cli(debug: bool, quiet: bool, profile: bool) -> None:
     """Compress trained ONNX models: clean up, prune channels, quantize, check parity.
 
