@@ -100,3 +100,12 @@ def test_compress_with_bn_scores_the_batchnorms_then_folds_them():
     assert pruned and not any("scored by l1" in (g.reason or "") for g in pruned)
     assert not any(n.op_type == "BatchNormalization" for n in result.model.graph)  # folded after
     assert result, result.check.failures
+
+
+def test_check_auto_preset_reads_the_pruning_metadata(tmp_path):
+    pruned = tmp_path / "pruned.onnx"
+    onnxprune.prune(MODEL, pruned, target_macs=0.6, calib=CALIB, latency_runs=0)
+    result = run("check", MODEL, pruned, "--data", DIGITS / "eval.npz", "--providers", "cpu")
+    assert result.exit_code == 0 and "preset pruned" in result.output, result.output
+    exact = run("check", MODEL, pruned, "--data", DIGITS / "eval.npz", "--providers", "cpu", "--preset", "exact")
+    assert exact.exit_code == 1, exact.output
