@@ -77,6 +77,9 @@ def test_pruned_groups_and_check_results_are_in_the_tables(pages):
     page = pages["prune"].read_text()
     for group in prune["groups"]:
         assert f"<td>{group['name']}</td>" in page
+        if group["removed"]:  # the removed channel indices, as the report lists them
+            assert "<td>" + ", ".join(map(str, group["removed"])) + "</td>" in page
+    assert any(group["removed"] for group in prune["groups"])
     check = json.loads((pages["check"].parent / "check.json").read_text())
     page = pages["check"].read_text()
     accuracy = check["comparisons"][0]["outputs"]["logits"]["accuracy_candidate"]

@@ -64,15 +64,12 @@ def prune_groups(report: Mapping) -> str:
                        "after": [_num(g.get("kept")) for g in pruned]}, "channels")
     rows = []
     for g in groups:
-        removed = g.get("removed")
-        members = g.get("members")
         rows.append([
             g.get("name") or f"group{g.get('id')}", g.get("channels"), g.get("kept"), g.get("status"),
-            g.get("reason") or "",
-            ", ".join(str(m.get("node", m)) if isinstance(m, Mapping) else str(m) for m in members) if members else "",
-            _indices(removed) if removed is not None else "",
+            g.get("reason") or "", ", ".join(map(str, g.get("members") or [])),
+            ", ".join(map(str, g.get("readers") or [])), _indices(g.get("removed") or []),
         ])
-    table = html_table(["group", "channels", "kept", "status", "reason", "members", "removed channels"], rows)
+    table = html_table(["group", "channels", "kept", "status", "reason", "members", "readers", "removed channels"], rows)
     return section("Pruning: channels per group", chart, table)
 
 
