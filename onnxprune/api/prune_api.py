@@ -157,4 +157,9 @@ def prune(
 def _first_sample(batches, n: int = 1) -> dict | None:
     """The first ``n`` real samples (their shapes are those the model will see), if there is data."""
     feeds = next(iter(batches()), None) if batches is not None else None
-    return {k: v[:n] for k, v in feeds.items()} if feeds else None
+    if not feeds:
+        return None
+    dataset = getattr(getattr(batches, "func", None), "__self__", None)
+    if isinstance(dataset, Dataset):  # cut along each input's batch axis (states [2, batch, ..], scalars)
+        return dataset.head(feeds, min(n, dataset.batch_len(feeds)))
+    return {k: v[:n] for k, v in feeds.items()}
