@@ -16,6 +16,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from onnxprune import profiling, runtime, stats
+from onnxprune import providers as eps
 from onnxprune.api import optimize, prune, quantize
 from onnxprune.calibration import open_dataset
 from onnxprune.errors import UsageError
@@ -114,6 +115,8 @@ def compress(
     quantize_options: Mapping | None = None,
     max_accuracy_drop: float | None = None,
     providers: Sequence[str] | None = None,
+    target_provider: str | None = None,
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
     latency_batch: int | None = None,
     preprocess=None,
     progress: bool = False,
@@ -127,9 +130,14 @@ def compress(
     (else ``calib``), judged as :func:`_tolerances` says, with ``max_accuracy_drop`` on
     ``labels``. The output is
     written even when the check fails (the result is falsy then), so it can be inspected.
-    ``latency_batch``: also time ONNX Runtime CPU (one thread, median) before and after on a
-    random batch of that size.
+    ``latency_batch``: also time ONNX Runtime (one thread, median) before and after on a
+    random batch of that size, on ``target_provider`` (default CPU), which the check also
+    runs on (with ``provider_options``).
     """
+    target = eps.require(target_provider) if target_provider else None
+    if target is not None:
+        asked = [eps.resolve(p) for p in providers] if providers else [eps.CPU]
+        providers = list(dict.fromkeys([*asked, target]))
     pruning = any(x is not None for x in (ratio, target_macs, target_params))
     if quantize_model and calib is None:
         raise UsageError("quantization needs calibration data (--calib); or skip it with --no-quantize")
@@ -177,16 +185,18 @@ def compress(
     if quantize_model:
         run("quantize", lambda: quantize(
             current, calib=calib, method=method, samples=samples, preprocess=preprocess, progress=progress,
-            **dict(quantize_options or {})))
+            target_provider=target, provider_options=provider_options, **dict(quantize_options or {})))
         current = stages[-1].result.model
 
     with profiling.phase("self-check"):
-        result = check(reference, current, feed, providers=providers, tolerances=tolerances, criteria=criteria,
-                       progress=progress)
+        result = check(reference, current, feed, providers=providers, provider_options=provider_options,
+                       tolerances=tolerances, criteria=criteria, progress=progress)
     latency = None
     if latency_batch:
         feeds = runtime.random_inputs(reference, batch=latency_batch)
-        latency = {"before": runtime.latency_ms(reference, feeds), "after": runtime.latency_ms(current, feeds),
-                   "batch": latency_batch, "threads": 1}
+        where = {"providers": [target, eps.CPU] if target else [eps.CPU], "provider_options": provider_options}
+        latency = {"before": runtime.latency_ms(reference, feeds, **where),
+                   "after": runtime.latency_ms(current, feeds, **where),
+                   "batch": latency_batch, "threads": 1, "provider": target or eps.CPU}
     saved = save_model(current, output, input_path=path) if output is not None else None
     return CompressResult(current, before, stages, result, latency, saved)

@@ -139,6 +139,11 @@ def short_name(provider: str) -> str:
     return SHORT.get(provider, provider)
 
 
+def label(provider: str) -> str:
+    """How reports name a provider in prose: 'CPU', 'openvino', 'cuda'..."""
+    return "CPU" if provider == CPU else short_name(provider)
+
+
 def known() -> list[str]:
     plugin_names = [n for p in plugins().values() for n in p.providers]
     return list(dict.fromkeys([*ort.get_all_providers(), *plugin_names]))
@@ -211,8 +216,10 @@ def configure(options: ort.SessionOptions, providers: Sequence[str],
     ONNX Runtime records which provider took each node (see :func:`placement`). A plugin's
     devices are chosen by the ``device`` option (OpenVINO: ``device_type``), else its CPU.
     """
+    from onnxprune.provider_options import merge  # it imports this module
+
     names = list(dict.fromkeys(resolve(p) for p in providers))
-    provider_options = {resolve(k): dict(v) for k, v in (provider_options or {}).items()}
+    provider_options = merge(provider_options)  # keys as each provider expects them
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if not any(is_plugin(p) for p in names):
         return [(p, provider_options.get(p, {})) for p in names]

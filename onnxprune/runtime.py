@@ -8,6 +8,7 @@ external data otherwise (protobuf bytes cannot exceed 2 GiB).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -85,10 +86,15 @@ def session(
     chosen = eps.configure(options, providers, provider_options)
     name = model.graph.name if isinstance(model, ir.Model) else str(model)
     with _session_source(model, options) as source:
+        printed = io.StringIO()  # ORT prints a provider's start-up error to stdout, then falls back
         try:
-            sess = ort.InferenceSession(source, sess_options=options, providers=chosen)
+            with contextlib.redirect_stdout(printed):
+                sess = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
             raise _ort_error(exc, f"ONNX Runtime cannot load model '{name}'") from None
+        if "EP Error" in printed.getvalue():  # never measure or compare the CPU under another's name
+            raise UnsupportedError(f"execution provider {eps.resolve(providers[0])} could not start for model "
+                                   f"'{name}': {_ep_error(printed.getvalue())}")
         yield sess
 
 
@@ -122,6 +128,13 @@ def _session_source(model: ir.Model | str | os.PathLike, options: ort.SessionOpt
         yield str(save_model(model, Path(tmpdir) / "model.onnx", external_data=True, check_runtime=False))
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _ep_error(printed: str) -> str:
+    """The reason in ORT's 'EP Error ... when using [...]' banner, without C++ file and signature."""
+    match = re.search(r"^EP Error (.*?) when using \[", printed, re.S | re.M)
+    text = " ".join((match.group(1) if match else printed).split())
+    return re.sub(r"^/\S+:\d+ .*?\) (?=[A-Z])", "", text) or "unknown error"
 
 
 def _ort_error(exc: Exception, what: str) -> OnnxPruneError:

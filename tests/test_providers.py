@@ -154,3 +154,27 @@ def test_openvino_against_cpu_on_digits():
 @pytest.mark.skipif(os.environ.get("ONNXPRUNE_OPENVINO_REQUIRED") != "1", reason="only where OpenVINO must run")
 def test_openvino_is_usable_where_required():
     assert OPENVINO in eps.available(), eps.why_unavailable(OPENVINO)
+
+
+def test_provider_start_up_error_is_one_line():
+    banner = ("*************** EP Error ***************\nEP Error /onnxruntime/core/x.cc:1053 std::shared_ptr<F> "
+              "f(const O&) Invalid OpenVINO EP option: INFERENCE_PRECISION_HINT\n when using [('OpenVINOExecutionProvider', "
+              "{})]\nFalling back to ['CPUExecutionProvider'] and retrying.\n")
+    assert runtime._ep_error(banner) == "Invalid OpenVINO EP option: INFERENCE_PRECISION_HINT"
+
+
+def test_quantize_target_provider(tmp_path):
+    calib = str(ROOT / "models" / "digits" / "calib.npz")
+    if OPENVINO not in eps.available():
+        done = CliRunner().invoke(main, ["quantize", str(DIGITS), "-o", str(tmp_path / "q.onnx"), "--calib", calib,
+                                         "--target-provider", "openvino"])
+        assert done.exit_code == 2 and "OpenVINOExecutionProvider is unavailable" in done.output
+        assert not (tmp_path / "q.onnx").exists()
+    from onnxprune import quantize
+
+    target = OPENVINO if OPENVINO in eps.available() else AZURE
+    if target not in eps.available():
+        pytest.skip("no second provider to time on")
+    result = quantize(str(DIGITS), calib=calib, latency=True, latency_batch=8, target_provider=target)
+    assert result.target_provider == target and result.latency_after_ms > 0
+    assert result.to_dict()["target_provider"] == target

@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune import profiling, runtime, stats
+from onnxprune import providers as eps
 from onnxprune.api import fidelity_guard, opset_upgrade
 from onnxprune.api.placement import place
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
@@ -47,6 +48,7 @@ class QuantizeResult:
     size_after: int
     latency_before_ms: float | None = None
     latency_after_ms: float | None = None
+    target_provider: str = eps.CPU  # where latency was measured
     table: object | None = None  # the CalibrationTable used (None when ranges were given)
     output: Path | None = None
     converted: str | None = None  # how an old-opset model was brought up to date
@@ -55,7 +57,8 @@ class QuantizeResult:
 
     def to_dict(self) -> dict:
         keep = ("activations", "weights", "biases", "absorbed", "nodes_int8", "declined",
-                "size_before", "size_after", "latency_before_ms", "latency_after_ms", "placement")
+                "size_before", "size_after", "latency_before_ms", "latency_after_ms", "placement",
+                "target_provider")
         return {
             "output": str(self.output) if self.output else None,
             "config": self.config.to_dict(),
@@ -95,6 +98,8 @@ def quantize(
     placement: bool = False,
     placement_batch: int = 8,
     provider: str = "CPUExecutionProvider",
+    target_provider: str | None = None,
+    provider_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
 ) -> QuantizeResult:
     """Quantize ``model`` to INT8 (QDQ format) and optionally save it.
@@ -104,8 +109,10 @@ def quantize(
     calibrated with ``method``) or from ``table`` (a CalibrationTable, its JSON file, or a
     {tensor: (min, max)} mapping). ``clean`` first runs the exact clean-up pipeline (BatchNorm
     folding matters: a BatchNormalization left between a Conv and its Q/DQ keeps the Conv
-    float). ``latency`` times ONNX Runtime CPU (one thread) before and after on a batch of
-    ``latency_batch`` calibration samples.
+    float). ``latency`` times ONNX Runtime (one thread) before and after on a batch of
+    ``latency_batch`` calibration samples, on ``target_provider`` (default ``provider``, CPU; e.g.
+    "openvino", with ``provider_options``; a missing one is a UsageError naming what to
+    install); placement is judged there too. Calibration always runs on the CPU provider.
     ``guard`` (with calibration data): compare with the float model on held-out samples and
     keep in float the nodes that destroy the outputs (:mod:`.fidelity_guard`); ``strict``
     fails (exit 1) naming them instead. ``placement`` then keeps float the nodes that INT8
@@ -125,6 +132,8 @@ def quantize(
     for target in (output, save_table):  # fail before any work
         if target is not None:
             check_output_path(target, path)
+    target = eps.require(target_provider) if target_provider else eps.resolve(provider)
+    timing = {"providers": [target, eps.CPU] if target != eps.CPU else [eps.CPU], "provider_options": provider_options}
     check_not_quantized(loaded)
     loaded, config, converted = _recent_enough(loaded, config)
     check_exclusions(config.exclude, {n.name for n in loaded.graph}, {n.op_type for n in loaded.graph})
@@ -132,7 +141,7 @@ def quantize(
     size_before = weights_nbytes(loaded)
     feeds = _latency_feeds(loaded, calib, preprocess, latency_batch) if latency else None
     runs = 10 if size_before < LATENCY_BIG_MODEL else 3  # medians of a few runs, bounded time
-    latency_before = runtime.latency_ms(loaded, feeds, runs=runs) if feeds is not None else None
+    latency_before = runtime.latency_ms(loaded, feeds, runs=runs, **timing) if feeds is not None else None
 
     source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress)
     quantize_pass = source.make_pass(config)
@@ -154,10 +163,10 @@ def quantize(
         batch = min(placement_batch, activation_batch(before_pass))
         feeds_for = _latency_feeds(before_pass, calib, preprocess, batch)
         placed = place(before_pass, result.model, quantize_pass, source.used, quantize_pass.config, feeds_for,
-                       provider)
+                       target)
         result.model, quantize_pass = placed.model, placed.quantize_pass
     emitted = quantize_pass.emitted
-    latency_after = runtime.latency_ms(result.model, feeds, runs=runs) if feeds is not None else None
+    latency_after = runtime.latency_ms(result.model, feeds, runs=runs, **timing) if feeds is not None else None
     if save_table is not None:  # written only once everything worked
         _as_table(source.used).save(save_table)
     saved = save_model(result.model, output, input_path=path) if output is not None else None
@@ -176,6 +185,7 @@ def quantize(
         size_after=weights_nbytes(result.model),
         latency_before_ms=latency_before,
         latency_after_ms=latency_after,
+        target_provider=target,
         table=source.used,
         output=saved,
         converted=converted,

@@ -12,6 +12,8 @@ from onnxprune.cli._common import (
     html_option,
     input_shape_option,
     json_option,
+    provider_option_flags,
+    provider_options,
     show_progress,
     split_list,
     split_lists,
@@ -20,6 +22,7 @@ from onnxprune.cli._common import (
     write_report,
 )
 from onnxprune.compress import STAGES, compress
+from onnxprune.providers import label
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO
 from onnxprune.report import change, table
 
@@ -56,13 +59,16 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--samples", type=int, help="Calibrate on at most this many samples.")
 @click.option("--max-accuracy-drop", type=float, help="Fail (exit 1) if accuracy on --labels drops more than this (0..1).")
 @click.option("--providers", help="Execution providers for the check (default: every available one of cpu,cuda).")
-@click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime CPU before/after on a batch this big (0: skip).")
+@click.option("--target-provider", help="Provider the model is for (cpu, openvino, cuda, tensorrt...): latency is timed and the check also runs there.")
+@provider_option_flags
+@click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime before/after on a batch this big (0: skip).")
 @json_option("--report")
 @html_option
 @click.pass_context
 def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
                  round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
-                 latency_batch, report_path, html_path) -> None:
+                 target_provider, provider_option, provider_options_file, latency_batch, report_path,
+                 html_path) -> None:
     """Clean up, prune, quantize and check a model in one go."""
     check_side_outputs(model, output, report_path, html_path)
     result = compress(
@@ -71,6 +77,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
         prune_options={"round_to": round_to, "exclude": split_lists(exclude)},
         quantize_model=quantize_model, method=method, samples=samples,
         max_accuracy_drop=max_accuracy_drop, providers=split_list(providers) or None,
+        target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
         latency_batch=latency_batch or None, preprocess=preprocess, progress=show_progress(ctx),
     )
     rows = [("original", "", *_cells(result.before, result.before))]
@@ -79,7 +86,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
     echo(table(headers, rows, align="lrrrrr"))
     if result.latency_ms:
         lat = result.latency_ms
-        echo(f"\nlatency (ONNX Runtime CPU, 1 thread, batch {lat['batch']}): "
+        echo(f"\nlatency (ONNX Runtime {label(lat['provider'])}, 1 thread, batch {lat['batch']}): "
                    f"{lat['before']:.2f} ms -> {lat['after']:.2f} ms ({change(lat['before'], lat['after'])})")
     echo("\n" + str(result.check))
     echo(f"\nwrote {result.output}")

@@ -12,12 +12,15 @@ from onnxprune.cli._common import (
     html_option,
     input_shape_option,
     json_option,
+    provider_option_flags,
+    provider_options,
     show_progress,
     split_lists,
     with_profile,
     write_html_report,
     write_report,
 )
+from onnxprune.providers import label
 from onnxprune.report import change, human, table
 
 EPILOG = """\b
@@ -52,15 +55,18 @@ add --reduce-range.
 @click.option("--save-table", type=click.Path(dir_okay=False), help="Save the calibration table (JSON) for reuse with --table.")
 @click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) naming the nodes that destroy the outputs, instead of keeping them float.")
-@click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime CPU before and after.")
+@click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime before and after.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
               help="Measure float vs INT8 kernels on ONNX Runtime; keep float what INT8 does not make faster.")
+@click.option("--target-provider", help="Time latency and judge placement on this provider (cpu, openvino, cuda, tensorrt...; default cpu).")
+@provider_option_flags
 @json_option("--report")
 @html_option
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
-                 no_clean, strict, no_latency, placement, report_path, html_path) -> None:
+                 no_clean, strict, no_latency, placement, target_provider, provider_option, provider_options_file,
+                 report_path, html_path) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
     check_side_outputs(model, output, report_path, save_table, html_path)
     result = quantize(
@@ -69,6 +75,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
         exclude=split_lists(exclude), clean=not no_clean,
         save_table=save_table, strict=strict, latency=not no_latency, placement=placement,
+        target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
         progress=show_progress(ctx),
     )
     echo(summary(result))
@@ -89,7 +96,7 @@ def summary(result) -> str:
          change(result.size_before, result.size_after)),
     ]
     if result.latency_before_ms is not None:
-        rows.append(("ORT CPU latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
+        rows.append((f"ORT {label(result.target_provider)} latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
                      f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
     lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}",
              *(f"note: {n}" for n in calib.get("notes", [])), "", table(["", "before", "after", "change / note"], rows, align="lrrl")]

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 import onnx_ir as ir
 
 from onnxprune import provider_options as po
+from onnxprune.errors import UnsupportedError
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import Endpoint, open_session, run_session, short_name
 
@@ -43,6 +44,13 @@ def probe(reference: ir.Model, feed, base: str, provider: str, options: Mapping[
     hinted = po.fp32_hint(provider, given)
     if hinted is None:
         return None
+    try:
+        return _probe(reference, feed, base, provider, options, given, hinted, samples)
+    except UnsupportedError as exc:  # the provider rejects its own fp32 hint (an older version)
+        return {"provider": provider, "base": base, "options": given, "fp32_options": hinted, "error": str(exc)}
+
+
+def _probe(reference, feed, base, provider, options, given, hinted, samples) -> dict:
     names = [o.name for o in reference.graph.outputs]
     stats = {label: {n: OutputStats(None, 0.0) for n in names} for label in ("default", "fp32")}
     seen = 0
@@ -82,6 +90,8 @@ def _db(value: float) -> str:
 
 def probe_note(result: dict) -> str:
     p, base = short_name(result["provider"]), short_name(result["base"])
+    if "error" in result:
+        return f"{result['provider']} differs from {base} beyond fp32 rounding; its fp32 rerun failed: {result['error']}"
     asked = ", ".join(f"{k}={v}" for k, v in po.precision_asked(result["options"]).items())
     hint = ", ".join(f"{k}={v}" for k, v in po.FP32_HINTS[result["provider"]].items())
     head = (f"{result['provider']} differs from {base} on the reference itself by up to {result['max_abs']:.3g} "

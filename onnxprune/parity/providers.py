@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from onnxprune import providers as eps
 from onnxprune import runtime
-from onnxprune.errors import OnnxPruneError, UsageError
+from onnxprune.errors import OnnxPruneError, UnsupportedError, UsageError
 
 DEFAULT_PROVIDERS = ("cpu", "cuda")
 short_name = eps.short_name
@@ -116,11 +116,19 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
     if any(p != eps.CPU for p in providers):
         _preload_cuda_libraries()
     for provider in providers:
-        opened = {Endpoint(role, provider): open_session(stack, model, provider, provider_options)
-                  for role, model in models.items()}
+        try:
+            opened = {Endpoint(role, provider): open_session(stack, model, provider, provider_options)
+                      for role, model in models.items()}
+        except UnsupportedError as exc:  # it could not start (bad options, missing libraries)
+            if provider == eps.CPU:
+                raise
+            unavailable.append({"provider": provider, "reason": str(exc)})
+            continue
         if not all(eps.active(s, provider) for s in opened.values()):
-            unavailable.append({"provider": provider, "reason": "ONNX Runtime could not initialise it and fell "
-                                "back to CPU (missing CUDA/cuDNN libraries? options it rejects?)"})
+            given = _only(provider_options, provider).get(provider)
+            unavailable.append({"provider": provider, "reason": "ONNX Runtime started the session without it and fell "
+                                "back to CPU (" + (f"options it rejects? {given}; " if given else "")
+                                + "missing libraries, e.g. CUDA/cuDNN?)"})
             continue
         sessions.update(opened)
         placement.update({e: eps.placement(s) for e, s in opened.items()})
