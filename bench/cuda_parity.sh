@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# CPU vs CUDA parity of the digits sample model and its optimized, pruned and INT8 versions,
-# in one go, with `onnxprune check` (reference on CPU and CUDA, candidate on CPU and CUDA,
-# reference on CPU vs candidate on CUDA). Prints one table; JSON reports land in --out.
+# CPU vs CUDA (and TensorRT) parity of the digits sample model and its optimized, pruned and
+# INT8 versions, in one go, with `onnxprune check` (reference on CPU and CUDA, candidate on CPU
+# and CUDA, reference on CPU vs candidate on CUDA, each model on CPU vs CUDA). Prints one table;
+# JSON reports land in --out. With a GPU provider it then runs bench/providers_bench.py (fp32
+# and INT8 latency and fidelity per provider: the code path OpenVINO was measured with).
 #
 # Usage: bench/cuda_parity.sh [--providers cpu,cuda] [--out DIR] [--no-install] [--quick] [--dry-run]
-#   --providers   execution providers to compare (default cpu,cuda; cpu alone works anywhere)
+#   --providers   execution providers to compare (default cpu,cuda; also tensorrt, openvino;
+#                 cpu alone works anywhere)
 #   --out DIR     where derived models and JSON reports go (default out/cuda_parity)
 #   --no-install  never pip-install onnxruntime-gpu (fail instead when CUDA is missing)
 #   --quick       only the original and the exact-optimized model (no prune/quantize)
@@ -60,7 +63,7 @@ has_command() {
 }
 
 WANT_CUDA=0
-[[ ",$PROVIDERS," == *",cuda,"* ]] && WANT_CUDA=1
+[[ ",$PROVIDERS," == *",cuda,"* || ",$PROVIDERS," == *",tensorrt,"* ]] && WANT_CUDA=1
 if ((WANT_CUDA && !DRY)) && ! has_cuda; then
   command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
     || die "CUDA requested but no NVIDIA GPU is visible (nvidia-smi); rerun with --providers cpu"
@@ -117,6 +120,10 @@ for entry in "${CANDIDATES[@]}"; do
   ((rc <= 1)) || die "onnxprune check failed on $name (exit $rc); rerun it without -q >/dev/null to see why"
   REPORTS+=("$name=$report")
 done
+if ((WANT_CUDA)); then
+  run "$PY" "$ROOT/bench/providers_bench.py" --providers "$PROVIDERS" --quick --out "$OUT/providers.json" >&2 \
+    || say "warning: bench/providers_bench.py failed (above)"
+fi
 ((DRY)) && exit 0
 
 "$PY" - "${REPORTS[@]}" <<'EOF'

@@ -15,14 +15,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from onnxprune import providers as eps
+from onnxprune.providers import merge_options as merge
+from onnxprune.providers import normalise, option_text
 from onnxprune.errors import UsageError
 
-OPENVINO = "OpenVINOExecutionProvider"
-OPENVINO_KEYS = {
-    "device_type", "device_id", "precision", "num_of_threads", "num_streams", "cache_dir", "load_config",
-    "enable_opencl_throttling", "enable_qdq_optimizer", "disable_dynamic_shapes", "model_priority",
-    "enable_causallm", "reshape_input", "layout", "context", "export_ep_ctx_blob",
-}
+OPENVINO = eps.OPENVINO
 # Options that make a provider compute in fp32 where its default may be lower (OpenVINO infers
 # in bf16 on CPUs with AMX by default; CUDA uses TF32 for Conv/MatMul on Ampere and newer;
 # TensorRT only lowers precision when asked, so its hint just turns the flags off).
@@ -36,14 +33,7 @@ PRECISION_KEYS = {"precision", "inference_precision_hint", "use_tf32", "trt_fp16
                   "execution_mode_hint"}
 
 Options = dict[str, dict[str, str]]
-
-
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    return str(value)
+__all__ = ["FP32_HINTS", "fp32_hint", "load_file", "merge", "normalise", "parse_specs", "precision_asked"]
 
 
 def parse_specs(specs: Iterable[str]) -> Options:
@@ -86,53 +76,8 @@ def load_file(path: str | Path) -> Options:
     result: Options = {}
     for provider, options in data.items():
         full = eps.resolve(provider)
-        result.setdefault(full, {}).update({str(k): _text(v) for k, v in options.items()})
+        result.setdefault(full, {}).update({str(k): option_text(v) for k, v in options.items()})
     return {p: normalise(p, o) for p, o in result.items()}
-
-
-def merge(*parts: Mapping[str, Mapping[str, str]] | None) -> Options:
-    """Later parts win key by key (OpenVINO's load_config is merged per device)."""
-    result: Options = {}
-    for part in parts:
-        for provider, options in (part or {}).items():
-            full = eps.resolve(provider)
-            current = result.setdefault(full, {})
-            for key, value in normalise(full, options).items():
-                if key == "load_config" and "load_config" in current:
-                    value = _merge_load_config(current["load_config"], value)
-                current[key] = value
-    return result
-
-
-def normalise(provider: str, options: Mapping[str, str]) -> dict[str, str]:
-    """Keys as the provider expects them (see the module doc); values as strings."""
-    options = {str(k): _text(v) for k, v in options.items()}
-    if provider != OPENVINO:
-        return options
-    result: dict[str, str] = {}
-    properties: dict[str, str] = {}
-    for key, value in options.items():
-        if key.lower() in OPENVINO_KEYS:
-            result[key.lower()] = value
-        elif key.isupper():
-            properties[key] = value
-        else:
-            result[key] = value
-    if properties:
-        device = result.get("device_type", "CPU").split(":")[-1].split(".")[0] or "CPU"
-        extra = json.dumps({device: properties}, separators=(",", ":"))
-        result["load_config"] = _merge_load_config(result["load_config"], extra) if "load_config" in result else extra
-    return result
-
-
-def _merge_load_config(old: str, new: str) -> str:
-    try:
-        merged, update = json.loads(old), json.loads(new)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"OpenVINO load_config is not valid JSON: {exc}") from None
-    for device, props in update.items():
-        merged.setdefault(device, {}).update(props)
-    return json.dumps(merged, separators=(",", ":"))
 
 
 def fp32_hint(provider: str, options: Mapping[str, str] | None = None) -> dict[str, str] | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import importlib.metadata
 import os
 import sys
@@ -192,6 +193,68 @@ def require(provider: str) -> str:
     return full
 
 
+# -- options: keys as each provider expects them ------------------------------------------
+
+Options = dict[str, dict[str, str]]
+OPENVINO = "OpenVINOExecutionProvider"
+OPENVINO_KEYS = {
+    "device_type", "device_id", "precision", "num_of_threads", "num_streams", "cache_dir", "load_config",
+    "enable_opencl_throttling", "enable_qdq_optimizer", "disable_dynamic_shapes", "model_priority",
+    "enable_causallm", "reshape_input", "layout", "context", "export_ep_ctx_blob",
+}
+def option_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def merge_options(*parts: Mapping[str, Mapping[str, str]] | None) -> Options:
+    """Later parts win key by key (OpenVINO's load_config is merged per device)."""
+    result: Options = {}
+    for part in parts:
+        for provider, options in (part or {}).items():
+            full = resolve(provider)
+            current = result.setdefault(full, {})
+            for key, value in normalise(full, options).items():
+                if key == "load_config" and "load_config" in current:
+                    value = _merge_load_config(current["load_config"], value)
+                current[key] = value
+    return result
+
+
+def normalise(provider: str, options: Mapping[str, str]) -> dict[str, str]:
+    """Keys as the provider expects them (see the module doc); values as strings."""
+    options = {str(k): option_text(v) for k, v in options.items()}
+    if provider != OPENVINO:
+        return options
+    result: dict[str, str] = {}
+    properties: dict[str, str] = {}
+    for key, value in options.items():
+        if key.lower() in OPENVINO_KEYS:
+            result[key.lower()] = value
+        elif key.isupper():
+            properties[key] = value
+        else:
+            result[key] = value
+    if properties:
+        device = result.get("device_type", "CPU").split(":")[-1].split(".")[0] or "CPU"
+        extra = json.dumps({device: properties}, separators=(",", ":"))
+        result["load_config"] = _merge_load_config(result["load_config"], extra) if "load_config" in result else extra
+    return result
+
+
+def _merge_load_config(old: str, new: str) -> str:
+    try:
+        merged, update = json.loads(old), json.loads(new)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"OpenVINO load_config is not valid JSON: {exc}") from None
+    for device, props in update.items():
+        merged.setdefault(device, {}).update(props)
+    return json.dumps(merged, separators=(",", ":"))
+
+
 def _pick_devices(provider: str, wanted: str | None) -> list:
     """The plugin's devices to use: those matching ``wanted`` (a hardware type such as GPU, or
     a metadata value such as OpenVINO's 'GPU.0'), else its CPU device, else its first one."""
@@ -216,10 +279,8 @@ def configure(options: ort.SessionOptions, providers: Sequence[str],
     ONNX Runtime records which provider took each node (see :func:`placement`). A plugin's
     devices are chosen by the ``device`` option (OpenVINO: ``device_type``), else its CPU.
     """
-    from onnxprune.provider_options import merge  # it imports this module
-
     names = list(dict.fromkeys(resolve(p) for p in providers))
-    provider_options = merge(provider_options)  # keys as each provider expects them
+    provider_options = merge_options(provider_options)  # keys as each provider expects them
     options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if not any(is_plugin(p) for p in names):
         return [(p, provider_options.get(p, {})) for p in names]

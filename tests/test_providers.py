@@ -178,3 +178,20 @@ def test_quantize_target_provider(tmp_path):
     result = quantize(str(DIGITS), calib=calib, latency=True, latency_batch=8, target_provider=target)
     assert result.target_provider == target and result.latency_after_ms > 0
     assert result.to_dict()["target_provider"] == target
+
+
+def test_minus_one_batch_dim_is_dynamic(tmp_path):
+    """Paddle exports write -1 for a dynamic dimension: data, random inputs and check treat it so."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "neg",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])])
+    path = tmp_path / "neg.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    data = {"x": np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)}
+    result = check(path, path, data, providers=["cpu"], batch_size=4)
+    assert result and result.output("y")["samples"] == 10
+    assert check(path, path, providers=["cpu"])  # random inputs

@@ -339,6 +339,7 @@ def _fixed_batch(specs: dict[str, InputSpec]) -> int | None:
     sizes = {
         s.shape[s.batch_axis] for s in specs.values()
         if s.shape and s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)
+        and s.shape[s.batch_axis] > 0  # -1 (Paddle exports) is dynamic
     }
     if len(sizes) > 1:
         raise DataError(f"model inputs have different fixed batch sizes {sorted(sizes)}")

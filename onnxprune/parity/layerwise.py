@@ -264,7 +264,8 @@ def localise(
             runtime.session(cand_copy, with_cpu_fallback(candidate_provider), provider_options=options) as cand_sess:
         ref_names = [m.name for m in matches]
         cand_names = [m.candidate for m in matches]
-        fixed = any(shape and isinstance(shape[0], int) for shape, _ in runtime.input_specs(reference).values())
+        fixed = any(shape and isinstance(shape[0], int) and shape[0] > 0
+                    for shape, _ in runtime.input_specs(reference).values())
         chunk = LAYERWISE_FIRST_CHUNK
         limit = feed.samples if samples is None else min(samples, feed.samples)
         seen = 0
