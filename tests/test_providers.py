@@ -190,8 +190,39 @@ def test_minus_one_batch_dim_is_dynamic(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3])])
     path = tmp_path / "neg.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
     data = {"x": np.random.default_rng(0).standard_normal((10, 3)).astype(np.float32)}
     result = check(path, path, data, providers=["cpu"], batch_size=4)
     assert result and result.output("y")["samples"] == 10
     assert check(path, path, providers=["cpu"])  # random inputs
+
+
+EXPORTS = sorted((ROOT / "tests" / "realmodels").glob("*/*.onnx"))
+
+
+@pytest.mark.parametrize("path", EXPORTS or [None], ids=lambda p: "none" if p is None else f"{p.parent.name}/{p.stem}")
+def test_openvino_on_committed_exports(path):
+    """Every committed real export (torch.onnx, tf2onnx, skl2onnx, Paddle-style) on CPU and
+    OpenVINO in one check: fp32 parity with the f32 hint, and where its nodes ran."""
+    import numpy as np
+
+    from onnxprune.errors import InvalidModelError
+
+    if path is None:
+        pytest.skip("no committed real exports (tests/realmodels) in this checkout")
+    openvino_or_skip()
+    data = path.with_name(path.stem + ".eval.npz")
+    if not data.exists():
+        pytest.skip(f"{path.name} has no eval data beside it")
+    feeds = {"x": np.load(data)["x"][:32]}
+    try:
+        result = check(path, path, feeds, providers=["cpu", "openvino"], tolerances="exact",
+                       provider_options={"openvino": {"INFERENCE_PRECISION_HINT": "f32"}},
+                       criteria={"atol": 1e-3, "rtol": 1e-3})
+    except InvalidModelError as exc:
+        if "IR version" in str(exc):
+            pytest.skip(f"this onnxruntime ({ort.__version__}) cannot read the file: {exc}")
+        raise
+    assert result, result.failures
+    assert "reference@cpu vs candidate@openvino" in [c["name"] for c in result.comparisons]
+    assert 0 < result.providers["placement"][OPENVINO]["share"] <= 1
