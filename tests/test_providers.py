@@ -224,5 +224,9 @@ def test_openvino_on_committed_exports(path):
             pytest.skip(f"this onnxruntime ({ort.__version__}) cannot read the file: {exc}")
         raise
     assert result, result.failures
-    assert "reference@cpu vs candidate@openvino" in [c["name"] for c in result.comparisons]
-    assert 0 < result.providers["placement"][OPENVINO]["share"] <= 1
+    if OPENVINO in result.providers["used"]:
+        assert "reference@cpu vs candidate@openvino" in [c["name"] for c in result.comparisons]
+        assert 0 < result.providers["placement"][OPENVINO]["share"] <= 1
+    else:  # OpenVINO cannot compile some graphs (dynamic rank in skl2onnx's MLP): said, not a crash
+        [why] = result.providers["unavailable"]
+        assert why["provider"] == OPENVINO and "cannot run this model" in why["reason"] and len(why["reason"]) < 400

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -20,7 +21,7 @@ import onnxruntime as ort
 
 from onnxprune import providers as eps
 from onnxprune import runtime
-from onnxprune.errors import OnnxPruneError, UnsupportedError, UsageError
+from onnxprune.errors import OnnxPruneError, UsageError
 
 DEFAULT_PROVIDERS = ("cpu", "cuda")
 short_name = eps.short_name
@@ -119,10 +120,10 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
         try:
             opened = {Endpoint(role, provider): open_session(stack, model, provider, provider_options)
                       for role, model in models.items()}
-        except UnsupportedError as exc:  # it could not start (bad options, missing libraries)
+        except OnnxPruneError as exc:  # it could not start (bad options, libraries) or compile this model
             if provider == eps.CPU:
                 raise
-            unavailable.append({"provider": provider, "reason": str(exc)})
+            unavailable.append({"provider": provider, "reason": f"it cannot run this model here: {_short(exc)}"})
             continue
         if not all(eps.active(s, provider) for s in opened.values()):
             given = _only(provider_options, provider).get(provider)
@@ -133,6 +134,18 @@ def open_sessions(stack: contextlib.ExitStack, models: Mapping[str, ir.Model], p
         sessions.update(opened)
         placement.update({e: eps.placement(s) for e, s in opened.items()})
     return sessions, unavailable, placement
+
+
+def _short(exc: Exception, limit: int = 300) -> str:
+    """A provider's error on one bounded line: from its own tag (e.g. '[OpenVINO-EP] ...') when
+    it has one, else without C++ file names and signatures."""
+    text = " ".join(str(exc).split())
+    tags = [m.start() for m in re.finditer(r"\[(?:[A-Za-z]+-EP|[A-Za-z]+ EP|ERROR)\]", text)]
+    if tags:
+        text = text[tags[-1]:]
+    else:
+        text = re.sub(r"/\S+\.(?:cc|cpp|h|hpp):\d+ \S+\([^)]*\)", "", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _preload_cuda_libraries() -> None:
