@@ -31,7 +31,9 @@ SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 # Exact clean-up before the analysis, without BatchNorm folding (see above): exporters hide
 # constants behind Identity nodes (PyTorch deduplicates equal initializers, e.g. all-zero BN
 # biases, into Identity outputs) and Constant nodes; the analysis needs them as initializers.
-PREPARE: tuple[str, ...] = ("eliminate-identity", "fold-constants", "remove-unused")
+# Constant nodes become initializers too: Paddle's exporter writes every weight as one, and the
+# least-squares refit (which rewrites initializers) skipped every such layer.
+PREPARE: tuple[str, ...] = ("eliminate-identity", "fold-constants", "lift-constants", "remove-unused")
 
 
 @dataclasses.dataclass

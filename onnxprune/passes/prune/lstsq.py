@@ -23,6 +23,7 @@ does not cancel digits away.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -93,6 +94,53 @@ class NormalEquations:
             vy = self.syy / self._n - my**2
             self._moments = mx + self.x0, my + self.y0, cxx, cxy, vy
         return self._moments
+
+    def absorb(self, other: "NormalEquations") -> None:
+        """Add ``other``'s rows to these sums (re-expressed around this shift)."""
+        self.flush()
+        other.flush()
+        if other._n == 0:
+            return
+        if self._n == 0:
+            self.x0, self.y0 = other.x0.copy(), other.y0.copy()
+        d, e, n = other.x0 - self.x0, other.y0 - self.y0, other._n
+        self.sxx += other.sxx + np.outer(other.sx, d) + np.outer(d, other.sx) + n * np.outer(d, d)
+        self.sxy += other.sxy + np.outer(other.sx, e) + np.outer(d, other.sy) + n * np.outer(d, e)
+        self.syy += other.syy + 2 * other.sy * e + n * e**2
+        self.sx += other.sx + n * d
+        self.sy += other.sy + n * e
+        self._n += n
+        self._moments = None
+
+    def solve_path(
+        self, ridges: Sequence[float], prior: np.ndarray | None = None
+    ) -> list[tuple[np.ndarray, np.ndarray] | str]:
+        """:meth:`solve` for several ridges from one eigendecomposition of ``Cxx`` (each extra
+        ridge then costs a matrix product, not a factorisation). With a ``prior`` [D, O] the
+        ridge pulls ``A`` towards it rather than towards 0, ``(Cxx + λI) A = Cxy + λ prior``:
+        a strong ridge then gives back the sliced weights, not a shrunken layer."""
+        features = len(self.sx)
+        self.flush()
+        if self._n < features + 1:
+            return [f"{self._n} rows for {features} inputs"] * len(ridges)
+        mx, my, cxx, cxy, _ = self.moments()
+        scale = np.trace(cxx) / self._n
+        if not scale > 0:
+            return ["the kept inputs are constant on the calibration data"] * len(ridges)
+        values, vectors = np.linalg.eigh(cxx)
+        if values.min() < -1e-9 * values.max():
+            return ["the kept inputs' covariance is not positive definite"] * len(ridges)
+        projected = vectors.T @ cxy
+        pulled = vectors.T @ prior if prior is not None else np.zeros_like(projected)
+        out: list[tuple[np.ndarray, np.ndarray] | str] = []
+        for ridge in ridges:
+            shifted = np.maximum(values, 0) + ridge * scale
+            if shifted.min() / shifted.max() < MIN_RCOND:
+                out.append("ill-conditioned (kept inputs nearly dependent)")
+                continue
+            a = vectors @ ((projected + ridge * scale * pulled) / shifted[:, None])
+            out.append((a, my - a.T @ mx))
+        return out
 
     def solve(self, ridge: float) -> tuple[np.ndarray, np.ndarray] | str:
         """``(A [D, O], c [O])``, or why the system is not solved (then keep the sliced weights)."""

@@ -46,14 +46,9 @@ from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budge
 from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
-from onnxprune.passes.prune.refit import LayerFit, Target, find_targets
+from onnxprune.passes.prune.refit import RIDGE, LayerFit, Target, find_targets  # noqa: F401  (RIDGE: re-exported)
 from onnxprune.passes.prune.rewrite import apply_plan, checked_removals
 
-# Ridge strength (see lstsq.py: λ = RIDGE · tr(Cxx) / rows). Measured on the test zoo with
-# 64 calibration samples (random weights, 40 % of channels removed, output error vs the
-# original): 1e-3 → 0.01 → 0.1 lowers the error on 7 of 8 architectures, 0.1 raises it on
-# SqueezeNet; digits accuracy is the same from 1e-3 to 0.1 (bench/prune_bench.py --digits).
-RIDGE = 0.01
 # Bytes of normal equations held at once: more layers than fit are accumulated in more passes.
 STATS_BUDGET = 1 << 30
 
@@ -76,8 +71,8 @@ def prune_and_refit(
     (a callable returning fresh calibration batches). ``channel_means(plan)`` gives the
     channel means to fold (see :func:`apply_plan`) for the groups of a plan: it is asked only
     for the groups still read by a layer that is not refit. Returns the change lines (the
-    plan's, then one per refitted layer) and the per-layer report."""
-    ridge = RIDGE if ridge is None else ridge
+    plan's, then one per refitted layer) and the per-layer report. ``ridge``: a fixed ridge;
+    None lets the held-out samples choose it per layer (:meth:`.refit.Target.solve`)."""
     checked_removals(groups, plan)  # UsageError for a bad plan, before any weight changes
     targets, skipped = find_targets(groups, plan, seed)
     refit = {id(t.layer) for t in targets}
@@ -129,18 +124,19 @@ def _levels(graph: ir.Graph, targets: list[Target]) -> list[list[Target]]:
 
 
 def _accumulate(
-    targets: list[Target], batches: Batches, model: ir.Model, ridge: float, *,
+    targets: list[Target], batches: Batches, model: ir.Model, ridge: float | None, *,
     reference: ort.InferenceSession | None = None, progress: str | bool = False,
 ) -> None:
     """Stream the calibration data through ONNX Runtime into each target's normal equations,
     then solve them: inputs from ``model``, outputs from ``model`` too (the original) or from
     a ``reference`` session of the original (``model`` is then the pruned one, whose inputs
     already lack the removed channels). Targets are taken in passes of at most STATS_BUDGET
-    bytes of equations (float64 sums: (D + 1)·(D + O) numbers)."""
-    passes = budget_chunks(targets, lambda t: 8 * (t.sliced.shape[0] + 1) * sum(t.sliced.shape), STATS_BUDGET)
+    bytes of equations (float64 sums: (D + 1)·(D + O) numbers, twice: fitted and held-out rows)."""
+    passes = budget_chunks(targets, lambda t: 16 * (t.sliced.shape[0] + 1) * sum(t.sliced.shape), STATS_BUDGET)
     for group in passes:
         for t in group:
             t.equations = NormalEquations(*t.sliced.shape)
+            t.heldout = NormalEquations(*t.sliced.shape)
         _stream(group, batches, model, reference, progress)
         for t in group:
             t.solve(ridge)
@@ -171,7 +167,7 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
                     names = list(dict.fromkeys(y_names))
                     ys = dict(zip(names, runtime.run_session(reference, names, feeds)))
                 for t in chunk:
-                    t.update(xs[t.x_value.name], ys[t.y_value.name], pruned_input=reference is not None)
+                    t.update(xs[t.x_value.name], ys[t.y_value.name], pruned_input=reference is not None, first=rows)
             rows += batch
     if rows == 0:
         raise DataError("calibration data is empty")
