@@ -212,6 +212,8 @@ CRITERIA: dict[str, str] = {
     "bn": "|BatchNorm scale γ| of each channel (l1 where there is no BN)",
     "activation": "mean |activation| of each channel on calibration data",
     "apoz": "share of non-zero activations of each channel on calibration data (1 - APoZ)",
+    "energy": "output energy each channel carries through its consumers' weights, on calibration data",
+    "thinet": "greedy selection of the channels whose removal the consumers' outputs best absorb (ThiNet)",
 }
 
 
@@ -231,6 +233,10 @@ def get_criterion(
         return Activation(data, "mean_abs", progress)
     if name == "apoz":
         return Activation(data, "nonzero", progress)
+    if name in ("energy", "thinet"):
+        from onnxprune.passes.prune.selection import ConsumerEnergy  # it builds on this module
+
+        return ConsumerEnergy(data, name == "thinet", progress)
     raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")
 
 
