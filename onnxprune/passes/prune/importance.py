@@ -233,10 +233,6 @@ def get_criterion(
         return Activation(data, "mean_abs", progress)
     if name == "apoz":
         return Activation(data, "nonzero", progress)
-    if name in ("energy", "thinet"):
-        from onnxprune.passes.prune.selection import ConsumerEnergy  # it builds on this module
-
-        return ConsumerEnergy(data, name == "thinet", progress)
     raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")
 
 

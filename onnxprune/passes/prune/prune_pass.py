@@ -24,6 +24,7 @@ from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_m
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
+from onnxprune.passes.prune.selection import ConsumerEnergy
 from onnxprune.passes.prune.planner import (
     CostModel,
     check_constraints,
@@ -59,6 +60,14 @@ def check_ratio(ratio: float, what: str = "ratio") -> float:
     if not 0 <= ratio < 1:
         raise UsageError(f"{what} is the share of channels to remove and must be in [0, 1) (given {ratio})")
     return float(ratio)
+
+
+def _criterion(name: str, data: Batches | None, progress: bool) -> Criterion:
+    """:func:`get_criterion`, plus the consumer-aware ones (:mod:`.selection` builds on
+    :mod:`.importance`, so they are looked up here, not there)."""
+    if name in ("energy", "thinet"):
+        return ConsumerEnergy(data, name == "thinet", progress)
+    return get_criterion(name, data, progress)
 
 
 class PrunePass(Pass):
@@ -112,7 +121,7 @@ class PrunePass(Pass):
         self.ratio = check_ratio(ratio) if ratio is not None else 0.0
         self.group_ratios = {k: check_ratio(v, f"ratio of '{k}'") for k, v in (group_ratios or {}).items()}
         self.target_macs, self.target_params = target_macs, target_params
-        self.criterion = get_criterion(criterion, calibration, progress) if isinstance(criterion, str) else criterion
+        self.criterion = _criterion(criterion, calibration, progress) if isinstance(criterion, str) else criterion
         if self.criterion.needs_data and calibration is None:
             raise UsageError(f"criterion '{self.criterion.name}' needs calibration data (--calib)")
         self.uniform, self.round_to, self.min_channels = uniform, round_to, min_channels
