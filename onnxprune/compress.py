@@ -19,6 +19,7 @@ from onnxprune import profiling, runtime, stats
 from onnxprune import providers as eps
 from onnxprune.api import optimize, prune, quantize
 from onnxprune.calibration import open_dataset
+from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
@@ -120,6 +121,7 @@ def compress(
     latency_batch: int | None = None,
     preprocess=None,
     progress: bool = False,
+    executor=None,
 ) -> CompressResult:
     """Run :data:`STAGES` on ``model`` and save the result to ``output`` (if given).
 
@@ -133,6 +135,8 @@ def compress(
     ``latency_batch``: also time ONNX Runtime (one thread, median) before and after on a
     random batch of that size, on ``target_provider`` (default CPU), which the check also
     runs on (with ``provider_options``).
+    ``executor``: calibration and the check run on several workers (see
+    :func:`onnxprune.quantize` and :func:`onnxprune.check`; same results).
     """
     target = eps.require(target_provider) if target_provider else None
     if target is not None:
@@ -144,6 +148,7 @@ def compress(
     loaded, path = as_model(model)
     if output is not None:
         check_output_path(output, path)
+    executor = resolve_executor(executor)
     # The original to check against. The stages edit `loaded` in place, but replace tensors
     # rather than write into them, so a clone sharing the weights stays as it was (a copy
     # through protobuf would cost a copy of every weight, and lose external data's folder).
@@ -185,12 +190,14 @@ def compress(
     if quantize_model:
         run("quantize", lambda: quantize(
             current, calib=calib, method=method, samples=samples, preprocess=preprocess, progress=progress,
-            target_provider=target, provider_options=provider_options, **dict(quantize_options or {})))
+            target_provider=target, provider_options=provider_options, executor=executor,
+            **dict(quantize_options or {})))
         current = stages[-1].result.model
 
     with profiling.phase("self-check"):
         result = check(reference, current, feed, providers=providers, provider_options=provider_options,
-                       tolerances=tolerances, criteria=criteria, progress=progress)
+                       tolerances=tolerances, criteria=criteria, progress=progress,
+                       executor=executor)
     latency = None
     if latency_batch:
         feeds = runtime.random_inputs(reference, batch=latency_batch)

@@ -173,7 +173,7 @@ def test_result_schema_is_stable(models):
     assert data["schema_version"] == SCHEMA_VERSION == 1
     assert list(data) == ["schema_version", "passed", "reference", "candidate", "data", "providers", "tolerances",
                           "comparisons", "failures", "notes", "layerwise", "seconds", "unevaluated",
-                          "layerwise_providers"]
+                          "layerwise_providers", "execution"]
     assert set(data["data"]) == {"source", "samples", "batch_size", "synthetic", "labels"}
     assert data["data"]["synthetic"] and any("random" in n for n in data["notes"])
     assert set(data["providers"]) == {"requested", "used", "unavailable", "options", "placement", "precision"}

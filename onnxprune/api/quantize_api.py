@@ -17,6 +17,7 @@ from onnxprune.api.placement import place
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
 from onnxprune.calibration.collect import activation_batch
 from onnxprune.calibration.data import Dataset
+from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.io import as_model, check_output_path, has_external_data, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
@@ -101,6 +102,7 @@ def quantize(
     target_provider: str | None = None,
     provider_options: Mapping[str, Mapping[str, str]] | None = None,
     progress: bool = False,
+    executor=None,
 ) -> QuantizeResult:
     """Quantize ``model`` to INT8 (QDQ format) and optionally save it.
 
@@ -120,6 +122,8 @@ def quantize(
     :mod:`.placement`; skipped for models over 512 MB of weights). An ``ir.Model`` passed in is
     changed in place (the result's ``model`` is the quantized one: the guard and placement may
     re-emit on a copy).
+    ``executor``: calibrate on several workers (a number of local processes, 'ray:ADDRESS' or
+    an onnxprune.distributed Executor); the table is the same bit for bit.
     """
     config = QuantConfig(activation_type, symmetric, per_channel, reduce_range, exclude)
     if (calib is None and not synthetic) == (table is None):
@@ -143,7 +147,8 @@ def quantize(
     runs = 10 if size_before < LATENCY_BIG_MODEL else 3  # medians of a few runs, bounded time
     latency_before = runtime.latency_ms(loaded, feeds, runs=runs, **timing) if feeds is not None else None
 
-    source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress)
+    source = _RangeSource(calib, table, method, samples, batch_size, percentile, preprocess, synthetic, progress,
+                          resolve_executor(executor))
     quantize_pass = source.make_pass(config)
     rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
     float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
@@ -250,6 +255,7 @@ class _RangeSource:
     preprocess: object
     synthetic: bool
     progress: bool
+    executor: object = None
     symmetric: bool = False  # the activations' quantization grid
     info: dict = dataclasses.field(default_factory=dict)  # for the report
     used: Mapping[str, object] | None = None  # the ranges the pass used
@@ -271,9 +277,12 @@ class _RangeSource:
         dataset = open_dataset(self.calib, model, limit=self.samples, preprocess=self.preprocess,
                                synthetic=self.synthetic)
         self.used = calibrate(model, dataset, method=self.method, tensors=tensors, batch_size=self.batch_size,
-                              percentile=self.percentile, symmetric=self.symmetric, progress=self.progress)
+                              percentile=self.percentile, symmetric=self.symmetric, progress=self.progress,
+                              executor=self.executor)
         self.info = {"method": self.method, "samples": len(dataset), "tensors": len(tensors),
                      "source": "synthetic" if self.synthetic else str(self.calib), "notes": list(dataset.notes)}
+        if self.used.execution is not None:
+            self.info["execution"] = self.used.execution
         return self.used
 
 

@@ -18,6 +18,7 @@ the file headers) and as it streams (NaN/Inf, shapes of decoded images). Every p
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import warnings
@@ -151,6 +152,32 @@ class Dataset:
         """The first ``size`` samples of a batch (scalar inputs kept whole)."""
         axes = {name: self.batch_axes.get(name, 0) for name in feeds}
         return {k: v if axes[k] is None else v.take(np.arange(size), axes[k]) for k, v in feeds.items()}
+
+    def subset(self, start: int, stop: int) -> Dataset:
+        """Samples ``[start, stop)`` (in ``batches`` order) as a dataset of their own, holding
+        only the parts they come from (in-memory arrays cut to the rows used): what a worker
+        gets, pickled."""
+        order = self._order[start:stop]
+        part_ids = np.searchsorted(self._offsets, order, side="right") - 1
+        parts, offsets, new_order = [], [0], np.empty_like(order)
+        for pid in np.unique(part_ids):
+            part, here = self._parts[pid], part_ids == pid
+            rows = order[here] - self._offsets[pid]
+            low, high = int(rows.min()), int(rows.max()) + 1
+            if isinstance(part, ArrayPart) and not part.single and (low > 0 or high < part.n):
+                part, rows = part.rows(low, high), rows - low
+            new_order[here] = offsets[-1] + rows
+            parts.append(part)
+            offsets.append(offsets[-1] + part.n)
+        clone = copy.copy(self)
+        clone._parts, clone._offsets, clone._order, clone._cache = parts, np.array(offsets), new_order, {}
+        return clone
+
+    def attach(self, model: ir.Model) -> None:
+        """Give random-data parts their model again after pickling (they do not carry it)."""
+        for part in self._parts:
+            if isinstance(part, _SyntheticPart):
+                part.model = model
 
     def ort_reader(self, batch_size: int = 1) -> _OrtReader:
         """This data as ONNX Runtime's ``CalibrationDataReader`` (``get_next()``), e.g. for
@@ -420,6 +447,9 @@ class _SyntheticPart(Part):
 
     def dtype(self, key):
         return self.specs[key].dtype
+
+    def __getstate__(self):
+        return {**self.__dict__, "model": None}  # a worker has the model: see Dataset.attach
 
     def take(self, key, rows):
         axis = self.specs[key].batch_axis

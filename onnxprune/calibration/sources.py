@@ -9,6 +9,7 @@ decompressed whole when first used and dropped when the dataset moves to the nex
 
 from __future__ import annotations
 
+import copy
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -113,6 +114,13 @@ class ArrayPart(Part):
     def _read(self, key):
         return self.arrays[key]
 
+    def rows(self, start: int, stop: int) -> ArrayPart:
+        """Samples [start, stop) only (arrays of other lengths, extras, are kept whole)."""
+        clone = copy.copy(self)
+        clone.arrays = {k: v[start:stop] if v.ndim and len(v) == self.n else v for k, v in self.arrays.items()}
+        clone.n = stop - start
+        return clone
+
 
 class NpyPart(Part):
     """One .npy file holding the single input: one sample or a batch."""
@@ -148,7 +156,7 @@ class NpzPart(Part):
 
     def __init__(self, path: Path):
         self.name = str(path)
-        self.path = path
+        self.path = path.absolute()  # read from a worker too, whatever its folder
         self.members = _npz_headers(path)  # key -> (shape, dtype, data offset or None)
         self.loaded: dict[str, np.ndarray] = {}
 
@@ -171,11 +179,14 @@ class NpzPart(Part):
                     with np.load(self.path, allow_pickle=False) as archive:
                         self.loaded[key] = archive[key]
                 except (OSError, ValueError, zipfile.BadZipFile) as exc:
-                    raise DataError(f"{self.path}: cannot read array '{key}' ({first_line(exc)})") from None
+                    raise DataError(f"{self.name}: cannot read array '{key}' ({first_line(exc)})") from None
         return self.loaded[key]
 
     def release(self):
         self.loaded.clear()
+
+    def __getstate__(self):
+        return {**self.__dict__, "loaded": {}}  # pickled for a worker: the file, not what was read
 
 
 class StoredArray:
@@ -187,7 +198,8 @@ class StoredArray:
     """
 
     def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype):
-        self.path, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.name, self.offset, self.shape, self.dtype = path, offset, tuple(shape), np.dtype(dtype)
+        self.path = Path(path).absolute()  # read from a worker too, whatever its folder
         self.ndim = len(self.shape)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
 
@@ -224,7 +236,7 @@ class StoredArray:
             while done < len(view):
                 n = handle.readinto(view[done:])
                 if not n:
-                    raise DataError(f"{self.path}: file is truncated (array data ends early)")
+                    raise DataError(f"{self.name}: file is truncated (array data ends early)")
                 done += n
 
 
@@ -233,7 +245,7 @@ class ImagePart(Part):
 
     def __init__(self, path: Path, key: str, preprocess, label: int | None = None):
         self.name = str(path)
-        self.path = path
+        self.path = path.absolute()  # read from a worker too, whatever its folder
         self.key = key
         self.preprocess = preprocess
         self.label = label

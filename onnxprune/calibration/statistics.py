@@ -19,6 +19,7 @@ class Statistics:
         self.tensors = tensors
         self.samples = samples
         self.skipped: dict[str, str] = {}  # name -> why it is not in the table
+        self.execution: dict | None = None  # how workers shared the work (onnxprune.distributed)
 
     def update(self, name: str, array: np.ndarray, stride: int = 1) -> None:
         """A batch of a tensor's values (histogram: every ``stride``-th value, see TensorStats)."""
@@ -88,7 +89,7 @@ class Statistics:
         if method in HISTOGRAM_METHODS and not all(s.histogram for s in self.tensors.values()):
             raise UsageError(f"method '{method}' needs histograms; collect with histogram=True")
         ranges = {n: TensorRange(*compute_range(s, method, **options)) for n, s in self.tensors.items()}
-        return CalibrationTable(
+        table = CalibrationTable(
             ranges,
             method=method,
             samples=self.samples,
@@ -96,3 +97,5 @@ class Statistics:
             summary={n: s.summary() for n, s in self.tensors.items()},
             skipped=dict(self.skipped),
         )
+        table.execution = self.execution
+        return table

@@ -55,6 +55,7 @@ class CalibrationTable(Mapping[str, TensorRange]):
         self.options = options or {}
         self.summary = summary or {}  # observed count/min/max/nonfinite per tensor
         self.skipped = skipped or {}  # tensors left out, and why
+        self.execution: dict | None = None  # workers and their timing, when several made it
 
     def __getitem__(self, name: str) -> TensorRange:
         return self.ranges[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import click
 
 from onnxprune import profiling, shapes
+from onnxprune.distributed import make_executor, report_lines
 from onnxprune.errors import OnnxPruneError, UsageError
 from onnxprune.io import check_output_path, same_file
 from onnxprune.report import REPORT_SCHEMA_VERSION, change, human, to_json, write_json
@@ -153,6 +155,23 @@ def check_side_outputs(model: str, output: str | None, *paths: str | None) -> No
         if any(same_file(Path(path), other) for other in taken):
             raise UsageError(f"{path} is given for two outputs; choose distinct paths")
         taken.append(Path(path))
+
+
+def executor_options(command):
+    """--workers N / --ray ADDRESS, handed to the command as one ``executor`` argument (None:
+    the single-process path). Connecting to Ray happens here, before any work."""
+
+    @functools.wraps(command)
+    def wrapper(*args, workers=None, ray=None, **kwargs):
+        return command(*args, executor=make_executor(workers, ray), **kwargs)
+
+    wrapper = click.option("--ray", metavar="ADDRESS",
+                           help="Run on a Ray cluster: auto, HOST:PORT or ray://HOST:PORT (pip install 'onnxprune[ray]').")(wrapper)
+    return click.option("--workers", type=int, metavar="N",
+                        help="Worker processes (with --ray: units running at once; default: the cluster's CPUs).")(wrapper)
+
+
+execution_lines = report_lines
 
 
 def show_progress(ctx: click.Context) -> bool:

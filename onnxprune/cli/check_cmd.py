@@ -7,6 +7,7 @@ import click
 from onnxprune.cli._common import (
     STDOUT_NAMES,
     echo,
+    executor_options,
     html_option,
     input_shape_option,
     json_option,
@@ -70,11 +71,12 @@ Exit codes: 0 parity holds, 1 parity failed, 2 bad input or usage.
 @provider_option_flags
 @json_option()
 @html_option
+@executor_options
 @click.pass_context
 def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, preprocess, providers,
               require_providers, preset, atol, rtol, stat, min_cosine, min_sqnr, min_top1, min_topk,
               top_k, max_accuracy_drop, layerwise, layerwise_samples, seed, provider_option, provider_options_file,
-              report_path, html_path) -> None:
+              report_path, html_path, executor) -> None:
     """Check that CANDIDATE keeps the accuracy of REFERENCE, on every execution provider."""
     sides = [p for p in (None if report_path in STDOUT_NAMES else report_path, html_path) if p]
     for side in sides:  # fail before the work, never onto either model
@@ -94,6 +96,7 @@ def check_cmd(ctx, reference, candidate, data, labels, samples, batch_size, prep
         provider_options=provider_options(provider_option, provider_options_file),
         tolerances=preset, criteria=criteria, labels=labels, samples=samples, batch_size=batch_size,
         preprocess=preprocess, layerwise=layerwise, layerwise_samples=layerwise_samples, seed=seed, progress=show_progress(ctx),
+        executor=executor,
     )
     echo(str(result))
     write_report(report_path, result.to_dict())

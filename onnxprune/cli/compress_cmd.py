@@ -9,6 +9,8 @@ from onnxprune.cli._common import (
     SIZE_COLUMNS,
     check_side_outputs,
     echo,
+    execution_lines,
+    executor_options,
     html_option,
     input_shape_option,
     json_option,
@@ -64,11 +66,12 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--latency-batch", type=int, default=32, show_default=True, help="Time ONNX Runtime before/after on a batch this big (0: skip).")
 @json_option("--report")
 @html_option
+@executor_options
 @click.pass_context
 def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
                  round_to, exclude, quantize_model, method, samples, max_accuracy_drop, providers,
                  target_provider, provider_option, provider_options_file, latency_batch, report_path,
-                 html_path) -> None:
+                 html_path, executor) -> None:
     """Clean up, prune, quantize and check a model in one go."""
     check_side_outputs(model, output, report_path, html_path)
     result = compress(
@@ -79,11 +82,15 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
         max_accuracy_drop=max_accuracy_drop, providers=split_list(providers) or None,
         target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
         latency_batch=latency_batch or None, preprocess=preprocess, progress=show_progress(ctx),
+        executor=executor,
     )
     rows = [("original", "", *_cells(result.before, result.before))]
     rows += [(s.name, f"{s.seconds:.2f} s", *_cells(s.summary, result.before)) for s in result.stages]
     headers = ["stage", "time", *(label for label, _ in SIZE_COLUMNS.values())]
     echo(table(headers, rows, align="lrrrrr"))
+    for stage in result.stages:  # calibration's workers (the check's are in its own table)
+        if stage.name == "quantize" and stage.result.calibration.get("execution"):
+            echo("\ncalibration " + "\n".join(execution_lines(stage.result.calibration["execution"])))
     if result.latency_ms:
         lat = result.latency_ms
         echo(f"\nlatency (ONNX Runtime {label(lat['provider'])}, 1 thread, batch {lat['batch']}): "

@@ -9,6 +9,8 @@ from onnxprune.calibration import METHODS
 from onnxprune.cli._common import (
     check_side_outputs,
     echo,
+    execution_lines,
+    executor_options,
     html_option,
     input_shape_option,
     json_option,
@@ -62,11 +64,12 @@ add --reduce-range.
 @provider_option_flags
 @json_option("--report")
 @html_option
+@executor_options
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
                  no_clean, strict, no_latency, placement, target_provider, provider_option, provider_options_file,
-                 report_path, html_path) -> None:
+                 report_path, html_path, executor) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
     check_side_outputs(model, output, report_path, save_table, html_path)
     result = quantize(
@@ -76,7 +79,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         exclude=split_lists(exclude), clean=not no_clean,
         save_table=save_table, strict=strict, latency=not no_latency, placement=placement,
         target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
-        progress=show_progress(ctx),
+        progress=show_progress(ctx), executor=executor,
     )
     echo(summary(result))
     write_report(report_path, with_profile(result.to_dict()))
@@ -98,7 +101,7 @@ def summary(result) -> str:
     if result.latency_before_ms is not None:
         rows.append((f"ORT {label(result.target_provider)} latency (1 thread)", f"{result.latency_before_ms:.2f} ms",
                      f"{result.latency_after_ms:.2f} ms", change(result.latency_before_ms, result.latency_after_ms)))
-    lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}",
+    lines = [*([f"opset: {result.converted}"] if result.converted else []), f"calibration: {source}", *execution_lines(calib.get("execution")),
              *(f"note: {n}" for n in calib.get("notes", [])), "", table(["", "before", "after", "change / note"], rows, align="lrrl")]
     if result.placement:
         placed = result.placement

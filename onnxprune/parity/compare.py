@@ -7,7 +7,6 @@ opened once and each batch goes through all of them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import time
@@ -19,23 +18,20 @@ from tqdm import tqdm
 
 from onnxprune import provider_options as po
 from onnxprune import providers as eps
+from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UsageError
 from onnxprune.io import as_model
 from onnxprune.parity import layerwise as lw
 from onnxprune.parity import precision
+from onnxprune.parity.comparison import compare_batches
 from onnxprune.parity.inputs import Feed, make_feed
 from onnxprune.parity.labels import may_classify
-from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import (
     DEFAULT_PROVIDERS,
-    Endpoint,
-    fail_if_unavailable,
-    open_sessions,
-    plan_comparisons,
-    run_session,
     select_providers,
 )
 from onnxprune.parity.result import CheckResult
+from onnxprune.parity.sharded import compare_sharded
 from onnxprune.parity.tolerances import Tolerances, is_quantized
 
 ModelLike = ir.Model | str | os.PathLike
@@ -48,44 +44,6 @@ CLASSIFIER_CRITERIA = {
 # Localising needs far fewer samples than judging parity, and costs a pass over every
 # activation of both models per sample (~10x the plain check).
 LAYERWISE_SAMPLES = 256
-
-
-@dataclasses.dataclass
-class Comparison:
-    reference: Endpoint
-    candidate: Endpoint
-    judged: bool
-    stats: dict[str, OutputStats]
-
-    @property
-    def name(self) -> str:
-        return f"{self.reference} vs {self.candidate}"
-
-    def update(self, outputs: Mapping[Endpoint, dict], labels: np.ndarray | None) -> None:
-        ref, cand = outputs[self.reference], outputs[self.candidate]
-        for name, stats in self.stats.items():
-            if ref[name].shape != cand[name].shape:
-                raise UsageError(
-                    f"output '{name}' has shape {list(ref[name].shape)} in the reference but "
-                    f"{list(cand[name].shape)} in the candidate ({self.name})"
-                )
-            stats.update(ref[name], cand[name], labels)
-
-    def summary(self, tolerances: Tolerances) -> dict:
-        outputs = {}
-        for name, stats in self.stats.items():
-            data = stats.summary()
-            data["failures"] = tolerances.judge(name, data) if self.judged else []
-            data["passed"] = not data["failures"]
-            outputs[name] = data
-        return {
-            "name": self.name,
-            "reference": dataclasses.asdict(self.reference),
-            "candidate": dataclasses.asdict(self.candidate),
-            "judged": self.judged,
-            "passed": all(o["passed"] for o in outputs.values()),
-            "outputs": outputs,
-        }
 
 
 def check_compatible(reference: ir.Model, candidate: ir.Model) -> list[str]:
@@ -174,6 +132,7 @@ def check(
     preprocess=None,
     seed: int = 0,
     progress: bool = False,
+    executor=None,
 ) -> CheckResult:
     """Compare ``candidate`` against ``reference`` on the same inputs; truthy when parity holds.
 
@@ -190,7 +149,12 @@ def check(
     (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
     channels); with several providers, also the reference on each other provider against
     the first one, naming the first tensor where that provider departs. Bad input raises an OnnxPruneError; failing parity does not raise (see
-    :meth:`CheckResult.raise_on_failure`).
+    :meth:`CheckResult.raise_on_failure`). ``executor``: compare on several workers (a
+    number of local processes, 'ray:ADDRESS' or an onnxprune.distributed Executor), each
+    over a range of the samples; merged, counts, max/min and agreement figures are those of
+    one pass, sums equal up to the order of addition (1e-12 relative), the p50/p99 quantiles
+    too while an output has at most 65,536 elements (a uniform sample of them beyond: see
+    metrics.Reservoir.merge). The layer-wise passes run here, in this process.
     """
     start = time.perf_counter()
     if layerwise_samples is not None and layerwise_samples < 1:
@@ -206,8 +170,9 @@ def check(
     feed = make_feed(data, ref_model, samples=samples, batch_size=batch_size, labels=labels,
                      preprocess=preprocess, seed=seed)
     require_evaluable(explicit, ref_model, feed)
+    executor = resolve_executor(executor)
     comparisons, failed, placement = _compare(ref_model, cand_model, feed, used, tolerances, require_providers,
-                                              options, seed=seed, progress=progress)
+                                              options, seed=seed, progress=progress, executor=executor)
     unavailable += failed
     working = [p for p in used if p not in {u["provider"] for u in failed}]
     summaries = [c.summary(tolerances) for c in comparisons]
@@ -254,6 +219,7 @@ def check(
         layerwise_providers=per_provider,
         seconds=time.perf_counter() - start,
         unevaluated=unevaluated,
+        execution=executor.report if executor is not None else None,
     )
 
 
@@ -310,29 +276,16 @@ def _is_reference_drift(summary: dict) -> bool:
 
 
 def _compare(reference: ir.Model, candidate: ir.Model, feed, providers: list[str], tolerances: Tolerances,
-             require_providers: bool, options: Mapping, *, seed: int, progress: bool):
-    """One pass over ``feed`` through every session; the comparisons, the providers that
-    could not be initialised, and where each session's nodes ran."""
-    with contextlib.ExitStack() as stack:
-        sessions, failed, placement = open_sessions(stack, {"reference": reference, "candidate": candidate},
-                                                    providers, options)
-        fail_if_unavailable(failed, require_providers)
-        working = [p for p in providers if Endpoint("reference", p) in sessions]
-        if not working:
-            raise UsageError("no requested execution provider could be initialised: "
-                             + "; ".join(f"{u['provider']}: {u['reason']}" for u in failed))
-        names = [o.name for o in reference.graph.outputs]
-        comparisons = [
-            Comparison(r, c, judged, {n: OutputStats(tolerances.atol_for(n), tolerances.rtol_for(n),
-                                                      top_k=tolerances.top_k, seed=seed) for n in names})
-            for r, c, judged in plan_comparisons(working)
-        ]
-        for feeds, labels in tqdm(feed, total=feed.num_batches, desc="check", unit="batch",
-                                  disable=not progress, leave=False):
-            outputs = {e: run_session(s, feeds, e, names) for e, s in sessions.items()}
-            for comparison in comparisons:
-                comparison.update(outputs, labels)
-    return comparisons, failed, placement
+             require_providers: bool, options: Mapping, *, seed: int, progress: bool, executor=None):
+    """One pass over ``feed`` through every session (or one per worker over its part, merged);
+    the comparisons, the providers that could not be initialised, and where each session's
+    nodes ran."""
+    if executor is not None:
+        return compare_sharded(reference, candidate, feed, providers, tolerances, require_providers, options,
+                               seed=seed, progress=progress, executor=executor)
+    batches = tqdm(feed, total=feed.num_batches, desc="check", unit="batch", disable=not progress, leave=False)
+    return compare_batches(reference, candidate, batches, providers, tolerances, require_providers, options,
+                           seed=seed)
 
 
 def _notes(feed, tolerances: Tolerances, summaries: list[dict], unavailable: list[dict]) -> list[str]:

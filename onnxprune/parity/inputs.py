@@ -31,6 +31,15 @@ class Feed:
     labelled: bool
     _batches: Callable[[], Iterator[Batch]]
     notes: list[str] = dataclasses.field(default_factory=list)
+    dataset: Dataset | None = None  # what `part` cuts: the dataset and its labels ...
+    label_array: np.ndarray | None = None
+    seed: int = 0  # ... or the seed of random batches
+
+    def part(self, start: int, stop: int) -> FeedPart:
+        """Samples ``[start, stop)`` (``start`` a multiple of the batch size) for a worker."""
+        labels = None if self.label_array is None else self.label_array[start:stop]
+        dataset = None if self.synthetic else self.dataset.subset(start, stop)
+        return FeedPart(dataset, labels, self.seed, start, stop, self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         return self._batches()
@@ -87,7 +96,7 @@ def _random_feed(model: ir.Model, samples: int, batch_size: int, seed: int) -> F
 
     note = ("no --data: random standard-normal inputs; this only makes sense for exact "
             "comparisons (value ranges, top-1 and accuracy mean nothing on noise)")
-    return Feed(f"random (seed {seed})", samples, batch_size, True, False, batches, [note])
+    return Feed(f"random (seed {seed})", samples, batch_size, True, False, batches, [note], seed=seed)
 
 
 def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, labels, preprocess) -> Feed:
@@ -130,4 +139,31 @@ def _dataset_feed(data, model: ir.Model, samples: int | None, batch_size: int, l
             offset += size
 
     return Feed(f"{dataset.name} ({len(dataset)} samples)", n, batch_size, False,
-                label_array is not None, batches, notes)
+                label_array is not None, batches, notes, dataset=dataset, label_array=label_array)
+
+
+@dataclasses.dataclass
+class FeedPart:
+    """A range of a feed's samples as a worker iterates it: the very batches (and labels, and
+    random seeds) the whole feed yields for that range."""
+
+    dataset: Dataset | None  # None: random inputs
+    labels: np.ndarray | None
+    seed: int
+    start: int
+    stop: int
+    batch_size: int
+
+    def batches(self, model: ir.Model) -> Iterator[Batch]:
+        if self.dataset is None:
+            first = self.start // self.batch_size
+            for i, start in enumerate(range(self.start, self.stop, self.batch_size), first):
+                size = min(self.batch_size, self.stop - start)
+                yield runtime.random_inputs(model, batch=size, seed=self.seed + i), None
+            return
+        self.dataset.attach(model)
+        offset = 0
+        for feeds in self.dataset.batches(self.batch_size):
+            size = self.dataset.batch_len(feeds)
+            yield feeds, None if self.labels is None else self.labels[offset : offset + size]
+            offset += size

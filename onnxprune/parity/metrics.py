@@ -48,6 +48,30 @@ class Reservoir:
             self.data[slot[keep]] = rest[keep]
         self.seen += values.size
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.data = np.array(self.data)  # unpickled from Ray's object store: read-only
+
+    def merge(self, other: Reservoir) -> Reservoir:
+        """A uniform sample of both streams together (in place, returns self).
+
+        While both streams fit, the union is kept whole (quantiles as exact as one pass).
+        Otherwise the number drawn from this stream is hypergeometric (how many of a uniform
+        ``size``-sample of the union fall in it) and each part is a uniform subset of that
+        stream's own uniform sample: again a uniform sample of the union, as one pass gives.
+        """
+        mine, theirs = self.data[: min(self.seen, self.size)], other.data[: min(other.seen, other.size)]
+        if self.seen + other.seen <= self.size:
+            self.data[mine.size : mine.size + theirs.size] = theirs
+        else:
+            take = int(self._rng.hypergeometric(self.seen, other.seen, self.size))
+            take = min(max(take, self.size - theirs.size), mine.size)
+            merged = np.concatenate([self._rng.choice(mine, take, replace=False),
+                                     self._rng.choice(theirs, self.size - take, replace=False)])
+            self.data[:] = merged
+        self.seen += other.seen
+        return self
+
     def quantile(self, q: float) -> float | None:
         n = min(self.seen, self.size)
         return float(np.quantile(self.data[:n], q)) if n else None
@@ -150,6 +174,26 @@ class OutputStats:
         if self._abs is not None:
             self._abs.add(abs_d)
             self._rel.add(rel)
+
+    SUMS = ("elements", "samples", "finite", "nonfinite_mismatches", "mismatches", "sum_abs", "sum_abs_ref",
+            "sum_rel", "rel_count", "sum_ref_sq", "sum_cand_sq", "sum_dot", "sum_err_sq", "top1_hits",
+            "topk_hits", "labelled", "ref_correct", "cand_correct")
+
+    def merge(self, other: OutputStats) -> OutputStats:
+        """Statistics of both streams together (in place, returns self): counts, max and min
+        exact, float sums up to the order of addition (about 1e-15 relative), the quantile
+        reservoirs as :meth:`Reservoir.merge` says."""
+        for name in self.SUMS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.min_sample_cosine = min(self.min_sample_cosine, other.min_sample_cosine)
+        if self.classifier is None:
+            self.classifier = other.classifier
+        if self._abs is not None and other._abs is not None:
+            self._abs.merge(other._abs)
+            self._rel.merge(other._rel)
+        return self
 
     def _update_sample_cosine(self, r: np.ndarray, c: np.ndarray) -> None:
         self.min_sample_cosine = min(self.min_sample_cosine, float(np.min(_cosine(

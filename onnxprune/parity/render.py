@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from onnxprune.distributed import report_lines
 from onnxprune.report import table
 
 LAYER_ROWS = 40  # layer-wise rows printed; the JSON report has them all
@@ -59,6 +60,8 @@ def render(result) -> str:
     lines.append(table(["comparison", "output", "max abs", "mean abs", "p99 abs", "cosine", "SQNR dB",
                         "top-1", "top-k", "accuracy", "status"], rows, align="llrrrrrrrll",
                        optional=[4, 3, 8, 7]))  # a narrow terminal keeps max abs, cosine, SQNR, accuracy
+    if result.execution is not None:
+        lines += ["", *report_lines(result.execution)]
     if result.layerwise is not None:
         lines += ["", *_layerwise(result.layerwise)]
     for provider, report in (result.layerwise_providers or {}).items():

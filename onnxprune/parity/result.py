@@ -47,6 +47,8 @@ written as ``null`` (JSON has no Infinity): ``sqnr_db`` is null when the outputs
                      cannot be evaluated is an error instead
     layerwise_providers  null, or {provider: layerwise report of the reference on the first
                      provider vs the reference on this one}: where each provider departs
+    execution        null (one process), or {mode, workers, units, retries, seconds,
+                      per_worker: [{worker, units, samples, seconds, load_seconds, peak_rss}]}
 
     STATS            elements, samples, max_abs, mean_abs, p50_abs, p99_abs, max_rel,
                      mean_rel, p99_rel, mean_abs_reference, cosine, cosine_min, sqnr_db,
@@ -86,6 +88,7 @@ class CheckResult:
     seconds: float = 0.0
     unevaluated: list[str] = dataclasses.field(default_factory=list)
     layerwise_providers: dict | None = None
+    execution: dict | None = None  # workers and their timing, when several shared the work
 
     def __bool__(self) -> bool:
         return self.passed
@@ -110,6 +113,7 @@ class CheckResult:
             "seconds": self.seconds,
             "unevaluated": self.unevaluated,
             "layerwise_providers": self.layerwise_providers,
+            "execution": self.execution,
         })
 
     def raise_on_failure(self) -> CheckResult:
