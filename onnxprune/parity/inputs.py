@@ -38,7 +38,7 @@ class Feed:
     def part(self, start: int, stop: int) -> FeedPart:
         """Samples ``[start, stop)`` (``start`` a multiple of the batch size) for a worker."""
         labels = None if self.label_array is None else self.label_array[start:stop]
-        dataset = None if self.synthetic else self.dataset.subset(start, stop)
+        dataset = None if self.synthetic or self.dataset is None else self.dataset.subset(start, stop)
         return FeedPart(dataset, labels, self.seed, start, stop, self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
