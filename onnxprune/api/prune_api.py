@@ -26,6 +26,9 @@ from onnxprune.passes.prune import DEFAULT_ROUND_TO, PrunePass, PruneReport
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, ShapeVerifier, run_pipeline
 from onnxprune.report import short_repr
 
+# The criterion when calibration data is given and none is named: measured on real models
+# (bench/accuracy_bench.py), see README "Accuracy after pruning".
+DATA_CRITERION = "thinet"
 SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
 # Exact clean-up before the analysis, without BatchNorm folding (see above): exporters hide
@@ -67,7 +70,7 @@ def prune(
     model: ModelLike,
     output: str | os.PathLike | None = None,
     *,
-    criterion: str = "l1",
+    criterion: str | None = None,
     ratio: float | None = None,
     target_macs: float | None = None,
     target_params: float | None = None,
@@ -84,6 +87,7 @@ def prune(
     compensate: bool = True,
     reconstruct: bool | None = None,
     refit_inputs: str = "original",
+    sensitivity=None,
     dry_run: bool = False,
     latency_runs: int = 10,
     threads: int = 1,
@@ -93,10 +97,14 @@ def prune(
 
     How much: ``ratio`` (share of channels, ranked globally across layers; per layer with
     ``uniform``), ``group_ratios`` ({node name or glob: ratio}), or ``target_macs`` /
-    ``target_params`` (share to keep, e.g. 0.6). ``criterion``: l1, l2, bn, activation, apoz
-    (the last two need ``calib``: anything :func:`onnxprune.calibration.open_dataset` reads,
-    e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most;
-    ``preprocess`` for an image folder).
+    ``target_params`` (share to keep, e.g. 0.6). ``criterion``: l1, l2, bn, activation, apoz,
+    energy, thinet (the last four need ``calib``: anything :func:`onnxprune.calibration.open_dataset`
+    reads, e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most;
+    ``preprocess`` for an image folder);
+    default :data:`DATA_CRITERION` with ``calib``, else l1.
+    ``sensitivity`` (a :class:`~onnxprune.api.sensitivity_api.SensitivityResult` or its JSON
+    file) with a target: each group gets its own ratio from the measured curves
+    (:func:`~onnxprune.api.sensitivity_api.allocated_ratios`) instead of one global ranking.
     ``exclude``: node names or globs whose tensors stay untouched. ``round_to``: kept channel
     counts are multiples of it (default 8, see :data:`DEFAULT_ROUND_TO`; 1 lets the ranking
     alone decide, which can keep more accuracy on tiny layers but runs slower).
@@ -117,6 +125,8 @@ def prune(
         check_output_path(output, path)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (given {batch_size})")
+    if criterion is None:
+        criterion = DATA_CRITERION if calib is not None else "l1"
     batches, data_notes = None, []
     if calib is not None:
         dataset = calib if isinstance(calib, Dataset) else \
@@ -124,13 +134,22 @@ def prune(
         batches = functools.partial(dataset.batches, batch_size)
         batches.total = -(-len(dataset) // (dataset.fixed_batch or batch_size))  # for progress bars
         data_notes = list(dataset.notes)
+    run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
+    if sensitivity is not None:
+        from onnxprune.api.sensitivity_api import allocated_ratios
+
+        if target_macs is None and target_params is None:
+            raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
+        group_ratios = allocated_ratios(
+            loaded, sensitivity, target_macs=target_macs, target_params=target_params, round_to=round_to,
+            min_channels=min_channels, exclude=exclude)
+        target_macs = target_params = None
     prune_pass = PrunePass(
         criterion, ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
         group_ratios=group_ratios, round_to=round_to, min_channels=min_channels, exclude=exclude,
         calibration=batches, compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
         dry_run=dry_run, progress=progress,
     )
-    run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
     feeds = (_first_sample(batches) or runtime.random_inputs(loaded)) if timing else None

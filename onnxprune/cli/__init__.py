@@ -29,8 +29,9 @@ from onnxprune.cli.inspect_cmd import inspect_cmd  # noqa: E402
 from onnxprune.cli.optimize_cmd import optimize_cmd  # noqa: E402
 from onnxprune.cli.prune_cmd import prune_cmd  # noqa: E402
 from onnxprune.cli.quantize_cmd import quantize_cmd  # noqa: E402
+from onnxprune.cli.sensitivity_cmd import sensitivity_cmd  # noqa: E402
 
-for _command in (inspect_cmd, optimize_cmd, prune_cmd, quantize_cmd, check_cmd, compress_cmd):
+for _command in (inspect_cmd, optimize_cmd, prune_cmd, quantize_cmd, check_cmd, compress_cmd, sensitivity_cmd):
     cli.add_command(_command)
 
 

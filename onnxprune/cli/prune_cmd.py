@@ -47,7 +47,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--ratio", type=float, help="Share of channels to remove, in [0, 1), ranked across all layers.")
 @click.option("--target-macs", type=float, help="Share of MACs to keep, e.g. 0.6 (the ratio is searched).")
 @click.option("--target-params", type=float, help="Share of parameters to keep (the ratio is searched).")
-@click.option("--criterion", type=click.Choice(list(CRITERIA)), default="l1", show_default=True, help="Channel importance.")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), help="Channel importance  [default: thinet with --calib, else l1]")
 @click.option("--uniform", is_flag=True, help="Apply the ratio within each layer instead of ranking globally.")
 @click.option("--group-ratio", multiple=True, metavar="PATTERN=RATIO", help="Own ratio for the groups of matching nodes (repeatable).")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this (fast kernels); 1: exact ranking.")
@@ -61,6 +61,11 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
 @click.option("--reconstruct/--no-reconstruct", default=None, help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
 @click.option("--refit-inputs", type=click.Choice(["original", "pruned"]), default="original", show_default=True, help="Where the refit reads each layer's inputs: the original model (one pass over --calib) or the pruned one, layer by layer (upstream error included: lower error, one pass per depth).")
+@click.option("--sensitivity", "sensitivity_path", type=click.Path(exists=True, dir_okay=False), help="Curves from `onnxprune sensitivity -o`: with --target-macs/--target-params, each group gets its own ratio.")
+@click.option("--max-accuracy-drop", type=float, help="Search the strongest MAC reduction whose accuracy on --eval/--labels drops at most this (e.g. 0.01).")
+@click.option("--min-fidelity", type=float, help="Search the strongest MAC reduction keeping this top-1 agreement (cosine for other outputs) on --eval.")
+@click.option("--eval", "eval_data", type=click.Path(), help="Held-out data for --max-accuracy-drop/--min-fidelity.")
+@click.option("--labels", help="Label array in --eval (for --max-accuracy-drop).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
@@ -69,18 +74,23 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @html_option
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
-              min_channels, exclude, calib, calib_limit, batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, dry_run, latency_runs,
+              min_channels, exclude, calib, calib_limit, batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, sensitivity_path, max_accuracy_drop, min_fidelity, eval_data, labels, dry_run, latency_runs,
               threads, all_groups, report_path, html_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
         raise UsageError("-o/--output is required (or use --dry-run)")
     check_side_outputs(model, None if dry_run else output, report_path, html_path)
+    if max_accuracy_drop is not None or min_fidelity is not None:
+        _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fidelity, report_path, criterion=criterion,
+                round_to=round_to, min_channels=min_channels, exclude=split_lists(exclude), batch_size=batch_size,
+                reconstruct=reconstruct)
+        return
     result = prune(
         model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
         target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
         min_channels=min_channels, exclude=split_lists(exclude), calib=calib,
         calib_limit=calib_limit, batch_size=batch_size, preprocess=preprocess, fold=fold, compensate=compensate, reconstruct=reconstruct,
-        refit_inputs=refit_inputs, dry_run=dry_run,
+        refit_inputs=refit_inputs, sensitivity=sensitivity_path, dry_run=dry_run,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )
     echo(format_groups(result.report, all_groups))
@@ -92,6 +102,27 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         echo(f"\nwrote {result.output}")
     write_report(report_path, with_profile(result.to_dict()))
     write_html_report(html_path, result.to_dict(), "prune")
+
+
+def _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fidelity, report_path, **options) -> None:
+    from onnxprune.api.search_api import prune_within
+
+    if calib is None or output is None:
+        raise UsageError("the accuracy search prunes with --calib and writes -o/--output")
+    found = prune_within(model, output, calib=calib, eval_data=eval_data, labels=labels,
+                         max_accuracy_drop=max_accuracy_drop, min_fidelity=min_fidelity, **options)
+    rows = [(f"{p.keep_macs:.3f}", f"{p.macs_removed:.1%}", f"{p.fidelity:.4f}",
+             "" if p.accuracy is None else f"{p.accuracy:.4f}", "yes" if p.passed else "no") for p in found.probes]
+    click.echo(table(["keep MACs", "MACs removed", "fidelity", "accuracy", "within budget"], rows, align="rrrrl"))
+    base = found.baseline
+    click.echo(f"original: {base['metric']} 1.0" + (f", accuracy {base['accuracy']:.4f}" if base["accuracy"] is not None else ""))
+    if found.best is None:
+        click.echo("no pruned model met the budget: the original is written unchanged")
+    else:
+        click.echo(f"chosen: {found.best.macs_removed:.1%} of the MACs removed")
+    click.echo(f"\nwrote {found.output}")
+    if report_path:
+        write_json(report_path, found.to_dict())
 
 
 def format_groups(report: PruneReport, all_groups: bool = False) -> str:
@@ -151,10 +182,17 @@ def _ranges(indices: list[int], width: int = 24) -> str:
 def format_refits(report: PruneReport) -> str:
     rows = [
         (f.layer, f.op, f"{f.inputs[0]} → {f.inputs[1]}" if f.inputs[0] is not None else "", f.status,
-         "" if f.error_before is None else f"{f.error_before:.3f} → {f.error_after:.3f}", f.rows or "", f.note or "")
+         _errors(f), f.rows or "", f.note or "")
         for f in report.reconstruction
     ]
-    return table(["layer", "op", "inputs", "status", "output error", "rows", "note"], rows, align="llrlrrl")
+    return table(["layer", "op", "inputs", "status", "output error (held-out)", "rows", "note"], rows, align="llrlrrl")
+
+
+def _errors(fit) -> str:
+    """Held-out errors when the refit had held-out samples, else those on the fitted rows."""
+    if fit.heldout_before is not None:
+        return f"{fit.heldout_before:.3f} → {fit.heldout_after:.3f}"
+    return "" if fit.error_before is None else f"{fit.error_before:.3f} → {fit.error_after:.3f} (fit)"
 
 
 def format_summary(result: PruneResult) -> str:

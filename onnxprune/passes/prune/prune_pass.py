@@ -159,6 +159,8 @@ class PrunePass(Pass):
                       + ", ".join(_members(by_id[gid])) for gid in sorted(matched)
                       if len(_members(by_id[gid])) > 1]  # tied through a residual or Concat: say so
         active = [g for g in groups if g.prunable and g.id not in excluded and g.size > 1]
+        if local and not self.ratio and self.target_macs is None and self.target_params is None:
+            active = [g for g in active if g.id in local]  # only they lose channels: score only them
         self.criterion.prepare(model, active)
         raw = {g.id: np.asarray(self.criterion(g), dtype=np.float64) for g in active}
         scores = {gid: normalize(s) for gid, s in raw.items()}

@@ -1,0 +1,131 @@
+"""Accuracy after compression on real tasks (issue 10's tables): every pruning criterion with
+and without the refit, and INT8 alone, on real pretrained models with task metrics.
+
+    pip download --no-deps rapidocr_onnxruntime -d /tmp/w && unzip -o -q /tmp/w/*.whl -d /tmp/rapidocr
+    python bench/accuracy_bench.py --models /tmp/rapidocr            # OCR models + digits
+    python bench/accuracy_bench.py --tasks digits                    # digits only (no download)
+
+Tasks (bench/realtasks.py): PP-OCRv4 text recognizer (decoded-text agreement with the fp32
+original), PP-OCRv4 text detector (text-mask IoU), PP-OCR text-direction classifier (top-1
+agreement, and accuracy against the rendered ground truth), and the digits sample model
+(top-1 agreement, accuracy against its held-out labels). Calibration and evaluation samples
+are disjoint. Writes bench/results/accuracy.json. Timings are not the point here (the
+machine is shared); what is measured is accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import onnx_ir as ir
+import realtasks
+from common import ROOT, table
+
+from onnxprune.api import prune, quantize
+
+RESULTS = ROOT / "bench" / "results" / "accuracy.json"
+DIGITS = ROOT / "models" / "digits"
+
+# (label, prune() options); calibration data is added where "calib" is True.
+SETTINGS = [
+    ("l1, no data (data-free default)", dict(criterion="l1"), False),
+    ("l1 + refit", dict(criterion="l1"), True),
+    ("activation + refit", dict(criterion="activation"), True),
+    ("energy + refit", dict(criterion="energy"), True),
+    ("thinet + refit (default with data)", dict(criterion="thinet"), True),
+    ("thinet, no refit", dict(criterion="thinet", reconstruct=False), True),
+]
+
+
+def digits_task() -> realtasks.Task:
+    calib, held = np.load(DIGITS / "calib.npz"), np.load(DIGITS / "eval.npz")
+    return realtasks.Task("digits", DIGITS / "digits.onnx", "input", calib["input"], held["input"],
+                          "top-1 agreement", realtasks._top1_score, held["labels"])
+
+
+def evaluate(task: realtasks.Task, model, ref: np.ndarray) -> dict:
+    out = realtasks.run(model, task.heldout, task.input)
+    row = {"fidelity": task.score(ref, out)}
+    if task.labels is not None:
+        row["accuracy"] = float(np.mean(out.argmax(-1) == task.labels))
+    return row
+
+
+def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool) -> dict:
+    ref = realtasks.run(task.model, task.heldout, task.input)
+    base = {"fidelity": 1.0}
+    if task.labels is not None:
+        base["accuracy"] = float(np.mean(ref.argmax(-1) == task.labels))
+    rows = []
+    calib = {task.input: task.calib}
+    for keep in targets:
+        for label, options, with_data in settings:
+            start = time.perf_counter()
+            try:
+                result = prune(str(task.model), target_macs=keep, latency_runs=0, batch_size=8,
+                               calib=calib if with_data else None, **options)
+            except Exception as exc:  # a setting that fails is a row, not a crash
+                rows.append({"setting": label, "target_macs": keep, "error": str(exc).splitlines()[0][:200]})
+                continue
+            row = {"setting": label, "target_macs": keep,
+                   "macs_removed": 1 - result.after["macs"] / result.before["macs"]}
+            row.update(evaluate(task, ir.to_proto(result.model).SerializeToString(), ref))
+            row["seconds"] = round(time.perf_counter() - start, 1)
+            rows.append(row)
+            print(task.name, row, flush=True)
+    if int8:
+        start = time.perf_counter()
+        result = quantize(str(task.model), calib=calib, batch_size=8)
+        row = {"setting": "INT8 alone (minmax, per-channel)", "target_macs": None, "macs_removed": 0.0}
+        row.update(evaluate(task, ir.to_proto(result.model).SerializeToString(), ref))
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(task.name, row, flush=True)
+    return {"metric": task.metric, "baseline": base, "calib_samples": len(task.calib),
+            "heldout_samples": len(task.heldout), "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=Path, help="folder holding the extracted rapidocr_onnxruntime wheel")
+    parser.add_argument("--tasks", default="ocr-rec,ocr-det,ocr-cls,digits")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--heldout", type=int, default=128)
+    parser.add_argument("--settings", help="comma list of setting numbers (0-based) to run")
+    parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    names = args.tasks.split(",")
+    settings = SETTINGS if not args.settings else [SETTINGS[int(i)] for i in args.settings.split(",")]
+    tasks = []
+    if args.models is not None:
+        tasks += realtasks.load_tasks(args.models, realtasks.CACHE, args.calib, args.heldout, names)
+    if "digits" in names:
+        tasks.append(digits_task())
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results.setdefault("tasks", {})
+    for task in tasks:
+        targets = [0.7, 0.5] if task.name == "digits" else [0.7]
+        results["tasks"][task.name] = run_task(task, targets, settings, not args.no_int8)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")  # after each task: partial runs count
+    for name, data in results["tasks"].items():
+        rows = [(r["setting"], f"{r['macs_removed']:.0%}" if "macs_removed" in r else "",
+                 f"{r['fidelity']:.3f}" if "fidelity" in r else r.get("error", ""),
+                 f"{r['accuracy']:.3f}" if r.get("accuracy") is not None else "") for r in data["rows"]]
+        base = data["baseline"].get("accuracy")
+        print(f"\n{name}: {data['metric']} with the fp32 original on {data['heldout_samples']} held-out samples"
+              + (f"; original accuracy {base:.3f}" if base is not None else ""))
+        print(table(["setting", "MACs removed", "fidelity", "accuracy"], rows, align="lrrr"))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

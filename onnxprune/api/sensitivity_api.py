@@ -1,0 +1,277 @@
+"""`sensitivity(...)`: how much each channel group (and each quantized node) costs the outputs.
+
+The sweep is a list of independent evaluation units (:class:`Unit`: one group pruned at one
+ratio, or the model quantized with one node kept in float), each evaluated by the pure
+function :func:`evaluate_unit` from a picklable :class:`SensitivitySpec`: an executor
+(``map``, a process pool, Ray) can run them anywhere in any order. A unit prunes only its
+group (``group_ratios``) and measures, on the evaluation data (the calibration data when none
+is given), its fidelity to the original: top-1 agreement for classifier outputs
+([batch, classes]), else the mean per-sample cosine similarity of the first output; and the
+accuracy against labels when given. Quantization units measure what keeping one node in
+float gives back over the fully quantized model (the contribution a budget ranks by).
+
+The curves feed :func:`allocate`: non-uniform ratios for a MAC/parameter target, greedily
+taking the next ratio step with the least loss per MAC saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from onnxprune import runtime
+from onnxprune.calibration import open_dataset
+from onnxprune.errors import UsageError
+from onnxprune.io import load_model
+
+DEFAULT_RATIOS = (0.25, 0.5, 0.75)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """One independent evaluation: ``kind`` "prune" (group ``name`` at ``ratio``), or
+    "quantize" (all quantized but node ``name``; ``name`` None: all quantized)."""
+
+    kind: str
+    name: str | None
+    ratio: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SensitivitySpec:
+    """Everything a unit's evaluation needs (picklable: paths and arrays, no sessions)."""
+
+    model: str
+    calib: object
+    eval_data: object = None
+    labels: str | None = None
+    criterion: str | None = None  # None: prune()'s default (data-aware with calibration data)
+    round_to: int = 1
+    reconstruct: bool | None = None
+    batch_size: int = 32
+    limit: int | None = None
+
+
+_REFERENCE: dict[int, tuple] = {}  # per spec, per process: the original's outputs and labels
+
+
+def _evaluation(spec: SensitivitySpec):
+    data = spec.eval_data if spec.eval_data is not None else spec.calib
+    model = load_model(spec.model)
+    return open_dataset(data, model, limit=spec.limit, labels=spec.labels), model
+
+
+def _outputs(model, dataset, batch_size: int) -> np.ndarray:
+    first = None
+    parts = []
+    for feeds in dataset.batches(batch_size):
+        out = runtime.run(model, feeds)
+        first = first or next(iter(out))
+        parts.append(out[first])
+    return np.concatenate(parts)
+
+
+def reference(spec: SensitivitySpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """The original's first output on the evaluation data, and the labels (cached per process)."""
+    if id(spec) not in _REFERENCE:
+        dataset, model = _evaluation(spec)
+        _REFERENCE[id(spec)] = (spec, _outputs(model, dataset, spec.batch_size), dataset.labels)
+    return _REFERENCE[id(spec)][1:]
+
+
+def score(ref: np.ndarray, out: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Fidelity of ``out`` to ``ref`` (top-1 agreement or mean per-sample cosine) and accuracy."""
+    result = {"accuracy": None}
+    if ref.ndim == 2 and ref.shape[1] >= 2:
+        result["metric"] = "top-1 agreement"
+        result["fidelity"] = float(np.mean(ref.argmax(1) == out.argmax(1)))
+        if labels is not None:
+            result["accuracy"] = float(np.mean(out.argmax(1) == np.asarray(labels).reshape(-1)))
+    else:
+        a, b = ref.reshape(len(ref), -1).astype(np.float64), out.reshape(len(out), -1).astype(np.float64)
+        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+        cos = np.where(norms > 0, np.sum(a * b, axis=1) / np.maximum(norms, 1e-300), 1.0)
+        result["metric"] = "cosine"
+        result["fidelity"] = float(cos.mean())
+    return result
+
+
+def evaluate_unit(spec: SensitivitySpec, unit: Unit) -> dict:
+    """Evaluate one unit (pure: reads only ``spec``; safe to run in any process)."""
+    from onnxprune.api.prune_api import prune
+    from onnxprune.api.quantize_api import quantize
+
+    ref, labels = reference(spec)
+    dataset, _ = _evaluation(spec)
+    row = dataclasses.asdict(unit)
+    if unit.kind == "prune":
+        result = prune(spec.model, criterion=spec.criterion, group_ratios={unit.name: unit.ratio},
+                       round_to=spec.round_to, calib=spec.calib, batch_size=spec.batch_size,
+                       reconstruct=spec.reconstruct, fold=False, latency_runs=0)
+        macs, params = result.report.macs, result.report.params
+        row["macs_removed"] = (macs[0] - macs[1]) / macs[0] if macs[0] else 0.0
+        row["params_removed"] = (params[0] - params[1]) / params[0] if params[0] else 0.0
+        model = result.model
+    elif unit.kind == "quantize":
+        exclude = [unit.name] if unit.name else []
+        model = quantize(spec.model, calib=spec.calib, batch_size=spec.batch_size, exclude=exclude).model
+    else:
+        raise UsageError(f"unknown unit kind '{unit.kind}' (prune, quantize)")
+    row.update(score(ref, _outputs(model, dataset, spec.batch_size), labels))
+    return row
+
+
+def plan_units(spec: SensitivitySpec, ratios: Sequence[float] = DEFAULT_RATIOS, *, prune: bool = True,
+               quantize: bool = False) -> list[Unit]:
+    """The sweep: every prunable group at every ratio, then (``quantize``) the fully quantized
+    model and every quantizable node kept in float."""
+    from onnxprune.api.prune_api import PREPARE
+    from onnxprune.passes.prune.analysis import analyze
+    from onnxprune.pipeline import run_pipeline
+
+    for r in ratios:
+        if not 0 < r < 1:
+            raise UsageError(f"sensitivity ratios are shares of channels in (0, 1) (given {r})")
+    units: list[Unit] = []
+    if prune:
+        model = load_model(spec.model)
+        run_pipeline(model, PREPARE)
+        names = dict.fromkeys(g.name for g in analyze(model) if g.prunable and g.size > 1 and g.root is not None)
+        units += [Unit("prune", name, float(r)) for name in names for r in sorted(ratios)]
+    if quantize:
+        from onnxprune.api.quantize_api import quantize as run_quantize
+
+        base = run_quantize(spec.model, calib=spec.calib, batch_size=spec.batch_size).model
+        float_names = {n.name for n in load_model(spec.model).graph}
+        quantized = [n.name for n in base.graph if n.name in float_names and any(
+            i is not None and i.producer() is not None and i.producer().op_type == "DequantizeLinear" for i in n.inputs)]
+        units += [Unit("quantize", None)] + [Unit("quantize", name) for name in quantized]
+    return units
+
+
+@dataclasses.dataclass
+class SensitivityResult:
+    """The baseline (the original on the evaluation data) and one row per unit."""
+
+    baseline: dict
+    rows: list[dict]
+
+    def to_dict(self) -> dict:
+        return {"baseline": self.baseline, "units": self.rows}
+
+    def save(self, path: str | os.PathLike) -> None:
+        from onnxprune.report import write_json
+
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SensitivityResult:
+        data = json.loads(Path(path).read_text())
+        return cls(data["baseline"], data["units"])
+
+    def curves(self) -> dict[str, list[tuple[float, float, float, float]]]:
+        """Per group: (ratio, loss, MACs share removed, parameters share removed), by ratio;
+        loss = fidelity lost (accuracy lost when labels were given)."""
+        key = "accuracy" if self.baseline.get("accuracy") is not None else "fidelity"
+        out: dict[str, list] = {}
+        for row in self.rows:
+            if row["kind"] == "prune":
+                loss = self.baseline[key] - row[key]
+                out.setdefault(row["name"], []).append((row["ratio"], loss, row["macs_removed"], row["params_removed"]))
+        return {k: sorted(v) for k, v in out.items()}
+
+    def node_ranking(self) -> list[tuple[str, float]]:
+        """Quantized nodes by what keeping each in float gives back (largest first)."""
+        full = next((r for r in self.rows if r["kind"] == "quantize" and r["name"] is None), None)
+        if full is None:
+            return []
+        gains = [(r["name"], r["fidelity"] - full["fidelity"]) for r in self.rows if r["kind"] == "quantize" and r["name"]]
+        return sorted(gains, key=lambda item: -item[1])
+
+
+def sensitivity(
+    model: str | os.PathLike,
+    calib,
+    *,
+    eval_data=None,
+    labels: str | None = None,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    criterion: str | None = None,
+    prune: bool = True,
+    quantize: bool = False,
+    round_to: int = 1,
+    batch_size: int = 32,
+    limit: int | None = None,
+    executor: Callable[[Callable, Iterable], Iterable] = map,
+) -> SensitivityResult:
+    """Measure every unit of the sweep (see the module docstring). ``executor(fn, units)``
+    maps :func:`evaluate_unit` over the units (default: in this process, one by one)."""
+    if calib is None:
+        raise UsageError("sensitivity needs calibration data (calib)")
+    spec = SensitivitySpec(str(model), calib, eval_data, labels, criterion, round_to, None, batch_size, limit)
+    units = plan_units(spec, ratios, prune=prune, quantize=quantize)
+    ref, truth = reference(spec)
+    baseline = score(ref, ref, truth)
+    rows = list(executor(lambda unit: evaluate_unit(spec, unit), units))
+    return SensitivityResult(baseline, rows)
+
+
+def allocate(curves: dict[str, list[tuple]], share: float, *, what: str = "macs") -> dict[str, float]:
+    """Per-group ratios removing ``share`` of the MACs (or parameters), greedily: the next
+    ratio step of the group with the least loss per share removed, until the sum of the
+    groups' removals reaches ``share`` (an estimate: groups feeding one layer overlap)."""
+    column = 2 if what == "macs" else 3
+    state = {name: 0 for name in curves}  # steps taken
+    removed, ratios = 0.0, {}
+    while removed < share:
+        best, best_cost = None, np.inf
+        for name, points in curves.items():
+            step = state[name]
+            if step >= len(points):
+                continue
+            prev = points[step - 1] if step else (0.0, 0.0, 0.0, 0.0)
+            gain = points[step][column] - prev[column]
+            if gain <= 0:
+                continue
+            cost = max(points[step][1] - prev[1], 0.0) / gain
+            if cost < best_cost:
+                best, best_cost = name, cost
+        if best is None:
+            break
+        points, step = curves[best], state[best]
+        removed += points[step][column] - (points[step - 1][column] if step else 0.0)
+        ratios[best] = points[step][0]
+        state[best] = step + 1
+    return ratios
+
+
+def allocated_ratios(model, sensitivity, *, target_macs: float | None = None, target_params: float | None = None,
+                     **plan_options) -> dict[str, float]:
+    """Group ratios from the curves meeting a MAC/parameter target on ``model`` (prepared as
+    prune() prepares it): :func:`allocate` on the curves, then the share actually removed is
+    estimated on the model (groups feeding one layer overlap) and the allocation topped up."""
+    from onnxprune.passes.prune import PrunePass
+
+    result = sensitivity if isinstance(sensitivity, SensitivityResult) else SensitivityResult.load(sensitivity)
+    curves = result.curves()
+    if not curves:
+        raise UsageError("the sensitivity results have no pruning curves")
+    what = "macs" if target_macs is not None else "params"
+    share = 1.0 - (target_macs if target_macs is not None else target_params)
+    wanted, ratios = share, {}
+    for _ in range(8):
+        ratios = allocate(curves, wanted, what=what)
+        if not ratios:
+            break
+        report = PrunePass("l1", group_ratios=ratios, dry_run=True, **plan_options)(model).report
+        before, after = report.macs if what == "macs" else report.params
+        removed = 1 - after / before if before else 0.0
+        if removed >= share - 0.005:
+            break
+        wanted += share - removed
+    return ratios
