@@ -136,7 +136,7 @@ def prune(
         data_notes = list(dataset.notes)
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     if sensitivity is not None:
-        from onnxprune.api.sensitivity_api import allocated_ratios
+        from onnxprune.api.allocation import allocated_ratios
 
         if target_macs is None and target_params is None:
             raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
