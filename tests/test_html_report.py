@@ -109,14 +109,15 @@ def test_unknown_kind_and_empty_report():
         assert "nothing to plot" in render({}, kind)
 
 
-def test_sensitivity_curves_are_drawn():
-    report = {"metric": "top-1 agreement", "curves": [
-        {"name": "/a/Conv", "points": [{"ratio": 0.0, "metric": 1.0}, {"ratio": 0.5, "metric": 0.8}]},
-        {"name": "/b/Conv", "points": [{"ratio": 0.0, "metric": 1.0}, {"ratio": 0.5, "metric": 0.95}]}],
-        "budget": {"/a/Conv": 0.1, "/b/Conv": 0.4}}
-    page = render(report, "sensitivity")
-    assert charts(page) == 1 and page.count("<polyline") == 2
-    assert "<td>/b/Conv</td>" in page
+def test_sensitivity_curves_are_drawn(tmp_path):
+    out = tmp_path / "sens.html"
+    run_cli("sensitivity", DIGITS / "digits.onnx", "--calib", DIGITS / "calib.npz", "--ratios", "0.25,0.5",
+            "--limit", "64", "-o", tmp_path / "sens.json", "--html", out)
+    report = json.loads((tmp_path / "sens.json").read_text())
+    groups = {u["name"] for u in report["units"] if u["kind"] == "prune"}
+    page = out.read_text()
+    assert groups and charts(page) == 1 and page.count("<polyline") == len(groups)  # one curve per group
+    assert all(f"<td>{name}</td>" in page for name in groups)
 
 
 def test_axes_are_rounded_to_nice_ticks():

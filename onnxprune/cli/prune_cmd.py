@@ -121,8 +121,7 @@ def _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fide
     else:
         click.echo(f"chosen: {found.best.macs_removed:.1%} of the MACs removed")
     click.echo(f"\nwrote {found.output}")
-    if report_path:
-        write_json(report_path, found.to_dict())
+    write_report(report_path, found.to_dict())
 
 
 def format_groups(report: PruneReport, all_groups: bool = False) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from onnxprune.api.sensitivity_api import DEFAULT_RATIOS, sensitivity
-from onnxprune.cli._common import check_side_outputs
+from onnxprune.cli._common import check_side_outputs, html_option, write_html_report
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune import CRITERIA
 from onnxprune.report import table, write_json
@@ -31,10 +31,11 @@ def _ratios(text: str) -> list[float]:
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--limit", type=int, help="Evaluate on at most this many samples.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the curves as JSON (for prune --sensitivity).")
+@html_option
 def sensitivity_cmd(model, calib, eval_data, labels, ratios, criterion, with_quantize, no_prune, round_to, batch_size,
-                    limit, output) -> None:
+                    limit, output, html_path) -> None:
     """Per channel group (and per quantized node): the output fidelity / accuracy at a few ratios."""
-    check_side_outputs(model, None, output)
+    check_side_outputs(model, None, output, html_path)
     result = sensitivity(model, calib, eval_data=eval_data, labels=labels, ratios=_ratios(ratios), criterion=criterion,
                          prune=not no_prune, quantize=with_quantize, round_to=round_to, batch_size=batch_size, limit=limit)
     base = result.baseline
@@ -55,3 +56,4 @@ def sensitivity_cmd(model, calib, eval_data, labels, ratios, criterion, with_qua
     if output:
         write_json(output, result.to_dict())
         click.echo(f"\nwrote {output}")
+    write_html_report(html_path, result.to_dict(), "sensitivity")

@@ -178,18 +178,30 @@ def stages(report: Mapping) -> str:
 
 
 def sensitivity(report: Mapping) -> str:
-    """Sensitivity curves: metric against ratio, one line per group (or node)."""
-    curves = report.get("curves")
-    if not curves:
+    """`onnxprune sensitivity`: per group, the metric against the share of channels removed;
+    per quantized node, the metric with that node kept in float."""
+    units = report.get("units") or []
+    baseline = report.get("baseline") or {}
+    key = "accuracy" if baseline.get("accuracy") is not None else "fidelity"
+    label = "accuracy" if key == "accuracy" else str(baseline.get("metric", "fidelity"))
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for unit in units:
+        if unit.get("kind") == "prune":
+            xs, ys = curves.setdefault(str(unit.get("name")), ([0.0], [_num(baseline.get(key))]))
+            xs.append(_num(unit.get("ratio")))
+            ys.append(_num(unit.get(key)))
+    parts = []
+    if curves:
+        ordered = {name: tuple(map(list, zip(*sorted(zip(*xy), key=lambda p: p[0])))) for name, xy in curves.items()}
+        parts.append(line_chart(f"Sensitivity: {label} against the share of a group's channels removed",
+                                dict(list(ordered.items())[:24]), x_label="share of channels removed", y_label=label))
+    nodes = [u for u in units if u.get("kind") == "quantize" and u.get("name")]
+    if nodes:
+        parts.append(bar_chart(f"{label} of the INT8 model with one node kept in float", [str(u["name"]) for u in nodes],
+                               {label: [_num(u.get(key)) for u in nodes]}, label))
+    if not parts:
         return ""
-    series = {}
-    for curve in curves[:24]:
-        points = curve.get("points") or []
-        series[str(curve.get("name"))] = ([_num(p.get("ratio")) for p in points], [_num(p.get("metric")) for p in points])
-    chart = line_chart(f"Sensitivity: {report.get('metric', 'metric')} against pruning ratio", series,
-                       x_label="ratio of channels removed", y_label=str(report.get("metric", "metric")))
-    budget = report.get("budget") or report.get("allocation")
-    parts = [chart]
-    if isinstance(budget, Mapping) and budget:
-        parts.append(html_table(["group", "chosen ratio"], [[k, _num(v)] for k, v in budget.items()]))
-    return section("Sensitivity", *parts)
+    rows = [[u.get("kind"), u.get("name") or "(all quantized)", _num(u.get("ratio")), _num(u.get("macs_removed")),
+             _num(u.get("fidelity")), _num(u.get("accuracy"))] for u in units]
+    return section("Sensitivity", *parts,
+                   html_table(["unit", "group / node", "ratio", "MACs removed", "fidelity", "accuracy"], rows))
