@@ -45,6 +45,15 @@ def _tick_label(value: float, ticks: list[float]) -> str:
     return f"{value:.{digits}f}"
 
 
+def _y_grid(ticks: list[float], y, left: float, right: float) -> list[str]:
+    """Horizontal grid lines at the y ticks, labelled on the left (both chart kinds)."""
+    parts = []
+    for t in ticks:
+        parts.append(f'<line x1="{left}" x2="{right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>')
+        parts.append(f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end" {_FONT}>{_tick_label(t, ticks)}</text>')
+    return parts
+
+
 def _legend(names: Sequence[str], x: float, y: float) -> list[str]:
     parts, offset = [], 0.0
     for i, name in enumerate(names):
@@ -74,10 +83,8 @@ def bar_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[floa
     def y(v: float) -> float:
         return top + plot_h * (1 - (v - lo) / (hi - lo))
 
-    body = [f'<text x="{left}" y="16" {_FONT} font-weight="600">{escape(title)}</text>']
-    for t in ticks:
-        body.append(f'<line x1="{left}" x2="{width - right}" y1="{y(t):.1f}" y2="{y(t):.1f}" stroke="#ddd"/>')
-        body.append(f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end" {_FONT}>{_tick_label(t, ticks)}</text>')
+    body = [f'<text x="{left}" y="16" {_FONT} font-weight="600">{escape(title)}</text>',
+            *_y_grid(ticks, y, left, width - right)]
     if y_label:
         body.append(f'<text transform="translate(12,{top + plot_h / 2}) rotate(-90)" text-anchor="middle" {_FONT}>{escape(y_label)}</text>')
     slot = plot_w / max(len(labels), 1)
@@ -120,10 +127,8 @@ def line_chart(title: str, series: dict[str, tuple[Sequence[float], Sequence[flo
     def py(v: float) -> float:
         return top + plot_h * (1 - (v - y_lo) / (y_hi - y_lo))
 
-    body = [f'<text x="{left}" y="16" {_FONT} font-weight="600">{escape(title)}</text>']
-    for t in y_ticks:
-        body.append(f'<line x1="{left}" x2="{width - right}" y1="{py(t):.1f}" y2="{py(t):.1f}" stroke="#ddd"/>')
-        body.append(f'<text x="{left - 4}" y="{py(t) + 4:.1f}" text-anchor="end" {_FONT}>{_tick_label(t, y_ticks)}</text>')
+    body = [f'<text x="{left}" y="16" {_FONT} font-weight="600">{escape(title)}</text>',
+            *_y_grid(y_ticks, py, left, width - right)]
     if x_names:
         step = max(1, len(x_names) // 30)
         for i, name in enumerate(x_names[::step]):
