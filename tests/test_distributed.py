@@ -1,10 +1,12 @@
-"""Calibration and parity checks on several workers: local processes and a real local Ray
-cluster (started here on 127.0.0.1, stopped at the end). Results must equal the single-
-process ones (calibration bit for bit, check metrics up to float summation order), also
-when a worker is killed mid-run; an unreachable cluster is a one-line exit-2 error."""
+"""Calibration, parity checks and sensitivity sweeps on several workers: local processes and a
+real local Ray cluster (started here on 127.0.0.1, stopped at the end). Results must equal the
+single-process ones (calibration tables and sweep rows bit for bit, check metrics up to float
+summation order), also when a worker is killed mid-run; an unreachable cluster is a one-line
+exit-2 error."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from onnxprune.api import quantize
+from onnxprune.api.sensitivity_api import SensitivityResult, sensitivity
 from onnxprune.calibration import calibrate, open_dataset
 from onnxprune.cli import cli
 from onnxprune.distributed import LocalExecutor, SerialExecutor, sample_ranges
@@ -55,6 +58,21 @@ def int8_model(tmp_path_factory):
     path = tmp_path_factory.mktemp("int8") / "digits.int8.onnx"
     quantize(MODEL, path, calib=CALIB, latency=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def sweep_args(tmp_path_factory):
+    """A small sensitivity sweep: 4 groups at 90 % and the INT8 model with each of its 9
+    quantized nodes kept float in turn (14 units), on 64 calibration and 32 labelled samples."""
+    calib = tmp_path_factory.mktemp("sweep") / "calib64.npz"
+    np.savez(calib, input=np.load(CALIB)["input"][:64])
+    return {"calib": str(calib), "eval_data": str(EVAL), "labels": "labels", "ratios": (0.9,), "criterion": "l1",
+            "quantize": True, "limit": 32}
+
+
+@pytest.fixture(scope="module")
+def single_sweep(sweep_args):
+    return sensitivity(MODEL, **sweep_args)
 
 
 def table_of(model, data, method, executor=None):
@@ -169,6 +187,24 @@ def test_cli_workers_writes_the_same_table_and_model(tmp_path):
     assert (tmp_path / "one.onnx").read_bytes() == (tmp_path / "two.onnx").read_bytes()
 
 
+def test_local_workers_sweep_like_one_process_also_when_one_is_killed(single_sweep, sweep_args, tmp_path):
+    """`sensitivity --workers 2`: the very rows of one process (every float bit for bit, same
+    order), a worker SIGKILLed mid-sweep has its unit run again, per-worker timing printed."""
+    a = sweep_args
+    out = tmp_path / "sens.json"
+    args = ["sensitivity", str(MODEL), "--calib", a["calib"], "--eval", a["eval_data"], "--labels", a["labels"],
+            "--ratios", "0.9", "--criterion", "l1", "--quantize", "--limit", "32", "--workers", "2", "-o", str(out)]
+    with _killer(_forkserver_child):
+        result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    shared = SensitivityResult.load(out)
+    assert len(single_sweep.rows) == 14 and any(r["fidelity"] < 0.9 for r in single_sweep.rows)
+    assert shared.rows == single_sweep.rows and shared.baseline == single_sweep.baseline
+    assert shared.execution["mode"] == "local" and shared.execution["retries"] >= 1, shared.execution
+    assert sum(w["units"] for w in shared.execution["per_worker"]) == 14
+    assert "local: 14 units on" in result.output and "peak memory" in result.output
+
+
 def test_failing_unit_writes_nothing(tmp_path):
     """Data only a worker reads is broken (a compressed file's data corrupt past its header):
     the run fails with one line, exit 2, and writes nothing."""
@@ -210,33 +246,38 @@ def ray_cluster():
                         "--num-cpus", "2", "--include-dashboard", "false", "--dashboard-port", str(dashboard),
                         "--ray-client-server-port", str(client), "--disable-usage-stats", "--temp-dir", temp],
                        check=True, capture_output=True, env=env, timeout=120)
-        yield f"ray:127.0.0.1:{port}"
+        yield f"ray:127.0.0.1:{port}", temp
     finally:
         ray.shutdown()
         _stop_cluster(temp, port)  # not `ray stop`: that stops every Ray cluster of the machine
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_cluster_runs_calibration_and_check_like_one_process(ray_cluster, model, big_calib, int8_model, tmp_path):
-    """One test (one pytest worker, one cluster): calibration bit for bit, check, a killed
-    worker retried, the CLI."""
-    for method in ("minmax", "entropy"):
-        shared = table_of(model, CALIB, method, executor=ray_cluster)
-        assert shared.as_dict() == table_of(model, CALIB, method).as_dict()
-        assert shared.execution["mode"] == "ray" and shared.execution["workers"] == 2
+def test_ray_cluster_runs_calibration_check_and_sweep_like_one_process(ray_cluster, model, big_calib, int8_model,
+                                                                      single_sweep, sweep_args, tmp_path):
+    """One test (pytest-xdist spreads tests over its workers: one test starts one cluster):
+    calibration bit for bit, check, a sensitivity sweep row for row, a killed worker retried
+    in calibration and in the sweep, the CLI."""
+    address, temp = ray_cluster
+    ours = functools.partial(_ray_unit_process, temp)
+    single = table_of(model, big_calib, "entropy")
+    with _killer(ours):
+        shared = table_of(model, big_calib, "entropy", executor=address)
+    assert shared.as_dict() == single.as_dict()  # minmax: local workers above; histograms here
+    assert shared.execution["mode"] == "ray" and shared.execution["workers"] == 2
+    assert shared.execution["retries"] >= 1, shared.execution
 
     single = check(MODEL, int8_model, EVAL, labels="labels", batch_size=16)
-    same_check(single, check(MODEL, int8_model, EVAL, labels="labels", batch_size=16, executor=ray_cluster))
+    same_check(single, check(MODEL, int8_model, EVAL, labels="labels", batch_size=16, executor=address))
 
-    single = table_of(model, big_calib, "entropy")
-    with _killer(_ray_unit_process):
-        shared = table_of(model, big_calib, "entropy", executor=ray_cluster)
-    assert shared.execution["retries"] >= 1, shared.execution
-    assert shared.as_dict() == single.as_dict()
+    with _killer(ours):
+        swept = sensitivity(MODEL, **sweep_args, executor=address)
+    assert swept.rows == single_sweep.rows and swept.baseline == single_sweep.baseline
+    assert swept.execution["mode"] == "ray" and swept.execution["retries"] >= 1, swept.execution
 
     report = tmp_path / "check.json"
     result = CliRunner().invoke(cli, ["check", str(MODEL), str(int8_model), "--data", str(EVAL), "--labels",
-                                      "labels", "--ray", ray_cluster[4:], "--json", str(report)])
+                                      "labels", "--ray", address[4:], "--json", str(report)])
     assert result.exit_code == 0, result.output
     assert "ray: " in result.output
     assert json.loads(report.read_text())["execution"]["mode"] == "ray"
@@ -285,11 +326,16 @@ def _forkserver_child() -> psutil.Process | None:
     return None
 
 
-def _ray_unit_process() -> psutil.Process | None:
-    """A Ray worker busy with one of our units (Ray titles it 'ray::run_ray')."""
+def _ray_unit_process(temp: str) -> psutil.Process | None:
+    """A worker of our cluster (its raylet names ``temp``) busy with one of our units (Ray
+    titles it 'ray::run_ray'): never another cluster's, e.g. another test run's."""
     for proc in psutil.process_iter(["cmdline"]):
         if " ".join(proc.info["cmdline"] or []).startswith("ray::run_ray"):
-            return proc
+            try:
+                if any(temp in " ".join(p.cmdline()) for p in proc.parents()):
+                    return proc
+            except psutil.Error:
+                continue
     return None
 
 

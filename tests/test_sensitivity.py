@@ -64,7 +64,8 @@ def test_allocation_spends_the_budget_where_it_is_cheapest():
 
 def test_score_is_agreement_for_classifiers_and_cosine_otherwise():
     ref = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert score(ref, ref[::-1], np.array([0, 1])) == {"accuracy": 0.0, "metric": "top-1 agreement", "fidelity": 0.0}
+    assert score(ref, ref[::-1], np.array([0, 1])) == {"accuracy": 0.0, "cosine": 0.0, "metric": "top-1 agreement",
+                                                       "fidelity": 0.0}
     maps = np.ones((2, 1, 3, 3))
     assert score(maps, -maps)["fidelity"] == pytest.approx(-1.0)
 

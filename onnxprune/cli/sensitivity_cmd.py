@@ -5,7 +5,14 @@ from __future__ import annotations
 import click
 
 from onnxprune.api.sensitivity_api import DEFAULT_RATIOS, sensitivity
-from onnxprune.cli._common import check_side_outputs, html_option, write_html_report
+from onnxprune.cli._common import (
+    check_side_outputs,
+    execution_lines,
+    executor_options,
+    html_option,
+    show_progress,
+    write_html_report,
+)
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune import CRITERIA
 from onnxprune.report import table, write_json
@@ -32,12 +39,18 @@ def _ratios(text: str) -> list[float]:
 @click.option("--limit", type=int, help="Evaluate on at most this many samples.")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), help="Write the curves as JSON (for prune --sensitivity).")
 @html_option
-def sensitivity_cmd(model, calib, eval_data, labels, ratios, criterion, with_quantize, no_prune, round_to, batch_size,
-                    limit, output, html_path) -> None:
-    """Per channel group (and per quantized node): the output fidelity / accuracy at a few ratios."""
+@executor_options
+@click.pass_context
+def sensitivity_cmd(ctx, model, calib, eval_data, labels, ratios, criterion, with_quantize, no_prune, round_to,
+                    batch_size, limit, output, html_path, executor) -> None:
+    """Per channel group (and per quantized node): the output fidelity / accuracy at a few ratios.
+
+    Every group x ratio (and every quantized node) is an independent unit: --workers N runs them
+    on N local processes, --ray ADDRESS on a Ray cluster, with the same rows as one process."""
     check_side_outputs(model, None, output, html_path)
     result = sensitivity(model, calib, eval_data=eval_data, labels=labels, ratios=_ratios(ratios), criterion=criterion,
-                         prune=not no_prune, quantize=with_quantize, round_to=round_to, batch_size=batch_size, limit=limit)
+                         prune=not no_prune, quantize=with_quantize, round_to=round_to, batch_size=batch_size, limit=limit,
+                         executor=executor, progress=show_progress(ctx))
     base = result.baseline
     accuracy = base.get("accuracy") is not None
     rows = []
@@ -53,6 +66,8 @@ def sensitivity_cmd(model, calib, eval_data, labels, ratios, criterion, with_qua
     if ranking:
         click.echo("nodes whose float version gives back the most: "
                    + ", ".join(f"{name} (+{gain:.4f})" for name, gain in ranking[:10]))
+    for line in execution_lines(result.execution):
+        click.echo(line)
     if output:
         write_json(output, result.to_dict())
         click.echo(f"\nwrote {output}")

@@ -60,7 +60,10 @@ class Pool:
                 for conn, state in self.workers.items():
                     if state[1] is None and queue:
                         state[1] = queue.popleft()
-                        conn.send((fn, units[state[1]]))
+                        try:
+                            conn.send((fn, units[state[1]]))
+                        except OSError:  # it died between units: its sentinel fires, the unit goes back
+                            pass
                 sentinels = {state[0].sentinel: conn for conn, state in self.workers.items()}
                 for ready in wait([*self.workers, *sentinels]):
                     conn = sentinels.get(ready, ready)

@@ -58,7 +58,8 @@ class RayExecutor(Executor):
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="onnxprune-models-") as tmp:
             paths = worker.ship_to_disk(task.models, Path(tmp))
-            shipped = {name: (uuid.uuid4().hex, [ray.put(_read_files(path))]) for name, path in paths.items()}
+            shipped = {name: (uuid.uuid4().hex, Path(path).name, [ray.put(_read_files(path))])
+                       for name, path in paths.items()}
         remote = ray.remote(max_retries=0, num_cpus=1)(run_ray)
         results: list = [None] * len(task.units)
         attempts = [0] * len(task.units)
@@ -98,7 +99,7 @@ def run_ray(fn, unit, shipped):
     import ray
 
     models = {}
-    for name, (token, (ref,)) in shipped.items():
+    for name, (token, main, (ref,)) in shipped.items():  # main: the model file's name
         if token not in worker._MODELS:
             folder = Path(tempfile.mkdtemp(prefix="onnxprune-worker-"))
             for file, data in ray.get(ref).items():
@@ -107,7 +108,7 @@ def run_ray(fn, unit, shipped):
                     raise UsageError(f"model file name '{file}' leaves its folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
-            worker._MODELS[token] = worker.load(str(folder / f"{name}.onnx"))
+            worker._MODELS[token] = worker.load(str(folder / main))
         models[name] = worker._MODELS[token]
     return worker.timed(fn, models, unit)
 
