@@ -250,9 +250,18 @@ def run(model: Model, path: Path | str, samples: Data, batch: int = 8) -> list[n
     fixed = [i.shape[0] for i in sess.get_inputs()]
     step = 1 if 1 in fixed else batch
     total = len(samples)
-    outs = [sess.run(names, {k: v[s : s + step] for k, v in samples.inputs.items()}) for s in range(0, total, step)]
+    outs = [[_dense(o) for o in sess.run(names, {k: v[s : s + step] for k, v in samples.inputs.items()})]
+            for s in range(0, total, step)]
     return [np.concatenate([np.asarray(o[i]) for o in outs]) if np.asarray(outs[0][i]).ndim else np.asarray(outs[0][i])
-            for i in range(len(names)) if not isinstance(outs[0][i], list)]
+            for i in range(len(names))]
+
+
+def _dense(value):
+    """ZipMap's sequence of {class: probability} maps as the [N, C] array, classes sorted."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = sorted(value[0])
+        return np.array([[m[k] for k in keys] for m in value], np.float32)
+    return value
 
 
 def _vad_state_inputs(sess) -> dict[str, np.ndarray]:

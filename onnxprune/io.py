@@ -29,7 +29,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from onnxprune import _protocheck
+from onnxprune import _maptypes, _protocheck
 from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
 from onnxprune.errors import BrokenOutputError, InvalidModelError, ModelLoadError, UsageError, first_line
@@ -126,12 +126,15 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if problem is not None:
         kind, message = problem
         raise (InvalidModelError if kind == "graph" else ModelLoadError)(f"{path}: {message}")
+    map_types = _maptypes.take_out(proto, str(path))  # onnx-ir cannot hold map types (ZipMap)
     try:
         model = ir.serde.deserialize_model(proto)
     except MemoryError:
         raise
     except Exception as exc:  # onnx-ir raises a variety of errors on malformed protos
         raise ModelLoadError(f"{path}: malformed ONNX model ({first_line(exc, with_type=True)})") from None
+    if map_types:
+        model.meta[_maptypes.META] = map_types
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     normalize_dims(model)  # Paddle's -1 dims: unknown, like any other open dimension
     check_external_data(iter_tensors(model), path)
@@ -240,6 +243,8 @@ def save_model(
             else:  # one tensor at a time: ir.save would hold two more copies of the weights
                 with _external_inlined(model):
                     save_streamed(model, staged)
+            if _maptypes.needs_restore(model):
+                _maptypes.restore_file(staged, model)
             if check_runtime:
                 _check_runtime_loads(staged, input_path)
             _commit(tmp, staged, path, data_name)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from onnxprune import profiling, runtime
+from onnxprune import probe, profiling, runtime
 from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError, first_line
 from onnxprune.graphutils import node_count, param_count
 from onnxprune.parity.metrics import OutputStats
@@ -101,10 +101,11 @@ class Verifier:
         self._reference: list[dict[str, np.ndarray]] = []
         self._scale: dict[str, float] = {}
         self.tolerances: Tolerances | None = None
+        self.note: str | None = None  # how the random inputs' open dims were decided, if probed
 
     def prepare(self, model: ir.Model) -> None:
         if self.feeds is None:
-            self.feeds = [runtime.random_inputs(model, seed=s) for s in range(2)]
+            self.feeds, self.note = probe.feeds(model, seeds=range(2))
         with runtime.session(model) as sess:
             names = [o.name for o in sess.get_outputs()]
             self._reference = [dict(zip(names, runtime.run_session(sess, names, f))) for f in self.feeds]
@@ -125,7 +126,7 @@ class Verifier:
             if missing:
                 raise ParityError(f"pass '{pass_name}' removed or renamed output(s) {sorted(missing)}")
             for feeds, reference in zip(self.feeds, self._reference):
-                outputs = dict(zip(reference, sess.run(list(reference), dict(feeds))))
+                outputs = dict(zip(reference, runtime.run_session(sess, list(reference), feeds)))
                 for name, ref in reference.items():
                     if outputs[name].shape != ref.shape:
                         raise ParityError(

@@ -31,6 +31,7 @@ from onnxprune.errors import (
     first_line,
 )
 from onnxprune import shapes
+from onnxprune._maptypes import densify_all
 from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
 from onnxprune.profiling import timed
 
@@ -165,9 +166,10 @@ def run(
 def run_session(sess: ort.InferenceSession, names: Sequence[str] | None, feeds: Mapping[str, np.ndarray]) -> list:
     """``sess.run`` with ORT's errors turned into project errors (bad feeds: DataError)."""
     try:
-        return sess.run(list(names) if names is not None else None, dict(feeds))
+        outputs = sess.run(list(names) if names is not None else None, dict(feeds))
     except Exception as exc:
         raise _ort_error(exc, "ONNX Runtime failed to run the model") from None
+    return densify_all(outputs)  # a sequence of maps (ZipMap) as a [N, C] array
 
 
 def input_specs(model: ir.Model) -> dict[str, tuple[tuple[int | str | None, ...], np.dtype]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from onnxprune import shapes
+from onnxprune import _maptypes, shapes
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import node_macs, param_count
 from onnxprune.io import weights_nbytes
@@ -59,11 +59,11 @@ def _macs_at_input_shapes(model: ir.Model) -> tuple[list[LayerMacs], str | None]
     return layer_macs(static), None
 
 
-def _signature(values) -> list[dict]:
+def _signature(values, model: ir.Model) -> list[dict]:
     return [
         {
             "name": v.name,
-            "dtype": str(v.dtype) if v.dtype is not None else "?",
+            "dtype": str(v.dtype) if v.dtype is not None else _maptypes.describe(model, v.name),
             "shape": [d if isinstance(d, int) else str(d) for d in (v.shape or ())],
         }
         for v in values
@@ -85,8 +85,8 @@ def summarize(model: ir.Model, path: str | Path | None = None, *, infer_shapes: 
         "graph": model.graph.name,
         "producer": f"{model.producer_name or ''} {model.producer_version or ''}".strip(),
         "opsets": dict(model.opset_imports),
-        "inputs": _signature(v for v in model.graph.inputs if not v.is_initializer()),
-        "outputs": _signature(model.graph.outputs),
+        "inputs": _signature((v for v in model.graph.inputs if not v.is_initializer()), model),
+        "outputs": _signature(model.graph.outputs, model),
         "nodes": sum(ops.values()),
         "ops": dict(ops.most_common()),
         "parameters": param_count(model),

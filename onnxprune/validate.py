@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import onnx
 import onnx_ir as ir
 
+from onnxprune import _maptypes
 from onnxprune._protocheck import check_acyclic
 from onnxprune.errors import InvalidModelError, UnsupportedError, first_line
 
@@ -29,6 +30,7 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
     try:
         with _weights_as_inputs(model):
             proto = ir.to_proto(model)
+        _maptypes.put_back(proto, model)
         onnx.checker.check_model(proto, full_check=full)
     except onnx.checker.ValidationError as exc:
         raise InvalidModelError(f"ONNX checker: {first_line(exc)}") from None

@@ -34,7 +34,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 from tqdm import tqdm
 
 from onnxprune import runtime
@@ -42,6 +41,7 @@ from onnxprune.calibration.tensors import FLOAT_TYPES
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import Endpoint, run_session, with_cpu_fallback
 from onnxprune.parity.tolerances import Tolerances
+from onnxprune.passes.cleanup import MapSafeShapeInferencePass
 from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY
 
 # All exposed tensors of a run are in memory at once: runs start at 2 samples, then take as
@@ -142,7 +142,7 @@ def match_tensors(reference: ir.Model, candidate: ir.Model) -> tuple[list[Match]
 
 def _typed_copy(model: ir.Model) -> ir.Model:
     copy = model.clone()
-    return ShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(copy).model
+    return MapSafeShapeInferencePass(check_type=False, strict_mode=False, data_prop=False)(copy).model
 
 
 def _expose(model: ir.Model, names: Sequence[str]) -> None:

@@ -4,11 +4,61 @@ from __future__ import annotations
 
 import math
 
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnxscript.optimizer import constant_folding  # the public name of the module
 
+from onnxprune import _maptypes
 from onnxprune.passes.base import Pass, PassResult, WrappedPass
+
+
+class MapSafeShapeInferencePass(common.ShapeInferencePass):
+    """onnx-ir's shape inference, also on models with map-typed outputs (skl2onnx's ZipMap),
+    whose inferred proto onnx-ir cannot read back: the map types are taken out of it first."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        seeded = _seed_ml_shapes(model)
+        if not _maptypes.needs_restore(model):
+            result = super().call(model)
+            return ir.passes.PassResult(model, result.modified or seeded)
+        proto = ir.to_proto(model)  # such models are small scikit-learn ones: no 2 GiB concern
+        try:
+            inferred = onnx.shape_inference.infer_shapes(
+                proto, check_type=self.check_type, strict_mode=self.strict_mode, data_prop=self.data_prop)
+        except Exception:  # noqa: BLE001 - like onnx-ir's pass: a failed inference changes nothing
+            return ir.passes.PassResult(model, False)
+        _maptypes.take_out(inferred, "model")
+        found = {name: v for g in ir.serde.deserialize_model(inferred).graphs()
+                 for name, v in ir.convenience.create_value_mapping(g).items()}
+        modified = False
+        for graph in model.graphs():
+            for name, value in ir.convenience.create_value_mapping(graph).items():
+                other = found.get(name)
+                if other is None or other.type is None or (value.shape, value.type) == (other.shape, other.type):
+                    continue
+                value.type, value.shape = other.type, other.shape or value.shape
+                modified = True
+        return ir.passes.PassResult(model, modified or seeded)
+
+
+# ai.onnx.ml ops that keep their input's shape, which ONNX has no shape inference for: without
+# it nothing after a Scaler (skl2onnx's StandardScaler) has a shape, and the MLP behind it no
+# channel count to prune.
+_ML_SAME_SHAPE = {"Scaler": ir.DataType.FLOAT, "Normalizer": ir.DataType.FLOAT, "Binarizer": None, "Imputer": None}
+
+
+def _seed_ml_shapes(model: ir.Model) -> bool:
+    seeded = False
+    for node in model.graph.all_nodes():
+        if node.domain != "ai.onnx.ml" or node.op_type not in _ML_SAME_SHAPE or not node.inputs:
+            continue
+        source, out = node.inputs[0], node.outputs[0]
+        if source is not None and source.shape is not None and out.shape is None:
+            out.shape = ir.Shape(source.shape)
+            out.dtype = _ML_SAME_SHAPE[node.op_type] or source.dtype
+            seeded = True
+    return seeded
 
 
 class ShapeInference(WrappedPass):
@@ -17,7 +67,7 @@ class ShapeInference(WrappedPass):
     name = "shape-inference"
 
     def make(self):
-        return common.ShapeInferencePass(strict_mode=False, data_prop=True)
+        return MapSafeShapeInferencePass(strict_mode=False, data_prop=True)
 
 
 class FoldConstants(WrappedPass):

@@ -10,6 +10,7 @@ from onnx_ir.passes import common
 from onnxprune import profiling
 from onnxprune.errors import UnsupportedError, UsageError
 from onnxprune.passes.base import Pass, PassResult
+from onnxprune.passes.cleanup import MapSafeShapeInferencePass
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.passes.quantize.emit import Emitted, Emitter
@@ -90,7 +91,7 @@ def _check_ranges(ranges: Mapping[str, object], needed: list[str]) -> None:
 def _ensure_types(model: ir.Model) -> None:
     """Placement needs element types (only float32 is quantized); infer them if any are missing."""
     if any(o.dtype is None for node in model.graph for o in node.outputs if o.name):
-        common.ShapeInferencePass(strict_mode=False)(model)
+        MapSafeShapeInferencePass(strict_mode=False)(model)
 
 
 def nothing_to_quantize(model: ir.Model, declined: Mapping[str, str]) -> str:
