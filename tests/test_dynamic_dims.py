@@ -80,7 +80,6 @@ def test_check_prune_with_data_on_minus_one_batch(model, calib, tmp_path):
 
 def test_runs_without_data_need_the_shape_and_say_which(model, tmp_path):
     for args in (("prune", model, "-o", tmp_path / "p.onnx", "--ratio", "0.25"),
-                 ("optimize", model, "-o", tmp_path / "o.onnx", "--verify"),
                  ("check", model, model)):
         refused = run(*args)
         assert refused.exit_code == 2, refused.output
@@ -91,6 +90,28 @@ def test_runs_without_data_need_the_shape_and_say_which(model, tmp_path):
                  ("check", model, model)):
         done = run(*args, "--input-shape", "x:1,3,10,10")
         assert done.exit_code == 0, done.output
+
+
+def test_verify_probes_open_dims_and_says_at_which_shape(model, tmp_path):
+    """An exactness check needs a shape the model runs at, not the user's: open H/W are probed."""
+    done = run("optimize", model, "-o", tmp_path / "o.onnx", "--verify")
+    assert done.exit_code == 0, done.output
+    assert "random inputs at x:1,3,64,64 (open dims probed" in done.output
+
+
+def test_verify_asks_only_when_no_probed_size_runs(tmp_path):
+    # the Reshape needs exactly 21 values on the open axis: no probe size fits
+    model = onnx.parser.parse_model("""<ir_version: 8, opset_import: ["" : 17]>
+        g (float[N, T] a) => (float[N, 7, 3] y) {
+            shape = Constant <value = int64[3] {-1, 7, 3}> ()
+            y = Reshape(a, shape)
+        }""")
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, path)
+    refused = run("optimize", path, "-o", tmp_path / "o.onnx", "--verify")
+    assert refused.exit_code == 2, refused.output
+    assert "input 'a' axis 1 (T)" in refused.output and "--input-shape a:" in refused.output
+    assert run("optimize", path, "-o", tmp_path / "o.onnx", "--verify", "--input-shape", "a:2,21").exit_code == 0
 
 
 def test_inspect_counts_macs_at_the_given_shape(model):

@@ -24,7 +24,6 @@ import realmodels as rm  # noqa: E402
 from realmodels_bench import weights  # noqa: E402
 
 COMMANDS = ("inspect", "optimize", "optimize --verify", "prune", "quantize", "check", "compress")
-MALFORMED = "a valid model that uses map/sequence types (ZipMap) is called 'malformed' (onnx-ir cannot read it)"
 XFAIL: dict[tuple[str, str], str] = {}
 
 
@@ -79,13 +78,6 @@ def case(name: str, command: str):
 
 
 # -- committed exports ----------------------------------------------------------------------
-
-for command in COMMANDS:
-    XFAIL[("skl_mlp_zipmap", command)] = MALFORMED
-# still failing on main (the i9-robust fixes remove the marks as they land)
-XFAIL[("paddle_seg_op12", "optimize --verify")] = (
-    "optimize --verify exits 3 on the Paddle-style segmenter ('negative dimensions are not allowed')")
-
 
 @pytest.mark.parametrize(("name", "command"), [case(n, c) for n in rm.EXPORTS for c in COMMANDS])
 def test_command_on_committed_export(name, command, tmp_path):

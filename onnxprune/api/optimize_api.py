@@ -32,6 +32,7 @@ class OptimizeResult:
     after: dict
     pipeline: PipelineResult
     output: Path | None = None
+    verify_note: str | None = None  # the shapes --verify ran at, when it probed open dims
 
     def to_dict(self) -> dict:
         keep = (*stats.SIZE_KEYS, "ops")
@@ -40,6 +41,7 @@ class OptimizeResult:
             "before": {k: self.before[k] for k in keep},
             "after": {k: self.after[k] for k in keep},
             **self.pipeline.to_dict(),
+            **({"verify_inputs": self.verify_note} if self.verify_note else {}),
         }
 
 
@@ -56,7 +58,8 @@ def optimize(
     """Run the exact clean-up pipeline (or ``passes``) and optionally save the result.
 
     With ``verify``, each pass is followed by the ONNX checker, an ONNX Runtime load and a
-    parity check on ``feeds`` (random inputs if none); the first failure raises an error
+    parity check on ``feeds`` (random inputs if none, open dims probed: see
+    :mod:`onnxprune.probe`); the first failure raises an error
     naming the pass.
     """
     loaded, path = as_model(model)
@@ -67,4 +70,4 @@ def optimize(
     result = run_pipeline(loaded, passes, verify=verifier, progress=progress)
     after = stats.summarize(result.model)
     saved = save_model(result.model, output, input_path=path) if output is not None else None
-    return OptimizeResult(result.model, before, after, result, saved)
+    return OptimizeResult(result.model, before, after, result, saved, verifier.note if verifier else None)

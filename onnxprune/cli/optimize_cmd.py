@@ -59,6 +59,7 @@ def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> 
     sizes = [size_row(key, result.before, result.after) for key in SIZE_COLUMNS]
     echo(table(["", "before", "after", "change"], sizes, align="lrrr"))
     if verify:
-        echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)")
+        echo("\nverify: every pass kept parity (checker, ONNX Runtime, outputs)"
+             + (f" on {result.verify_note}" if result.verify_note else ""))
     echo(f"\nwrote {result.output}")
     write_report(report_path, result.to_dict())
