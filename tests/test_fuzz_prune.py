@@ -63,9 +63,7 @@ def test_prune_to_a_mac_target():
     @given(g=graphgen.conv_graphs(), target=st.floats(0.2, 1.0))
     def run(g, target):
         try:
-            # compensate=False: BN-statistics compensation crashes on some grouped-conv graphs
-            # (moments._batchnorm, a slot covering part of a group; found by this test, open)
-            result = prune(g.model(), target_macs=target, round_to=1, latency_runs=0, compensate=False)
+            result = prune(g.model(), target_macs=target, round_to=1, latency_runs=0)
         except OnnxPruneError as exc:
             assert "out of reach" in str(exc), exc  # the only refusal a valid target may get
             seen["out of reach"] += 1

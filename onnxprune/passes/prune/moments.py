@@ -112,9 +112,14 @@ class _Moments:
         size = self.group.size
         mean, var = np.full(size, np.nan), np.full(size, np.nan)
         channels = np.arange(slot.lo, size if slot.hi is None else slot.hi)
-        index = slot.positions(channels, size)
-        mean[channels] = beta.astype(np.float64)[index]
-        var[channels] = gamma.astype(np.float64)[index] ** 2
+        # A group channel covers ``slot.block`` BN channels (after a depthwise Conv with a channel
+        # multiplier): one (mean, variance) per group channel only where they all agree.
+        index = slot.positions(channels, size).reshape(len(channels), slot.block)
+        betas = beta.astype(np.float64)[index]
+        variances = gamma.astype(np.float64)[index] ** 2
+        same = (betas == betas[:, :1]).all(axis=1) & (variances == variances[:, :1]).all(axis=1)
+        mean[channels] = np.where(same, betas[:, 0], np.nan)
+        var[channels] = np.where(same, variances[:, 0], np.nan)
         return mean, var
 
 
