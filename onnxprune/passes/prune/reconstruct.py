@@ -17,11 +17,9 @@ Two sources for ``x``: the original model (the default of ``PrunePass``: one pas
 data, every layer independent), or (``sequential``) the pruned model with the layers upstream
 already refitted, so that each fit also absorbs the error that reaches it (He et al.): one
 pass per depth of refitted layers (ResNet-50: 53), the original's ``y`` read from a copy.
-Measured (bench/prune_bench.py): digits accuracy, 30 settings, equal in 22, sequential better
-in 5 (by 1-2 of 450 images) and worse in 3 (by 1); ResNet-50 (--refit-cost, 112x112, 64
-images), sequential halves the output error (0.0020 -> 0.0009; 0.17 without refit) in 10x
-the time (163 s vs 17 s). Small gains for a cost that grows with depth: the original's inputs
-are the default.
+``bench/prune_bench.py`` measures the trade-off (``--digits``: accuracy, in
+bench/results/prune-digits.json; ``--refit-cost``: output error, time and memory on ResNet-50):
+small gains for a cost that grows with depth, so the original's inputs are the default.
 
 Memory: the normal equations, O(D² + D·O) per layer (D = kept inputs × kernel size), at most
 STATS_BUDGET bytes at once (more layers: more passes), never O(samples); each batch's
