@@ -22,6 +22,7 @@ _LAZY = {
     "CheckResult": "onnxprune.parity", "Tolerances": "onnxprune.parity", "check": "onnxprune.parity",
     "CompressResult": "onnxprune.compress", "compress": "onnxprune.compress",
     "input_shapes": "onnxprune.shapes",
+    "PruneOptions": "onnxprune.passes.prune",
 }
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from onnxprune.errors import OnnxPruneError
     from onnxprune.io import load_model, save_model
     from onnxprune.parity import CheckResult, Tolerances, check
+    from onnxprune.passes.prune import PruneOptions
     from onnxprune.pipeline import DEFAULT_PIPELINE, run_pipeline
     from onnxprune.shapes import input_shapes
 
@@ -67,6 +69,7 @@ __all__ = [
     "CompressResult",
     "OnnxPruneError",
     "OptimizeResult",
+    "PruneOptions",
     "PruneResult",
     "QuantizeResult",
     "Tolerances",

@@ -24,6 +24,7 @@ from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
+from onnxprune.passes.prune import PruneOptions
 from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import short_repr
 
@@ -98,6 +99,23 @@ def _computes_in_half(model: ir.Model) -> bool:
     return bool(types) and types <= {ir.DataType.FLOAT16, ir.DataType.BFLOAT16}
 
 
+def _prune_options(given: PruneOptions | Mapping | None, criterion: str | None, ratio: float | None,
+                   target_macs: float | None, target_params: float | None) -> PruneOptions | None:
+    """The prune stage's options (None: no pruning). From a mapping, its PruneOptions fields
+    (the other keys are :func:`onnxprune.prune` arguments); the criterion defaults to l1, as
+    ``onnxprune compress --criterion`` does."""
+    amount = {k: v for k, v in (("ratio", ratio), ("target_macs", target_macs), ("target_params", target_params))
+              if v is not None}
+    if isinstance(given, PruneOptions):
+        if amount:  # the keywords say how much: the options' own amount gives way
+            given = given.replace(**{"ratio": None, "target_macs": None, "target_params": None, **amount})
+        return given.replace(criterion=criterion) if criterion is not None else given
+    if not amount:
+        return None
+    fields = {k: v for k, v in (given or {}).items() if k in PruneOptions.fields()}
+    return PruneOptions(**{**fields, **amount, "criterion": criterion or fields.get("criterion") or "l1"})
+
+
 def compress(
     model: ModelLike,
     output: str | os.PathLike | None = None,
@@ -108,8 +126,8 @@ def compress(
     ratio: float | None = None,
     target_macs: float | None = None,
     target_params: float | None = None,
-    criterion: str = "l1",
-    prune_options: Mapping | None = None,
+    criterion: str | None = None,
+    prune_options: PruneOptions | Mapping | None = None,
     quantize_model: bool = True,
     method: str = "minmax",
     samples: int | None = None,
@@ -125,8 +143,10 @@ def compress(
 ) -> CompressResult:
     """Run :data:`STAGES` on ``model`` and save the result to ``output`` (if given).
 
-    Pruning runs when ``ratio``, ``target_macs`` or ``target_params`` is given (extra
-    :func:`onnxprune.prune` arguments in ``prune_options``); quantization runs when
+    Pruning runs when ``ratio``, ``target_macs`` or ``target_params`` is given, or
+    ``prune_options`` is a :class:`~onnxprune.passes.prune.PruneOptions` (those keywords then
+    replace its values); ``prune_options`` may also be a mapping of extra :func:`onnxprune.prune`
+    arguments. ``criterion`` (default l1, or the options' own); quantization runs when
     ``quantize_model`` and needs ``calib`` (extra :func:`onnxprune.quantize` arguments in
     ``quantize_options``). The check compares the result with the original on ``eval_data``
     (else ``calib``), judged as :func:`_tolerances` says, with ``max_accuracy_drop`` on
@@ -142,7 +162,10 @@ def compress(
     if target is not None:
         asked = [eps.resolve(p) for p in providers] if providers else [eps.CPU]
         providers = list(dict.fromkeys([*asked, target]))
-    pruning = any(x is not None for x in (ratio, target_macs, target_params))
+    options = _prune_options(prune_options, criterion, ratio, target_macs, target_params)
+    extra = {k: v for k, v in (prune_options or {}).items() if k not in PruneOptions.fields()} \
+        if not isinstance(prune_options, PruneOptions) else {}
+    pruning = options is not None
     if quantize_model and calib is None:
         raise UsageError("quantization needs calibration data (--calib); or skip it with --no-quantize")
     loaded, path = as_model(model)
@@ -178,14 +201,12 @@ def compress(
         stages.append(StageRecord(name, seconds, stats.size_summary(result.model), result))
 
     # The bn criterion scores the BatchNorms: fold them after pruning (prune does), not before.
-    keep_bn = pruning and criterion == "bn"
+    keep_bn = options is not None and options.criterion == "bn"
     passes = [p for p in DEFAULT_PIPELINE if p not in BN_FOLDING] if keep_bn else DEFAULT_PIPELINE
     run("optimize", lambda: optimize(loaded, passes=passes, progress=progress))
-    if pruning:
-        run("prune", lambda: prune(
-            loaded, criterion=criterion, ratio=ratio, target_macs=target_macs,
-            target_params=target_params, calib=calib_data, latency_runs=0, progress=progress,
-            **dict(prune_options or {})))
+    if options is not None:
+        run("prune", lambda: prune(loaded, options=options, calib=calib_data, latency_runs=0, progress=progress,
+                                   **extra))
     current = stages[-1].result.model
     if quantize_model:
         run("quantize", lambda: quantize(

@@ -14,7 +14,7 @@ from onnxprune import load_model, runtime, stats
 from onnxprune.api import prune
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
-from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.pipeline import run_pipeline
 from onnxprune.validate import check_model
 
@@ -140,7 +140,7 @@ def test_api_in_memory_and_pass_composes_in_a_pipeline(model):
     result = prune(loaded, ratio=0.25, latency_runs=0)
     assert result.output is None and result.after["macs"] < result.before["macs"]
     # As a pass in a pipeline: prune, then the exact folds.
-    pipeline = run_pipeline(load_model(model), [PrunePass("l2", 0.25), "fold-batchnorm", "remove-unused"])
+    pipeline = run_pipeline(load_model(model), [PrunePass(PruneOptions("l2", 0.25)), "fold-batchnorm", "remove-unused"])
     assert [r.name for r in pipeline.records][0] == "prune" and pipeline.records[0].modified
     assert pipeline.records[0].params_after < pipeline.records[0].params_before
 
@@ -148,18 +148,18 @@ def test_api_in_memory_and_pass_composes_in_a_pipeline(model):
 def test_nothing_to_remove_leaves_the_model_unmodified_and_runs_are_deterministic(model):
     loaded = load_model(model)
     before = stats.summarize(loaded)["parameters"]
-    result = PrunePass("l1", 0.0)(loaded)
+    result = PrunePass(PruneOptions("l1", 0.0))(loaded)
     assert not result.modified and stats.summarize(loaded)["parameters"] == before
-    assert not PrunePass("l1", 0.5, dry_run=True)(loaded).modified
-    a, b = PrunePass("l1", 0.4)(load_model(model)), PrunePass("l1", 0.4)(load_model(model))
+    assert not PrunePass(PruneOptions("l1", 0.5, dry_run=True))(loaded).modified
+    a, b = PrunePass(PruneOptions("l1", 0.4))(load_model(model)), PrunePass(PruneOptions("l1", 0.4))(load_model(model))
     assert {k: v.tolist() for k, v in a.plan.keep.items()} == {k: v.tolist() for k, v in b.plan.keep.items()}
 
 
 def test_pass_options_are_checked_when_built():
     with pytest.raises(UsageError, match="--min-channels"):
-        PrunePass("l1", 0.3, min_channels=0)
+        PrunePass(PruneOptions("l1", 0.3, min_channels=0))
     with pytest.raises(UsageError, match="unknown criterion"):
-        PrunePass("magic", 0.3)
+        PrunePass(PruneOptions("magic", 0.3))
 
 
 def control_flow_model(path: Path) -> Path:

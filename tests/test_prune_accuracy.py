@@ -17,7 +17,7 @@ import pytest
 from onnxprune import load_model, runtime
 from onnxprune.api import prune
 from onnxprune.api.prune_api import PREPARE
-from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.importance import Magnitude
 from onnxprune.pipeline import run_pipeline
 from onnxprune.validate import check_model
@@ -65,5 +65,5 @@ def test_floors_separate_a_good_ranking_from_a_bad_one(held_out):
     inputs, labels = held_out
     model = load_model(DIGITS / "digits.onnx")
     run_pipeline(model, PREPARE)
-    PrunePass(InvertedL1(1), target_macs=0.7)(model)
+    PrunePass(PruneOptions(target_macs=0.7), criterion=InvertedL1(1))(model)
     assert accuracy(model, inputs, labels) < FLOORS[0.7, "l1"]

@@ -8,13 +8,13 @@ from __future__ import annotations
 from math import erf, exp, pi, sqrt
 
 import numpy as np
-from tiny import Tiny, bn_params, fresh, rand
 
 from onnxprune import runtime
-from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.analysis import analyze
 from onnxprune.passes.prune.importance import hooked_slots
 from onnxprune.passes.prune.moments import batchnorm_channel_means
+from tiny import Tiny, bn_params, fresh, rand
 
 
 def _relu_mean(m: float, s: float) -> float:
@@ -51,7 +51,7 @@ def test_a_bn_channel_block_is_estimated_only_where_its_channels_agree():
 def test_data_free_compensation_folds_the_block_mean_into_the_next_bias():
     proto, gamma, beta = _multiplier_model()
     model = fresh(proto)
-    result = PrunePass("l1", 0.5, round_to=1)(model)
+    result = PrunePass(PruneOptions("l1", 0.5, round_to=1))(model)
     assert result.report.compensation == "BatchNorm statistics (data-free)"
     assert result.plan.keep[0].tolist() == [1]
     consumer = next(n for n in model.graph if len(n.inputs) > 1 and n.inputs[1].name == "w3")

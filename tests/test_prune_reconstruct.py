@@ -22,7 +22,7 @@ from onnxprune.api import prune
 from onnxprune.cli import cli
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import const_array
-from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.lstsq import FLUSH_ROWS, NormalEquations, conv_rows
 from onnxprune.validate import check_model
 from tiny import Tiny, fresh, max_error
@@ -78,8 +78,8 @@ def pruned_error(proto, shape, reconstruct: bool, refit_inputs: str = "original"
     # 1024 samples: the ridge (a prior worth ~RIDGE·D rows) is then negligible
     calib = [RNG.standard_normal((64, *shape)).astype(np.float32) for _ in range(16)]
     model = fresh(proto)
-    result = PrunePass("l1", 1 / 3, round_to=1, calibration=batches_of(calib), reconstruct=reconstruct,
-                       refit_inputs=refit_inputs)(model)
+    options = PruneOptions("l1", 1 / 3, round_to=1, reconstruct=reconstruct, refit_inputs=refit_inputs)
+    result = PrunePass(options, calibration=batches_of(calib))(model)
     assert result.modified and result.plan.keep[0].tolist() == [0, 1]  # the dependent channel went
     check_model(model)
     feeds = {"x": RNG.standard_normal((16, *shape)).astype(np.float32)}
@@ -108,7 +108,7 @@ def test_grouped_consumers_keep_the_mean_compensation_and_say_so():
     proto = g.proto(y)
     model = fresh(proto)
     calib = [RNG.standard_normal((4, 4, 5, 5)).astype(np.float32)]
-    result = PrunePass("l1", 0.5, round_to=1, calibration=batches_of(calib))(model)
+    result = PrunePass(PruneOptions("l1", 0.5, round_to=1), calibration=batches_of(calib))(model)
     check_model(model)
     (fit,) = result.report.reconstruction
     assert fit.status == "skipped" and "grouped Conv" in fit.note
@@ -120,7 +120,7 @@ def test_too_few_rows_keep_the_sliced_weights_with_a_recentred_bias():
     proto, shape = gemm_chain()
     model = fresh(proto)
     calib = [RNG.standard_normal((2, *shape)).astype(np.float32)]  # 2 rows for 2 inputs + bias
-    result = PrunePass("l1", 1 / 3, round_to=1, calibration=batches_of(calib))(model)
+    result = PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(calib))(model)
     check_model(model)
     (fit,) = result.report.reconstruction
     assert fit.status == "recentred" and "2 rows for 2 inputs" in fit.note
@@ -131,16 +131,18 @@ def test_too_few_rows_keep_the_sliced_weights_with_a_recentred_bias():
 def test_nothing_pruned_nothing_refit():
     proto, shape = conv_chain()
     model = fresh(proto)
-    result = PrunePass("l1", 0.0, calibration=batches_of([RNG.standard_normal((2, *shape)).astype(np.float32)]))(model)
+    calib = [RNG.standard_normal((2, *shape)).astype(np.float32)]
+    result = PrunePass(PruneOptions("l1", 0.0), calibration=batches_of(calib))(model)
     assert not result.modified and not result.report.reconstruction
 
 
 def test_reconstruction_needs_calibration_data():
     with pytest.raises(UsageError, match="calibration"):
-        PrunePass("l1", 0.3, reconstruct=True)
+        PrunePass(PruneOptions("l1", 0.3, reconstruct=True))
     with pytest.raises(UsageError, match="--refit-inputs"):
-        PrunePass("l1", 0.3, calibration=batches_of([]), refit_inputs="both")
-    assert not PrunePass("l1", 0.3).reconstruct and PrunePass("l1", 0.3, calibration=batches_of([])).reconstruct
+        PrunePass(PruneOptions("l1", 0.3, refit_inputs="both"), calibration=batches_of([]))
+    options = PruneOptions("l1", 0.3)
+    assert not PrunePass(options).reconstruct and PrunePass(options, calibration=batches_of([])).reconstruct
 
 
 # --- the statistics ---------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_refit_statistics_do_not_depend_on_the_batching():
     weights = []
     for parts in ([calib], [calib[:8], calib[8:]]):
         model = fresh(proto)
-        PrunePass("l1", 1 / 3, round_to=1, calibration=batches_of(parts))(model)
+        PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(parts))(model)
         weights.append(const_array(model.graph.initializers["w2"]))
     np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6)
 
@@ -291,7 +293,8 @@ def test_a_refit_that_overfits_is_refused_on_held_out_samples():
     errors, fits = {}, {}
     for refit in (True, False):
         model = fresh(proto)
-        result = PrunePass("l1", 0.25, round_to=1, calibration=batches_of(calib), reconstruct=refit)(model)
+        options = PruneOptions("l1", 0.25, round_to=1, reconstruct=refit)
+        result = PrunePass(options, calibration=batches_of(calib))(model)
         errors[refit] = max_error(reference, next(iter(runtime.run(model, feeds).values())))
         fits[refit] = result.report.reconstruction
     (fit,) = fits[True]

@@ -11,7 +11,7 @@ from tiny import Tiny, fresh, max_error
 
 from onnxprune import runtime
 from onnxprune.api import prune
-from onnxprune.passes.prune import PrunePass
+from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.selection import greedy_scores
 
 RNG = np.random.default_rng(11)
@@ -28,8 +28,8 @@ def two_layers(w1: np.ndarray, w2: np.ndarray):
 def removed_by(proto, criterion: str, ratio: float) -> tuple[list[int], float]:
     calib = [RNG.standard_normal((256, 3)).astype(np.float32)]
     model = fresh(proto)
-    result = PrunePass(criterion, ratio, round_to=1, calibration=lambda: ({"x": c} for c in calib),
-                       reconstruct=False)(model)
+    result = PrunePass(PruneOptions(criterion, ratio, round_to=1, reconstruct=False),
+                       calibration=lambda: ({"x": c} for c in calib))(model)
     feeds = {"x": RNG.standard_normal((64, 3)).astype(np.float32)}
     reference = next(iter(runtime.run(fresh(proto), feeds).values()))
     error = max_error(reference, next(iter(runtime.run(model, feeds).values())))

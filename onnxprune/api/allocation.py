@@ -62,7 +62,7 @@ def allocated_ratios(model, sensitivity, *, target_macs: float | None = None, ta
     """Group ratios from the curves meeting a MAC/parameter target on ``model`` (prepared as
     prune() prepares it): :func:`allocate` on the curves, then the share actually removed is
     estimated on the model (groups feeding one layer overlap) and the allocation topped up."""
-    from onnxprune.passes.prune import PrunePass
+    from onnxprune.passes.prune import PruneOptions, PrunePass
 
     if hasattr(sensitivity, "curves"):
         curves = sensitivity.curves()
@@ -77,7 +77,7 @@ def allocated_ratios(model, sensitivity, *, target_macs: float | None = None, ta
         ratios = allocate(curves, wanted, what=what)
         if not ratios:
             break
-        report = PrunePass("l1", group_ratios=ratios, dry_run=True, **plan_options)(model).report
+        report = PrunePass(PruneOptions("l1", group_ratios=ratios, dry_run=True, **plan_options))(model).report
         before, after = report.macs if what == "macs" else report.params
         removed = 1 - after / before if before else 0.0
         if removed >= share - 0.005:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx_ir as ir
 
@@ -22,13 +22,10 @@ from onnxprune import runtime, stats
 from onnxprune.calibration import Dataset, open_dataset
 from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
-from onnxprune.passes.prune import DEFAULT_ROUND_TO, PrunePass, PruneReport
+from onnxprune.passes.prune import PruneOptions, PrunePass, PruneReport
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, ShapeVerifier, run_pipeline
 from onnxprune.report import short_repr
 
-# The criterion when calibration data is given and none is named: measured on real models
-# (bench/accuracy_bench.py), see README "Accuracy after pruning".
-DATA_CRITERION = "thinet"
 SUMMARY_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
 # Exact clean-up before the analysis, without BatchNorm folding (see above): exporters hide
@@ -70,63 +67,49 @@ def prune(
     model: ModelLike,
     output: str | os.PathLike | None = None,
     *,
-    criterion: str | None = None,
-    ratio: float | None = None,
-    target_macs: float | None = None,
-    target_params: float | None = None,
-    uniform: bool = False,
-    group_ratios: Mapping[str, float] | None = None,
-    round_to: int = DEFAULT_ROUND_TO,
-    min_channels: int = 1,
-    exclude: Sequence[str] = (),
+    options: PruneOptions | None = None,
     calib=None,
     calib_limit: int | None = None,
     batch_size: int = 32,
     preprocess=None,
     fold: bool = True,
-    compensate: bool = True,
-    reconstruct: bool | None = None,
-    refit_inputs: str = "original",
     sensitivity=None,
-    dry_run: bool = False,
     latency_runs: int = 10,
     threads: int = 1,
     progress: bool = False,
+    **option_fields: Any,
 ) -> PruneResult:
     """Remove whole channels from ``model`` (in place) and save it to ``output`` if given.
 
-    How much: ``ratio`` (share of channels, ranked globally across layers; per layer with
-    ``uniform``), ``group_ratios`` ({node name or glob: ratio}), or ``target_macs`` /
-    ``target_params`` (share to keep, e.g. 0.6). ``criterion``: l1, l2, bn, activation, apoz,
-    energy, thinet (the last four need ``calib``: anything :func:`onnxprune.calibration.open_dataset`
-    reads, e.g. an .npz keyed by input name, or a Dataset; ``calib_limit`` samples at most;
-    ``preprocess`` for an image folder);
-    default :data:`DATA_CRITERION` with ``calib``, else l1.
+    What and how much: ``options`` (a :class:`~onnxprune.passes.prune.PruneOptions`), or its
+    fields as keywords (``ratio=0.3, criterion="l2"``...; with ``options``, they replace its
+    values). ``criterion``: l1, l2, bn, activation, apoz, energy, thinet (the last four need
+    ``calib``); default :data:`~onnxprune.passes.prune.DATA_CRITERION` with ``calib``, else l1.
+    ``calib``: anything :func:`onnxprune.calibration.open_dataset` reads, e.g. an .npz keyed by
+    input name, or a Dataset; ``calib_limit`` samples at most; ``preprocess`` for an image folder.
     ``sensitivity`` (a :class:`~onnxprune.api.sensitivity_api.SensitivityResult` or its JSON
     file) with a target: each group gets its own ratio from the measured curves
     (:func:`~onnxprune.api.sensitivity_api.allocated_ratios`) instead of one global ranking.
-    ``exclude``: node names or globs whose tensors stay untouched. ``round_to``: kept channel
-    counts are multiples of it (default 8, see :data:`DEFAULT_ROUND_TO`; 1 lets the ranking
-    alone decide, which can keep more accuracy on tiny layers but runs slower).
+    ``round_to``: kept channel counts are multiples of it (default
+    :data:`~onnxprune.passes.prune.DEFAULT_ROUND_TO`; 1 lets the ranking alone decide, which can
+    keep more accuracy on tiny layers but runs slower).
     ``fold``: run the exact clean-up pipeline (BatchNorm folding) after pruning.
-    ``compensate``: fold the removed channels' mean contribution into the next layer's bias
-    (means from ``calib`` if given, else estimated from BatchNorm statistics).
-    ``reconstruct`` (default: on when ``calib`` is given): refit the layers that read pruned
-    channels by least squares so that their outputs on ``calib`` stay close to the original's
-    (:mod:`.reconstruct`); ``refit_inputs``: "original" (one pass over the data) or "pruned"
-    (layer by layer, upstream error included: lower error, one pass per depth).
+    ``compensate`` takes its means from ``calib`` if given, else from BatchNorm statistics;
+    ``reconstruct`` refits on ``calib`` (on by default with it).
     ``dry_run``: plan and report only (estimated MACs/parameters); nothing is pruned or
     written (the exact preparation, :data:`PREPARE`, still runs on an in-memory model).
     ``latency_runs``: ONNX Runtime CPU timing (median, ``threads`` threads, batch 1) before
     and after; 0 skips it. "before" numbers are those of the prepared model.
     """
+    options = _options(options, option_fields)
+    if sensitivity is not None and options.target_macs is None and options.target_params is None:
+        raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
+    dry_run = options.dry_run
     loaded, path = as_model(model)
     if output is not None and not dry_run:
         check_output_path(output, path)
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1 (given {batch_size})")
-    if criterion is None:
-        criterion = DATA_CRITERION if calib is not None else "l1"
     batches, data_notes = None, []
     if calib is not None:
         dataset = calib if isinstance(calib, Dataset) else \
@@ -138,18 +121,11 @@ def prune(
     if sensitivity is not None:
         from onnxprune.api.allocation import allocated_ratios
 
-        if target_macs is None and target_params is None:
-            raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
         group_ratios = allocated_ratios(
-            loaded, sensitivity, target_macs=target_macs, target_params=target_params, round_to=round_to,
-            min_channels=min_channels, exclude=exclude)
-        target_macs = target_params = None
-    prune_pass = PrunePass(
-        criterion, ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
-        group_ratios=group_ratios, round_to=round_to, min_channels=min_channels, exclude=exclude,
-        calibration=batches, compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
-        dry_run=dry_run, progress=progress,
-    )
+            loaded, sensitivity, target_macs=options.target_macs, target_params=options.target_params,
+            round_to=options.round_to, min_channels=options.min_channels, exclude=options.exclude)
+        options = options.replace(group_ratios=group_ratios, target_macs=None, target_params=None)
+    prune_pass = PrunePass(options, calibration=batches, progress=progress)
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
     feeds = (_first_sample(batches) or runtime.random_inputs(loaded)) if timing else None
@@ -173,6 +149,14 @@ def prune(
                        threads=threads, runs=latency_runs)
     saved = save_model(pruned, output, input_path=path) if output is not None else None
     return PruneResult(pruned, report, before, after, latency, saved, False, folded)
+
+
+def _options(options: PruneOptions | None, fields: dict[str, Any]) -> PruneOptions:
+    """``options`` with ``fields`` (the keyword spelling of its fields) applied."""
+    unknown = sorted(set(fields) - set(PruneOptions.fields()))
+    if unknown:
+        raise TypeError(f"prune() got an unexpected keyword argument '{unknown[0]}'")
+    return options.replace(**fields) if options is not None else PruneOptions(**fields)
 
 
 def _first_sample(batches, n: int = 1) -> dict | None:

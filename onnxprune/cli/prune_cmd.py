@@ -19,7 +19,8 @@ from onnxprune.cli._common import (
     write_report,
 )
 from onnxprune.errors import UsageError
-from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneReport
+from onnxprune.passes.prune import CRITERIA, DATA_CRITERION, PruneOptions, PruneReport
+from onnxprune.passes.prune.options import REFIT_INPUTS
 from onnxprune.report import change, table
 
 
@@ -47,26 +48,26 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--ratio", type=float, help="Share of channels to remove, in [0, 1), ranked across all layers.")
 @click.option("--target-macs", type=float, help="Share of MACs to keep, e.g. 0.6 (the ratio is searched).")
 @click.option("--target-params", type=float, help="Share of parameters to keep (the ratio is searched).")
-@click.option("--criterion", type=click.Choice(list(CRITERIA)), help="Channel importance  [default: thinet with --calib, else l1]")
-@click.option("--uniform", is_flag=True, help="Apply the ratio within each layer instead of ranking globally.")
+@click.option("--criterion", type=click.Choice(list(CRITERIA)), default=PruneOptions.default("criterion"), help=f"Channel importance  [default: {DATA_CRITERION} with --calib, else l1]")
+@click.option("--uniform", is_flag=True, default=PruneOptions.default("uniform"), help="Apply the ratio within each layer instead of ranking globally.")
 @click.option("--group-ratio", multiple=True, metavar="PATTERN=RATIO", help="Own ratio for the groups of matching nodes (repeatable).")
-@click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this (fast kernels); 1: exact ranking.")
-@click.option("--min-channels", type=int, default=1, show_default=True, help="Channels every group keeps at least.")
+@click.option("--round-to", type=int, default=PruneOptions.default("round_to"), show_default=True, help="Kept channel counts are multiples of this (fast kernels); 1: exact ranking.")
+@click.option("--min-channels", type=int, default=PruneOptions.default("min_channels"), show_default=True, help="Channels every group keeps at least.")
 @click.option("--exclude", multiple=True, metavar="NODES", help="Node names or globs to leave untouched (repeatable or comma list).")
 @click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
 @click.option("--calib-limit", type=int, help="Use at most this many calibration samples.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
 @click.option("--preprocess", help="Image preprocessing for an image folder, e.g. 'resize=256,crop=224,scale=1/255,mean=...,std=...'.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
-@click.option("--compensate/--no-compensate", default=True, show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
-@click.option("--reconstruct/--no-reconstruct", default=None, help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
-@click.option("--refit-inputs", type=click.Choice(["original", "pruned"]), default="original", show_default=True, help="Where the refit reads each layer's inputs: the original model (one pass over --calib) or the pruned one, layer by layer (upstream error included: lower error, one pass per depth).")
+@click.option("--compensate/--no-compensate", default=PruneOptions.default("compensate"), show_default=True, help="Fold removed channels' mean into the next bias (from --calib, else BatchNorm statistics).")
+@click.option("--reconstruct/--no-reconstruct", default=PruneOptions.default("reconstruct"), help="Refit the layers reading pruned channels by least squares on --calib  [default: on with --calib]")
+@click.option("--refit-inputs", type=click.Choice(REFIT_INPUTS), default=PruneOptions.default("refit_inputs"), show_default=True, help="Where the refit reads each layer's inputs: the original model (one pass over --calib) or the pruned one, layer by layer (upstream error included: lower error, one pass per depth).")
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(exists=True, dir_okay=False), help="Curves from `onnxprune sensitivity -o`: with --target-macs/--target-params, each group gets its own ratio.")
 @click.option("--max-accuracy-drop", type=float, help="Search the strongest MAC reduction whose accuracy on --eval/--labels drops at most this (e.g. 0.01).")
 @click.option("--min-fidelity", type=float, help="Search the strongest MAC reduction keeping this top-1 agreement (cosine for other outputs) on --eval.")
 @click.option("--eval", "eval_data", type=click.Path(), help="Held-out data for --max-accuracy-drop/--min-fidelity.")
 @click.option("--labels", help="Label array in --eval (for --max-accuracy-drop).")
-@click.option("--dry-run", is_flag=True, help="Print the plan and estimated savings; write nothing.")
+@click.option("--dry-run", is_flag=True, default=PruneOptions.default("dry_run"), help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
 @click.option("--threads", type=int, default=1, show_default=True, help="Threads for the timing runs.")
 @click.option("--all-groups", is_flag=True, help="List every group, also those left whole.")
@@ -83,14 +84,17 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
     if max_accuracy_drop is not None or min_fidelity is not None:
         _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fidelity, report_path, criterion=criterion,
                 round_to=round_to, min_channels=min_channels, exclude=split_lists(exclude), batch_size=batch_size,
-                reconstruct=reconstruct)
+                compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs)
         return
+    options = PruneOptions(
+        criterion=criterion, ratio=ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
+        group_ratios=_group_ratios(group_ratio), round_to=round_to, min_channels=min_channels,
+        exclude=split_lists(exclude), compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
+        dry_run=dry_run,
+    )
     result = prune(
-        model, None if dry_run else output, criterion=criterion, ratio=ratio, target_macs=target_macs,
-        target_params=target_params, uniform=uniform, group_ratios=_group_ratios(group_ratio), round_to=round_to,
-        min_channels=min_channels, exclude=split_lists(exclude), calib=calib,
-        calib_limit=calib_limit, batch_size=batch_size, preprocess=preprocess, fold=fold, compensate=compensate, reconstruct=reconstruct,
-        refit_inputs=refit_inputs, sensitivity=sensitivity_path, dry_run=dry_run,
+        model, None if dry_run else output, options=options, calib=calib, calib_limit=calib_limit,
+        batch_size=batch_size, preprocess=preprocess, fold=fold, sensitivity=sensitivity_path,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )
     echo(format_groups(result.report, all_groups))

@@ -5,13 +5,16 @@ The file-level ``prune()`` (load, prepare, verify, measure, save) is one layer u
 """
 
 from onnxprune.passes.prune.importance import CRITERIA
-from onnxprune.passes.prune.prune_pass import DEFAULT_ROUND_TO, PrunePass, PrunePassResult, check_ratio
+from onnxprune.passes.prune.options import DATA_CRITERION, DEFAULT_ROUND_TO, PruneOptions, check_ratio
+from onnxprune.passes.prune.prune_pass import PrunePass, PrunePassResult
 from onnxprune.passes.prune.report import GroupReport, PruneReport, control_flow_note
 
 __all__ = [
     "CRITERIA",
+    "DATA_CRITERION",
     "DEFAULT_ROUND_TO",
     "GroupReport",
+    "PruneOptions",
     "PrunePass",
     "PrunePassResult",
     "PruneReport",

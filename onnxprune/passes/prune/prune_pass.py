@@ -24,25 +24,14 @@ from onnxprune.passes.prune.channel_map import CHANNEL_MAP_KEY, record_channel_m
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion, normalize
 from onnxprune.passes.prune.moments import batchnorm_channel_means
-from onnxprune.passes.prune.selection import ConsumerEnergy
-from onnxprune.passes.prune.planner import (
-    CostModel,
-    check_constraints,
-    make_candidates,
-    match_groups,
-    plan_at,
-    search_ratio,
-)
+from onnxprune.passes.prune.options import DEFAULT_ROUND_TO, PruneOptions, check_ratio
+from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
 from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
 from onnxprune.passes.prune.report import GroupReport, PruneReport, control_flow_note
 from onnxprune.passes.prune.rewrite import apply_plan
+from onnxprune.passes.prune.selection import ConsumerEnergy
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
-
-# Kept channel counts are multiples of 8 unless asked otherwise: ONNX Runtime's CPU convolutions
-# (MLAS NCHWc, blocks of 8 or 16 channels) and GPU tensor cores want them: unrounded counts
-# can make a pruned model slower than the original (`bench/prune_bench.py --latency`).
-DEFAULT_ROUND_TO = 8
 
 
 def _members(group) -> list[str]:
@@ -56,12 +45,6 @@ class PrunePassResult(PassResult):
     plan: PrunePlan | None = None
 
 
-def check_ratio(ratio: float, what: str = "ratio") -> float:
-    if not 0 <= ratio < 1:
-        raise UsageError(f"{what} is the share of channels to remove and must be in [0, 1) (given {ratio})")
-    return float(ratio)
-
-
 def _criterion(name: str, data: Batches | None, progress: bool) -> Criterion:
     """:func:`get_criterion`, plus the consumer-aware ones (:mod:`.selection` builds on
     :mod:`.importance`, so they are looked up here, not there)."""
@@ -73,18 +56,13 @@ def _criterion(name: str, data: Batches | None, progress: bool) -> Criterion:
 class PrunePass(Pass):
     """Remove whole channels with the lowest importance (changes the outputs: not exact).
 
-    How much: ``ratio`` (global ranking, or per group with ``uniform``), ``group_ratios``
-    ({node name or glob: ratio}, ranked within the matching groups), or a target share of
-    MACs/parameters to keep (``target_macs``/``target_params``; the ratio is searched).
-    ``calibration`` (a callable returning fresh batches) feeds data-driven criteria. With
-    ``compensate``, each removed channel's mean contribution is folded into the next layer's
-    bias: means from the calibration data when given, else estimated from BatchNorm
-    statistics (:mod:`.moments`). ``reconstruct`` (default: on when ``calibration`` is given)
-    refits the layers that read pruned channels by least squares on the calibration data
-    (:mod:`.reconstruct`), their inputs taken from the original model (``refit_inputs=
-    "original"``, one pass over the data) or from the pruned one layer by layer (``"pruned"``:
-    upstream error included, one pass per depth of refitted layers).
-    ``dry_run`` plans and reports without changing the model.
+    What and how much: ``options`` (:class:`PruneOptions`).
+    ``calibration`` (a callable returning fresh batches) feeds data-driven criteria, the means
+    that ``compensate`` folds into the next layers' biases (without it, estimated from BatchNorm
+    statistics: :mod:`.moments`) and the least-squares refit of ``reconstruct`` (on by default
+    with it: :mod:`.reconstruct`; ``refit_inputs="pruned"`` reads each layer's inputs from the
+    pruned model, upstream error included, one pass per depth of refitted layers).
+    ``criterion``: a :class:`~.importance.Criterion` of one's own, instead of the named one.
 
     In a pipeline, run ``eliminate-identity`` and ``fold-constants`` before it (as ``prune()``
     does): parameters hidden behind Identity/Constant nodes make the analysis decline groups.
@@ -95,46 +73,22 @@ class PrunePass(Pass):
 
     def __init__(
         self,
-        criterion: str | Criterion = "l1",
-        ratio: float | None = None,
+        options: PruneOptions,
         *,
-        target_macs: float | None = None,
-        target_params: float | None = None,
-        uniform: bool = False,
-        group_ratios: Mapping[str, float] | None = None,
-        round_to: int = DEFAULT_ROUND_TO,
-        min_channels: int = 1,
-        exclude: Sequence[str] = (),
         calibration: Batches | None = None,
-        compensate: bool = True,
-        reconstruct: bool | None = None,
-        refit_inputs: str = "original",
-        dry_run: bool = False,
+        criterion: Criterion | None = None,
         progress: bool = False,
     ) -> None:
         super().__init__()
-        given = [x is not None for x in (ratio, target_macs, target_params)]
-        if sum(given) > 1:
-            raise UsageError("give only one of --ratio, --target-macs and --target-params")
-        if sum(given) == 0 and not group_ratios:
-            raise UsageError("say how much to prune: --ratio, --target-macs, --target-params or --group-ratio")
-        self.ratio = check_ratio(ratio) if ratio is not None else 0.0
-        self.group_ratios = {k: check_ratio(v, f"ratio of '{k}'") for k, v in (group_ratios or {}).items()}
-        self.target_macs, self.target_params = target_macs, target_params
-        self.criterion = _criterion(criterion, calibration, progress) if isinstance(criterion, str) else criterion
+        self.options = options
+        name = options.criterion_for(calibration is not None)
+        self.criterion = criterion if criterion is not None else _criterion(name, calibration, progress)
         if self.criterion.needs_data and calibration is None:
             raise UsageError(f"criterion '{self.criterion.name}' needs calibration data (--calib)")
-        self.uniform, self.round_to, self.min_channels = uniform, round_to, min_channels
-        self.exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # "name", not n, a, m, e
-        self.calibration, self.compensate = calibration, compensate
-        if reconstruct and calibration is None:
+        if options.reconstruct and calibration is None:
             raise UsageError("reconstruction refits layers on calibration data: give it (--calib)")
-        if refit_inputs not in ("pruned", "original"):
-            raise UsageError(f"--refit-inputs must be 'pruned' or 'original' (given '{refit_inputs}')")
-        self.reconstruct = calibration is not None if reconstruct is None else reconstruct
-        self.refit_inputs = refit_inputs
-        self.dry_run, self.progress = dry_run, progress
-        check_constraints(min_channels, round_to)
+        self.calibration, self.progress = calibration, progress
+        self.reconstruct = calibration is not None if options.reconstruct is None else options.reconstruct
 
     def call(self, model: ir.Model) -> PrunePassResult:
         # Steps, not a percentage: the rewrite step (with the refit) is most of the time, and a bar
@@ -144,22 +98,23 @@ class PrunePass(Pass):
             return self._run(model, bar)
 
     def _run(self, model: ir.Model, bar: tqdm) -> PrunePassResult:
+        o = self.options
         self.criterion.notes.clear()  # group ids are per model
         bar.set_postfix_str("analysis")
         groups = analyze(model)
         bar.update()
         bar.set_postfix_str(f"scores ({self.criterion.name})")
-        excluded = self._matched(model, groups, self.exclude, "exclusion")
+        excluded = self._matched(model, groups, o.exclude, "exclusion")
         local, acted = {}, []
         by_id = {g.id: g for g in groups}
-        for pattern, ratio in self.group_ratios.items():
+        for pattern, ratio in o.group_ratios.items():
             matched = match_groups(model, groups, [pattern], "group ratio", roles=[Role.PRODUCER])[pattern]
             local.update(dict.fromkeys(matched, ratio))
             acted += [f"--group-ratio '{pattern}={ratio:g}' acts on group {by_id[gid].name}, which couples "
                       + ", ".join(_members(by_id[gid])) for gid in sorted(matched)
                       if len(_members(by_id[gid])) > 1]  # tied through a residual or Concat: say so
         active = [g for g in groups if g.prunable and g.id not in excluded and g.size > 1]
-        if local and not self.ratio and self.target_macs is None and self.target_params is None:
+        if local and not o.ratio and o.target_macs is None and o.target_params is None:
             active = [g for g in active if g.id in local]  # only they lose channels: score only them
         self.criterion.prepare(model, active)
         raw = {g.id: np.asarray(self.criterion(g), dtype=np.float64) for g in active}
@@ -167,17 +122,17 @@ class PrunePass(Pass):
         bar.update()
         bar.set_postfix_str("plan")
         candidates = make_candidates(
-            active, scores, min_channels=self.min_channels, round_to=self.round_to, group_ratios=local
+            active, scores, min_channels=o.min_channels, round_to=o.round_to, group_ratios=local
         )
         cost = CostModel(model, groups)
-        ratio, target = self.ratio, None
-        if self.target_macs is not None or self.target_params is not None:
+        ratio, target = o.ratio or 0.0, None
+        if o.target_macs is not None or o.target_params is not None:
             ratio, plan = search_ratio(
-                candidates, cost, target_macs=self.target_macs, target_params=self.target_params, uniform=self.uniform
+                candidates, cost, target_macs=o.target_macs, target_params=o.target_params, uniform=o.uniform
             )
-            target = {"macs": self.target_macs} if self.target_macs is not None else {"params": self.target_params}
+            target = {"macs": o.target_macs} if o.target_macs is not None else {"params": o.target_params}
         else:
-            plan = plan_at(candidates, ratio, uniform=self.uniform)
+            plan = plan_at(candidates, ratio, uniform=o.uniform)
         macs, params = cost.estimate(plan)
         report = PruneReport(
             self.criterion.name, ratio, target, self._rows(groups, excluded, scores, plan),
@@ -186,7 +141,7 @@ class PrunePass(Pass):
         report.notes = [note for note in (control_flow_note(model),) if note] + acted
         report.notes += self._rounding_notes(report, ratio, target, set(local))
         bar.update()
-        if self.dry_run or not plan.keep:
+        if o.dry_run or not plan.keep:
             return PrunePassResult(model, False, [], report, plan)
         bar.set_postfix_str("rewrite")
         if self.reconstruct:
@@ -210,15 +165,16 @@ class PrunePass(Pass):
         the groups the ratio ranks: not declined, excluded or with their own --group-ratio)."""
         ranked = [g for g in report.groups if g.status in ("pruned", "kept") and g.id not in own]
         before, after = sum(g.channels for g in ranked), sum(g.kept for g in ranked)
-        if self.round_to <= 1 or target is not None or not ratio or not before:
+        round_to = self.options.round_to
+        if round_to <= 1 or target is not None or not ratio or not before:
             return []
         removed = (before - after) / before
         if removed == 0:
-            return [f"--ratio {ratio:g} removed no channel: --round-to {self.round_to} keeps channel counts "
-                    f"multiples of {self.round_to} (--round-to 1 for exact counts)"]
+            return [f"--ratio {ratio:g} removed no channel: --round-to {round_to} keeps channel counts "
+                    f"multiples of {round_to} (--round-to 1 for exact counts)"]
         if abs(removed - ratio) > 0.02:
-            return [f"--ratio {ratio:g} removed {removed:.1%} of the channels: --round-to {self.round_to} "
-                    f"rounds each group's kept count to a multiple of {self.round_to} (--round-to 1 for exact counts)"]
+            return [f"--ratio {ratio:g} removed {removed:.1%} of the channels: --round-to {round_to} "
+                    f"rounds each group's kept count to a multiple of {round_to} (--round-to 1 for exact counts)"]
         return []
 
     def _rows(self, groups, excluded, scores, plan) -> list[GroupReport]:
@@ -252,7 +208,7 @@ class PrunePass(Pass):
     def _channel_means(self, model, groups, plan) -> tuple[dict[int, np.ndarray] | None, str | None]:
         """Each pruned group's channel means at its consumers, folded into their biases for the
         removed channels: from calibration data when given, else estimated from BatchNorm."""
-        if not self.compensate:
+        if not self.options.compensate:
             return None, None
         pruned = [g for g in groups if g.id in plan.keep]
         if self.calibration is not None:
@@ -269,9 +225,9 @@ class PrunePass(Pass):
         changes, fits = prune_and_refit(
             model, groups, plan, self.calibration,
             channel_means=lambda part: self._channel_means(model, groups, part)[0],
-            sequential=self.refit_inputs == "pruned", progress=self.progress,
+            sequential=self.options.refit_inputs == "pruned", progress=self.progress,
         )
-        return changes, fits, "calibration means" if self.compensate else None
+        return changes, fits, "calibration means" if self.options.compensate else None
 
 
-__all__ = ["CRITERIA", "DEFAULT_ROUND_TO", "PrunePass", "PrunePassResult", "check_ratio"]
+__all__ = ["CRITERIA", "DEFAULT_ROUND_TO", "PruneOptions", "PrunePass", "PrunePassResult", "check_ratio"]
