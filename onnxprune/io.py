@@ -94,7 +94,7 @@ def release_mappings(model: ir.Model) -> None:
 
 def trim_heap() -> None:
     """Return the C heap's free pages to the system (glibc keeps what protobuf/ONNX Runtime
-    freed: 15-20 MB after loading and cleaning a small model). No-op elsewhere."""
+    freed after loading and cleaning a model). No-op elsewhere."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

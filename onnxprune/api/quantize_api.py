@@ -164,7 +164,7 @@ def quantize(
         guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress)
         result.model = guarded.model if guarded is not None else result.model
     placed = None
-    if placing:  # on a batch the calibration's memory budget allows (magika: 1, not 8: 90 MB less)
+    if placing:  # on a batch the calibration's memory budget allows (large activations: a small one)
         batch = min(placement_batch, activation_batch(before_pass))
         feeds_for = _latency_feeds(before_pass, calib, preprocess, batch)
         placed = place(before_pass, result.model, quantize_pass, source.used, quantize_pass.config, feeds_for,

@@ -8,11 +8,9 @@ min, max and count, reduced inside the graph, and for the histogram methods a sy
 sample of its values (every k-th value, k a prime) sized so that about ``sample`` values of
 each tensor are counted over the whole dataset (``sample=None``: every value). Each sampled
 value counts k times, so the histograms estimate those of all values. Counting is what a
-histogram costs (1.5-2 ns a value in numpy: on the quantize benchmark's ResNet, 500 samples,
-2.1 s for every value, as long as ORT's forward passes). With the default, 0.6 s there, and
-ranges (percentile 99.99 / entropy / mse) move by at most 0.3 / 2.3 / 0.7% of the tensor's
-width from those of every value, less than between the two halves of the data (0.8 / 7.1 /
-1.4%); see ``bench/calib_sampling.py``.
+histogram costs (counting every value can take as long as ORT's forward passes). With the
+default, ranges (percentile / entropy / mse) move less from those of every value than between
+the two halves of the data: ``bench/calib_sampling.py`` measures both.
 
 Whole tensors come back only where a tensor is small enough to count every value (or of a
 type ORT cannot reduce). Session outputs are allocated by ONNX Runtime on each run: the batch

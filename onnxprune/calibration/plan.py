@@ -36,13 +36,12 @@ from onnxprune.runtime import run_session
 DEFAULT_MEMORY_LIMIT = 1 << 30  # bytes of session outputs per run
 DEFAULT_SAMPLE = 1 << 23  # histogram values counted per tensor (about), over the whole dataset
 # ONNX Runtime's working memory per run grows with the batch (its arena keeps the largest
-# run's blocks, measured at 6-10x the largest activation): the batch is cut so that 8 copies
-# of the largest activation fit in this. Throughput hardly depends on the batch on CPU
-# (magika, 2 MB activations per sample: batch 2 as fast as 32, 90 MB less peak RSS).
+# run's blocks, several times the largest activation): the batch is cut so that 8 copies
+# of the largest activation fit in this. Throughput hardly depends on the batch on CPU.
 ACTIVATION_BUDGET = 16 << 20
 # Whole tensors and samples a run returns (histogram methods): the batch is cut to keep them
 # under this; ``memory_limit`` only splits tensors into passes when one sample exceeds it.
-# (PP-OCR's text classifier, entropy: 180 small tensors returned whole, 470 -> 200 MB peak.)
+# (PP-OCR's text classifier, entropy: 180 small tensors returned whole.)
 OUTPUT_BUDGET = 24 << 20
 
 

@@ -42,7 +42,7 @@ CLASSIFIER_CRITERIA = {
     "max_accuracy_drop": ("--max-accuracy-drop", "accuracy_drop"),
 }
 # Localising needs far fewer samples than judging parity, and costs a pass over every
-# activation of both models per sample (~10x the plain check).
+# activation of both models per sample (many times the plain check).
 LAYERWISE_SAMPLES = 256
 
 

@@ -268,7 +268,7 @@ class OutputStats:
 
 def _dot(a: np.ndarray, b: np.ndarray) -> float:
     # einsum, not BLAS: OpenBLAS threads dot products of long vectors, and its spinning
-    # threads made a layer-wise check 5x slower on a busy machine.
+    # threads made a layer-wise check several times slower on a busy machine.
     return float(np.einsum("i,i->", a, b))
 
 

@@ -93,7 +93,7 @@ _SIZE_OPS = frozenset({"Shape", "Size"})  # their results are tiny whatever they
 def _folds_without_copying(node: ir.Node) -> bool | None:
     """No fold of a node reading a large constant that something else reads too: the result
     would be a second copy of the weight (silero's LSTM weights: Unsqueeze of a tensor kept
-    for another consumer, +48 % weights). None: onnxscript's own rules decide."""
+    for another consumer). None: onnxscript's own rules decide."""
     if node.domain == "" and node.op_type in _SIZE_OPS:
         return None
     sizes = [_const_size(v) for v in node.inputs if v is not None]

@@ -112,7 +112,7 @@ class Magnitude(Criterion):
             if weight is None:
                 continue
             # Reduce in place of a float64 copy: one float32 temporary, float64 accumulation
-            # (a 2 GB external-data model peaked at 1.6x its size with the copies, 1.04x without).
+            # (the copies put a large external-data model's peak memory well above its size).
             axes = tuple(i for i in range(weight.ndim) if i != slot.axis)
             powers = np.sum(np.abs(weight) if self.p == 1 else np.square(weight), axis=axes, dtype=np.float64)
             bn = batchnorm_after(slot.node)
