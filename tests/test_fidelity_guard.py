@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune
 from onnxprune import runtime
-from onnxprune.api import fidelity_guard
+from onnxprune.api import fidelity_guard, fidelity_metric
 from onnxprune.cli import cli
 from onnxprune.io import load_model
 
@@ -70,8 +70,62 @@ def test_strict_fails_naming_the_culprits(offset_classifier, tmp_path):
 
 def test_fidelity_is_measured_per_sample():
     a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    assert fidelity_guard.Fidelity({"p": 0.95}, {"p": 0.5}).problem().startswith("output 'p' top-1")
+    assert fidelity_guard.Fidelity({"p": 0.99}, {"p": 0.5}).problem().startswith("output 'p' top-1")
     assert fidelity_guard.Fidelity({"p": 0.5}, {}).problem().startswith("output 'p' cosine")
     assert fidelity_guard.Fidelity({"p": 0.99}, {"p": 1.0}).problem() is None
     held = fidelity_guard.held_out([{"x": a}, {"x": a + 1}], skip=2, count=2)
     assert np.array_equal(held["x"], a + 1)
+
+
+def _noisy(scale: float) -> onnxprune.io.ir.Model:
+    """y = x + scale * sin(x): the float model when scale is 0, a lossy copy otherwise."""
+    nodes = [helper.make_node("Sin", ["x"], ["s"], name="sin"), helper.make_node("Mul", ["s", "k"], ["n"], name="k"),
+             helper.make_node("Add", ["x", "n"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "noisy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
+                              [numpy_helper.from_array(np.array(scale, np.float32), "k")])
+    return onnxprune.io.ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_the_search_keeps_the_fewest_ranked_nodes_that_reach_the_target(monkeypatch):
+    """Ranked n1..n8; the target holds once n1..n3 are float: tries 1, 2, 4 nodes, then bisects to 3."""
+    ranked = [(f"n{i}", "measured") for i in range(1, 9)]
+    monkeypatch.setattr(fidelity_guard, "ranking", lambda *args, **kwargs: ranked)
+    tried = []
+
+    def requantize(kept):
+        tried.append(len(kept))
+        return _noisy(0.0 if {"n1", "n2", "n3"} <= kept else 5.0)
+
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    result = fidelity_guard.guard(_noisy(0.0), _noisy(5.0), {"x": x}, requantize, int8=set())
+    assert tried == [1, 2, 4, 3]
+    assert set(result.kept_float) == {"n1", "n2", "n3"} and "rank 1 of 8" in result.kept_float["n1"]
+    assert result.before.problem() is not None and result.after.problem() is None and result.tries == 4
+
+
+def test_the_search_never_returns_a_worse_model(monkeypatch):
+    """No prefix helps (each try is worse): the first quantization is kept, nothing float."""
+    monkeypatch.setattr(fidelity_guard, "ranking", lambda *args, **kwargs: [("n1", "measured"), ("n2", "measured")])
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    result = fidelity_guard.guard(_noisy(0.0), _noisy(5.0), {"x": x}, lambda kept: _noisy(9.0), int8=set())
+    assert result.kept_float == {} and result.after == result.before
+
+
+def test_sequence_outputs_are_judged_per_position():
+    """A CTC-like [N, T, C] output: argmax agreement per position (what a greedy decoder reads)."""
+    ref = np.zeros((2, 4, 3), np.float32)
+    ref[..., 1] = 1.0
+    cand = ref.copy()
+    cand[0, 0, 2] = 2.0  # one position of eight flips; the cosine hardly moves
+    assert fidelity_metric.agreement(ref, cand) == 7 / 8
+    assert fidelity_metric.agreement(ref[:, 0, :1], cand[:, 0, :1]) is None  # one class: no argmax
+    assert fidelity_metric.Target.of(0.9) == fidelity_metric.Target(0.9, 0.9)
+    assert fidelity_metric.Target.of(None) == fidelity_metric.Target()
+
+
+def test_min_fidelity_is_checked(offset_classifier, tmp_path):
+    model, calib = offset_classifier
+    shown = CliRunner().invoke(cli, ["-q", "quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calib",
+                                     str(calib), "--min-fidelity", "1.5", "--no-latency"])
+    assert shown.exit_code == 2 and "min_fidelity" in shown.output, shown.output

@@ -1,94 +1,44 @@
-"""Never silently destroy: a quantized model whose outputs no longer follow the float model's.
+"""Never silently destroy: keep in float the nodes whose INT8 error costs the outputs most.
 
-After quantization the result is run beside the float model on held-out samples. When an
-output is catastrophically off (cosine < :data:`MIN_COSINE`, or top-1 agreement below
-:data:`MIN_TOP1` for a classifier-like output), the layer-wise comparison
-(:func:`onnxprune.parity.layerwise.localise`) finds the nodes that *introduce* the error (a
-tensor much further from the float one than the tensors it is computed from: LayerNorm's
-reciprocal, a softmax's Exp...), those nodes stay float, and the model is quantized again
-with the same ranges. A few rounds; if it is still off, everything but the big
-matrix products (Conv/MatMul/Gemm) stays float. The report says which nodes and why;
-``strict`` fails instead (exit 1, culprits named).
-
-Its own module so that quantize's other refinements (budgets, placement) compose with it.
+After quantization the result is run beside the float model on held-out samples
+(:mod:`.fidelity_metric`: cosine for every output, argmax agreement per sample or per
+sequence position). When an output falls below the target (default: cosine and agreement
+0.98; ``min_fidelity`` sets both), the quantized nodes are ranked by their measured
+contribution: one layer-wise comparison (:func:`onnxprune.parity.layerwise.localise`) gives
+each node the cosine its output loses beyond its inputs (LayerNorm's reciprocal, a softmax's
+Exp, an Add of a tiny signal to a large offset...). The top 1, 2, 4, ... of the ranking are
+kept float (re-emitted with the same ranges) until the target holds, then the count is
+bisected down: the fewest nodes float, as NNCF's accuracy control and Intel Neural
+Compressor's fallback do, since every float node costs INT8 speed. If no prefix reaches
+the target, everything but the big matrix products (Conv/MatMul/Gemm) stays float as a last
+resort. The most faithful model tried is kept (keeping nodes float never makes the result
+worse than the first); the report says which nodes stayed float and why. ``strict`` fails
+instead (exit 1, culprits named).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune import runtime, shapes
+from onnxprune.api.fidelity_metric import HELD_OUT, Fidelity, Target, held_out, measure
 from onnxprune.errors import ParityError
 from onnxprune.parity.inputs import make_feed
 from onnxprune.parity.layerwise import localise
 from onnxprune.parity.tolerances import Tolerances
 
-MIN_COSINE = 0.9
-MIN_TOP1 = 0.9
-HELD_OUT = 32  # samples compared (the layer-wise search uses the first LOCALISE of them)
-LOCALISE = 4
-SECONDS = 90  # the search stops refining after this long (it costs a layer-wise run per round)
+__all__ = ["HELD_OUT", "Fidelity", "GuardResult", "Target", "culprits", "guard", "held_out", "measure", "ranking"]
+
+LOCALISE = 4  # samples of the layer-wise run that ranks the nodes
+SECONDS = 180  # the search stops trying after this long (a re-emission and a comparison per try)
 LOCAL_DROP = 0.05  # cosine lost by one node beyond its inputs' that makes it a culprit
-ROUNDS = 3
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 
-Requantize = Callable[[frozenset[str]], ir.Model]  # node names kept float -> quantized model
-
-
-@dataclasses.dataclass
-class Fidelity:
-    cosine: dict[str, float]
-    top1: dict[str, float]  # classifier-like outputs only
-
-    def problem(self) -> str | None:
-        for name, c in self.cosine.items():
-            if c < MIN_COSINE:
-                return f"output '{name}' cosine {c:.3f} < {MIN_COSINE}"
-        for name, t in self.top1.items():
-            if t < MIN_TOP1:
-                return f"output '{name}' top-1 agreement {t:.1%} < {MIN_TOP1:.0%}"
-        return None
-
-    def score(self) -> float:
-        return min([*self.cosine.values(), *self.top1.values()], default=1.0)
-
-    def to_dict(self) -> dict:
-        return {"cosine": self.cosine, "top1": self.top1}
-
-
-def measure(reference: ir.Model, candidate: ir.Model, feeds: dict[str, np.ndarray]) -> Fidelity:
-    """Mean per-sample cosine of every float output; top-1 agreement of (N, classes) outputs."""
-    ref, cand = _run(reference, feeds), _run(candidate, feeds)
-    cosine, top1 = {}, {}
-    for name, r in ref.items():
-        c = cand.get(name)
-        if c is None or r.dtype.kind != "f" or r.shape != c.shape or r.size == 0:
-            continue
-        a, b = r.reshape(len(r), -1).astype(np.float64), c.reshape(len(c), -1).astype(np.float64)
-        norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-        same = np.all(a == b, axis=1)  # also covers two zero vectors
-        cos = np.where(same, 1.0, np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0))
-        cosine[name] = float(np.mean(cos))
-        if r.ndim == 2 and r.shape[1] > 1:
-            top1[name] = float(np.mean(r.argmax(1) == c.argmax(1)))
-    return Fidelity(cosine, top1)
-
-
-def _run(model: ir.Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """All samples through one session, in batches of the model's fixed batch size if it has one."""
-    fixed = [d[0] for d in shapes.declared(model).values() if d and isinstance(d[0], int)]
-    step = fixed[0] if fixed else len(next(iter(feeds.values())))
-    names = [o.name for o in model.graph.outputs]
-    parts: list[list[np.ndarray]] = []
-    with runtime.session(model) as sess:
-        for start in range(0, len(next(iter(feeds.values()))) // step * step, step):
-            parts.append(runtime.run_session(sess, names, {k: v[start : start + step] for k, v in feeds.items()}))
-    return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+Requantize = Callable[[frozenset[str]], ir.Model | None]  # node names kept float -> quantized model (None: none left)
 
 
 @dataclasses.dataclass
@@ -97,56 +47,116 @@ class GuardResult:
     before: Fidelity
     after: Fidelity
     kept_float: dict[str, str]  # node -> why
+    tries: int = 0  # re-emissions measured
 
-    def to_dict(self) -> dict:
-        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "kept_float": self.kept_float}
+    def to_dict(self) -> dict[str, object]:
+        target = self.after.target
+        return {"before": self.before.to_dict(), "after": self.after.to_dict(), "kept_float": self.kept_float,
+                "target": {"cosine": target.cosine, "agreement": target.agreement}, "tries": self.tries}
 
 
-def guard(reference: ir.Model, quantized: ir.Model, feeds: dict[str, np.ndarray], requantize: Requantize,
-          *, strict: bool = False, progress: bool = False) -> GuardResult:
+@dataclasses.dataclass
+class _Try:
+    model: ir.Model
+    fidelity: Fidelity
+    kept: dict[str, str]
+
+    @property
+    def key(self) -> tuple[bool, float, int]:
+        """Meets the target, then (if it does) fewest nodes float, else the best margin."""
+        ok = self.fidelity.problem() is None
+        return ok, (-len(self.kept) if ok else self.fidelity.score()), -len(self.kept)
+
+
+def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarray], requantize: Requantize,
+          *, strict: bool = False, progress: bool = False, target: Target | None = None,
+          int8: set[str] | None = None) -> GuardResult:
     """``reference``: the float model as the quantizer saw it (names match); ``feeds``:
-    held-out samples. Returns the model to keep (``quantized`` when it is fine)."""
-    first = measure(reference, quantized, feeds)
+    held-out samples; ``int8``: the nodes ``quantized`` runs in INT8 (default: those reading
+    a DequantizeLinear). Returns the model to keep (``quantized`` when it is fine)."""
+    first = measure(reference, quantized, feeds, target)
     problem = first.problem()
     if problem is None:
         return GuardResult(quantized, first, first, {})
-    kept: dict[str, str] = {}
-    model, fidelity = quantized, first
-    best = (first.score(), quantized, first, {})
-    small = {k: v[:LOCALISE] for k, v in feeds.items()}
     deadline = time.monotonic() + SECONDS
-    for _ in range(ROUNDS):
-        if time.monotonic() > deadline:
-            break
-        found = culprits(reference, model, small, progress)
-        new = {n: why for n, why in found.items() if n not in kept}
-        if not new:
-            break
-        kept.update({n: f"{why} ({problem})" for n, why in new.items()})
+    int8 = quantized_nodes(quantized) if int8 is None else int8
+    ranked = ranking(reference, quantized, {k: v[:LOCALISE] for k, v in feeds.items()}, progress, int8)
+    best = _Try(quantized, first, {})
+    tries = 0
+
+    def attempt(kept: dict[str, str]) -> bool:
+        """Whether keeping ``kept`` float meets the target (False when nothing stays INT8)."""
+        nonlocal best, tries
         model = requantize(frozenset(kept))
-        fidelity = measure(reference, model, feeds)
-        problem = fidelity.problem()
-        best = max(best, (fidelity.score(), model, fidelity, dict(kept)), key=lambda b: b[0])
-        if problem is None:
+        if model is None:
+            return False
+        tries += 1
+        found = _Try(model, measure(reference, model, feeds, target), kept)
+        best = max(best, found, key=lambda t: t.key)
+        return found.fidelity.problem() is None
+
+    def prefix(k: int) -> dict[str, str]:
+        return {n: f"{why}; rank {i + 1} of {len(ranked)} by the error it adds ({problem})"
+                for i, (n, why) in enumerate(ranked[:k])}
+
+    low, high, k = 0, None, 1
+    while k <= len(ranked) and time.monotonic() < deadline:  # 1, 2, 4, ... until the target holds
+        if attempt(prefix(k)):
+            high = k
             break
-    if problem is not None and time.monotonic() <= deadline:  # last resort: only the matrix products in INT8
-        rest = {n.name: f"not a matrix product ({problem})" for n in reference.graph
-                if n.op_type not in MATRIX_OPS and n.name and n.name not in kept}
-        kept.update(rest)
-        model = requantize(frozenset(kept))
-        fidelity = measure(reference, model, feeds)
-        problem = fidelity.problem()
-        best = max(best, (fidelity.score(), model, fidelity, dict(kept)), key=lambda b: b[0])
-    _, model, fidelity, kept = best  # keeping nodes float never makes it worse than it was
+        low, k = k, (len(ranked) if k < len(ranked) < 2 * k else 2 * k)
+    while high is not None and high - low > max(1, high // 8) and time.monotonic() < deadline:
+        middle = (low + high) // 2  # the fewest float nodes that still hold the target
+        if attempt(prefix(middle)):
+            high = middle
+        else:
+            low = middle
+    if high is None and time.monotonic() < deadline:  # last resort: only the matrix products in INT8
+        attempt({n.name: f"not a matrix product ({problem})" for n in quantized.graph
+                 if n.name in int8 and n.op_type not in MATRIX_OPS})
     if strict:
-        named = ", ".join(list(kept)[:5]) + (f" (+{len(kept) - 5} more)" if len(kept) > 5 else "")
-        raise ParityError(f"quantization destroys the outputs ({first.problem()}); culprits: {named}")
-    return GuardResult(model, first, fidelity, kept)
+        named = ", ".join(list(best.kept)[:5]) + (f" (+{len(best.kept) - 5} more)" if len(best.kept) > 5 else "")
+        raise ParityError(f"quantization costs the outputs too much ({problem}); culprits: {named or 'none found'}")
+    return GuardResult(best.model, first, best.fidelity, best.kept, tries)
 
 
-def culprits(reference: ir.Model, candidate: ir.Model, feeds: dict[str, np.ndarray], progress: bool) -> dict[str, str]:
+def ranking(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
+            progress: bool = False, int8: set[str] | None = None) -> list[tuple[str, str]]:
+    """The candidate's quantized nodes, the one whose output loses most cosine beyond its
+    inputs first: (name, what was measured). Nodes that add no error are left out."""
+    quantized = quantized_nodes(candidate) if int8 is None else int8
+    local = _local_drops(reference, candidate, feeds, progress)
+    drops: dict[str, tuple[float, str]] = {}
+    for node in reference.graph:  # a Relu folded into its producer's range: the producer's error
+        drop = local.get(node.name)
+        if drop is None or drop[0] <= 0:
+            continue
+        owner = node.name if node.name in quantized else next(
+            (v.producer().name for v in node.inputs if v is not None and v.producer() is not None
+             and v.producer().name in quantized), None)  # fmt: skip
+        if owner is not None and drop[0] > drops.get(owner, (0.0, ""))[0]:
+            drops[owner] = drop
+    return [(name, why) for name, (_, why) in sorted(drops.items(), key=lambda d: -d[1][0])]
+
+
+def quantized_nodes(model: ir.Model) -> set[str]:
+    """Names of the nodes of a QDQ model that read a DequantizeLinear output (run in INT8)."""
+    return {n.name for n in model.graph if n.name and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
+            and any(v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
+                    for v in n.inputs)}  # fmt: skip
+
+
+def culprits(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
+             progress: bool = False) -> dict[str, str]:
     """Nodes whose output is much further from the float model than their inputs are."""
-    feed = make_feed(feeds, reference, batch_size=LOCALISE)
+    drops = _local_drops(reference, candidate, feeds, progress)
+    return {name: why for name, (drop, why) in drops.items() if drop > LOCAL_DROP}
+
+
+def _local_drops(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
+                 progress: bool) -> dict[str, tuple[float, str]]:
+    """Per reference node: the cosine its outputs lose beyond its inputs, and a line saying so."""
+    feed = make_feed(dict(feeds), reference, batch_size=LOCALISE)
     report = localise(reference, candidate, feed, Tolerances(atol=None, min_cosine=0.99), progress=progress)
     cosine = {r["name"]: r["cosine"] for r in report["tensors"] if r["cosine"] is not None}
     found = {}
@@ -157,23 +167,5 @@ def culprits(reference: ir.Model, candidate: ir.Model, feeds: dict[str, np.ndarr
         inputs = [cosine.get(v.name, 1.0) for v in node.inputs if v is not None and not v.is_initializer()
                   and v.const_value is None]
         worst_in = min(inputs, default=1.0)
-        if worst_in - min(mine) > LOCAL_DROP:
-            found[node.name] = f"cosine {worst_in:.3f} -> {min(mine):.3f} through this {node.op_type}"
+        found[node.name] = (worst_in - min(mine), f"cosine {worst_in:.3f} -> {min(mine):.3f} through this {node.op_type}")
     return found
-
-
-def held_out(batches: Sequence[dict[str, np.ndarray]], skip: int, count: int = HELD_OUT) -> dict[str, np.ndarray]:
-    """Up to ``count`` samples after the first ``skip`` (those calibrated on), else the first ones."""
-    stacked: dict[str, list[np.ndarray]] = {}
-    shapes = None
-    for batch in batches:
-        if shapes is None:
-            shapes = {k: v.shape[1:] for k, v in batch.items()}
-        if any(v.shape[1:] != shapes[k] for k, v in batch.items()):
-            continue  # samples of another shape (dynamic axes) cannot share the array
-        for k, v in batch.items():
-            stacked.setdefault(k, []).append(v)
-    arrays = {k: np.concatenate(v) for k, v in stacked.items()}
-    n = len(next(iter(arrays.values())))
-    start = skip if n - skip >= min(count, n) // 2 and skip < n else 0
-    return {k: v[start : start + count] for k, v in arrays.items()}

@@ -96,6 +96,7 @@ def quantize(
     latency_batch: int = 32,
     guard: bool = True,
     strict: bool = False,
+    min_fidelity: float | None = None,
     placement: bool = False,
     placement_batch: int = 8,
     provider: str = "CPUExecutionProvider",
@@ -116,8 +117,9 @@ def quantize(
     "openvino", with ``provider_options``; a missing one is a UsageError naming what to
     install); placement is judged there too. Calibration always runs on the CPU provider.
     ``guard`` (with calibration data): compare with the float model on held-out samples and
-    keep in float the nodes that destroy the outputs (:mod:`.fidelity_guard`); ``strict``
-    fails (exit 1) naming them instead. ``placement`` then keeps float the nodes that INT8
+    keep in float the fewest nodes, ranked by the error they add, that bring every output to
+    ``min_fidelity`` (cosine, and argmax agreement for classifier/sequence outputs; default
+    0.98: :mod:`.fidelity_guard`); ``strict`` fails (exit 1) naming them instead. ``placement`` then keeps float the nodes that INT8
     would not make faster on ``provider``, measured on up to ``placement_batch`` samples (see
     :mod:`.placement`; skipped for models over 512 MB of weights). An ``ir.Model`` passed in is
     changed in place (the result's ``model`` is the quantized one: the guard and placement may
@@ -130,6 +132,8 @@ def quantize(
         raise UsageError("give calibration data (--calib) or a calibration table (--table), not both or neither")
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}' (choose: {', '.join(METHODS)})")
+    if min_fidelity is not None and not 0 < min_fidelity <= 1:
+        raise UsageError(f"min_fidelity is a cosine/agreement in (0, 1] (given {min_fidelity})")
     if batch_size < 1 or (samples is not None and samples < 1):
         raise UsageError("batch size and samples must be at least 1")
     loaded, path = as_model(model)
@@ -161,7 +165,8 @@ def quantize(
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     guarded = None
     if float_copy is not None:
-        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress)
+        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
+                                        fidelity_guard.Target.of(min_fidelity))
         result.model = guarded.model if guarded is not None else result.model
     placed = None
     if placing:  # on a batch the calibration's memory budget allows (large activations: a small one)
@@ -204,12 +209,12 @@ def _copy(model: ir.Model) -> ir.Model | None:
     return None if has_external_data(model) else ir.from_proto(ir.to_proto(model))
 
 
-def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress):
+def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress, target):
     """The fidelity guard around one quantization (see :mod:`.fidelity_guard`)."""
     reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
     passes = {id(result.model): quantize_pass}
 
-    def requantize(kept: frozenset[str]) -> ir.Model:
+    def requantize(kept: frozenset[str]) -> ir.Model | None:
         model = _copy(reference)
         ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
 
@@ -221,6 +226,8 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
 
         made = QuantizePass(config=dataclasses.replace(config, exclude=config.exclude | kept), calibrator=calibrator)
         model = run_pipeline(model, [made]).model
+        if made.emitted is None:
+            return None  # nothing left in INT8: not a quantization
         passes[id(model)] = made  # the guard keeps the best of its tries: its pass has the counts
         return model
 
@@ -229,7 +236,8 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
     if any(axis != 0 for axis in dataset.batch_axes.values()):
         return None, quantize_pass  # the guard cuts samples along axis 0: not for states [2, batch, ..] or scalar inputs yet
     feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
-    guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress)
+    guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress,
+                                   target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name})
     return guarded, passes[id(guarded.model)]
 
 

@@ -1,0 +1,122 @@
+"""How close a quantized model's outputs stay to the float model's, per kind of output.
+
+* every float output: the mean per-sample cosine similarity (maps, embeddings, boxes);
+* classifier-like outputs [N, classes]: top-1 agreement per sample;
+* sequence outputs [N, T, classes] (CTC text recognizers, taggers): argmax agreement per
+  position, the quantity a greedy decoder reads (a line's text is its positions' argmaxes).
+
+A :class:`Target` says what is good enough; :func:`measure` returns a :class:`Fidelity` that
+names the first output below it. Separate from the guard so that the search (``fidelity_guard``)
+and the metric can be changed and tested on their own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxprune import runtime, shapes
+
+HELD_OUT = 32  # samples compared
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The least fidelity accepted: cosine for every output, argmax agreement where there is one."""
+
+    cosine: float = 0.98
+    agreement: float = 0.98
+
+    @classmethod
+    def of(cls, min_fidelity: float | None) -> Target:
+        """``min_fidelity`` for both measures (as prune's --min-fidelity); None: the default."""
+        return cls() if min_fidelity is None else cls(min_fidelity, min_fidelity)
+
+
+@dataclasses.dataclass
+class Fidelity:
+    cosine: dict[str, float]
+    top1: dict[str, float]  # argmax agreement: per sample for [N, C], per position for [N, T, C]
+    target: Target = dataclasses.field(default_factory=Target)
+
+    def problem(self) -> str | None:
+        for name, c in self.cosine.items():
+            if c < self.target.cosine:
+                return f"output '{name}' cosine {c:.3f} < {self.target.cosine}"
+        for name, t in self.top1.items():
+            if t < self.target.agreement:
+                return f"output '{name}' top-1 agreement {t:.1%} < {self.target.agreement:.0%}"
+        return None
+
+    def score(self) -> float:
+        """The worst margin to the target (>= 0: every output meets it)."""
+        margins = [c - self.target.cosine for c in self.cosine.values()]
+        margins += [t - self.target.agreement for t in self.top1.values()]
+        return min(margins, default=0.0)
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {"cosine": self.cosine, "top1": self.top1}
+
+
+def agreement(r: np.ndarray, c: np.ndarray) -> float | None:
+    """Argmax agreement of a classifier ([N, C]) or sequence ([N, T, C]) output, else None."""
+    if r.ndim in (2, 3) and r.shape[-1] > 1 and r.shape == c.shape:
+        return float(np.mean(r.argmax(-1) == c.argmax(-1)))
+    return None
+
+
+def cosine(r: np.ndarray, c: np.ndarray) -> float:
+    """Mean per-sample cosine similarity (two equal vectors, zeros included, count 1)."""
+    a, b = r.reshape(len(r), -1).astype(np.float64), c.reshape(len(c), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    same = np.all(a == b, axis=1)
+    cos = np.where(same, 1.0, np.sum(a * b, axis=1) / np.where(norms > 0, norms, 1.0))
+    return float(np.mean(cos))
+
+
+def measure(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
+            target: Target | None = None) -> Fidelity:
+    """Compare every float output of the two models on ``feeds``."""
+    ref, cand = run(reference, feeds), run(candidate, feeds)
+    cosines, top1 = {}, {}
+    for name, r in ref.items():
+        c = cand.get(name)
+        if c is None or r.dtype.kind != "f" or r.shape != c.shape or r.size == 0:
+            continue
+        cosines[name] = cosine(r, c)
+        agree = agreement(r, c)
+        if agree is not None:
+            top1[name] = agree
+    return Fidelity(cosines, top1, target or Target())
+
+
+def run(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All samples through one session, in batches of the model's fixed batch size if it has one."""
+    fixed = [d[0] for d in shapes.declared(model).values() if d and isinstance(d[0], int)]
+    step = fixed[0] if fixed else len(next(iter(feeds.values())))
+    names = [o.name for o in model.graph.outputs]
+    parts: list[list[np.ndarray]] = []
+    with runtime.session(model) as sess:
+        for start in range(0, len(next(iter(feeds.values()))) // step * step, step):
+            parts.append(runtime.run_session(sess, names, {k: v[start : start + step] for k, v in feeds.items()}))
+    return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
+
+
+def held_out(batches: Sequence[Mapping[str, np.ndarray]], skip: int, count: int = HELD_OUT) -> dict[str, np.ndarray]:
+    """Up to ``count`` samples after the first ``skip`` (those calibrated on), else the first ones."""
+    stacked: dict[str, list[np.ndarray]] = {}
+    first: dict[str, tuple[int, ...]] | None = None
+    for batch in batches:
+        if first is None:
+            first = {k: v.shape[1:] for k, v in batch.items()}
+        if any(v.shape[1:] != first[k] for k, v in batch.items()):
+            continue  # samples of another shape (dynamic axes) cannot share the array
+        for k, v in batch.items():
+            stacked.setdefault(k, []).append(v)
+    arrays = {k: np.concatenate(v) for k, v in stacked.items()}
+    n = len(next(iter(arrays.values())))
+    start = skip if n - skip >= min(count, n) // 2 and skip < n else 0
+    return {k: v[start : start + count] for k, v in arrays.items()}
