@@ -128,12 +128,12 @@ def ranking(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.nda
     local = _local_drops(reference, candidate, feeds, progress)
     drops: dict[str, tuple[float, str]] = {}
     for node in reference.graph:  # a Relu folded into its producer's range: the producer's error
-        drop = local.get(node.name)
+        drop = local.get(node.name or "")
         if drop is None or drop[0] <= 0:
             continue
+        producers = [v.producer() for v in node.inputs if v is not None]
         owner = node.name if node.name in quantized else next(
-            (v.producer().name for v in node.inputs if v is not None and v.producer() is not None
-             and v.producer().name in quantized), None)  # fmt: skip
+            (p.name for p in producers if p is not None and p.name in quantized), None)
         if owner is not None and drop[0] > drops.get(owner, (0.0, ""))[0]:
             drops[owner] = drop
     return [(name, why) for name, (_, why) in sorted(drops.items(), key=lambda d: -d[1][0])]
@@ -141,9 +141,12 @@ def ranking(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.nda
 
 def quantized_nodes(model: ir.Model) -> set[str]:
     """Names of the nodes of a QDQ model that read a DequantizeLinear output (run in INT8)."""
+    def reads_dequantized(node: ir.Node) -> bool:
+        producers = [v.producer() for v in node.inputs if v is not None]
+        return any(p is not None and p.op_type == "DequantizeLinear" for p in producers)
+
     return {n.name for n in model.graph if n.name and n.op_type not in ("QuantizeLinear", "DequantizeLinear")
-            and any(v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear"
-                    for v in n.inputs)}  # fmt: skip
+            and reads_dequantized(n)}
 
 
 def culprits(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
@@ -167,5 +170,6 @@ def _local_drops(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, n
         inputs = [cosine.get(v.name, 1.0) for v in node.inputs if v is not None and not v.is_initializer()
                   and v.const_value is None]
         worst_in = min(inputs, default=1.0)
-        found[node.name] = (worst_in - min(mine), f"cosine {worst_in:.3f} -> {min(mine):.3f} through this {node.op_type}")
+        why = f"cosine {worst_in:.3f} -> {min(mine):.3f} through this {node.op_type}"
+        found[node.name] = (worst_in - min(mine), why)
     return found

@@ -97,7 +97,7 @@ def run(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     """All samples through one session, in batches of the model's fixed batch size if it has one."""
     fixed = [d[0] for d in shapes.declared(model).values() if d and isinstance(d[0], int)]
     step = fixed[0] if fixed else len(next(iter(feeds.values())))
-    names = [o.name for o in model.graph.outputs]
+    names = [o.name or "" for o in model.graph.outputs]
     parts: list[list[np.ndarray]] = []
     with runtime.session(model) as sess:
         for start in range(0, len(next(iter(feeds.values()))) // step * step, step):

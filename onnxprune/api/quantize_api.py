@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from onnxprune import profiling, runtime, stats
 from onnxprune import providers as eps
-from onnxprune.api import fidelity_guard, opset_upgrade
+from onnxprune.api import fidelity_guard, opset_upgrade, recovery
 from onnxprune.api.placement import place
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
 from onnxprune.calibration.collect import activation_batch
@@ -55,6 +55,7 @@ class QuantizeResult:
     converted: str | None = None  # how an old-opset model was brought up to date
     fidelity: dict | None = None  # the guard's comparison with the float model, nodes it kept float
     placement: dict | None = None  # latency-aware placement: what was measured (see placement.py)
+    recovery: dict | None = None  # bias correction: nodes corrected, kept or not (held-out fidelity)
 
     def to_dict(self) -> dict:
         keep = ("activations", "weights", "biases", "absorbed", "nodes_int8", "declined",
@@ -66,6 +67,7 @@ class QuantizeResult:
             "calibration": self.calibration,
             "converted": self.converted,
             "fidelity": self.fidelity,
+            "recovery": self.recovery,
             **{k: getattr(self, k) for k in keep},
             "ops": stats.summarize(self.model, infer_shapes=False)["ops"],  # counts need no shape inference
             "ranges": {name: _bounds(r) for name, r in (self.table or {}).items()},
@@ -97,6 +99,7 @@ def quantize(
     guard: bool = True,
     strict: bool = False,
     min_fidelity: float | None = None,
+    bias_correction: bool = False,
     placement: bool = False,
     placement_batch: int = 8,
     provider: str = "CPUExecutionProvider",
@@ -119,8 +122,11 @@ def quantize(
     ``guard`` (with calibration data): compare with the float model on held-out samples and
     keep in float the fewest nodes, ranked by the error they add, that bring every output to
     ``min_fidelity`` (cosine, and argmax agreement for classifier/sequence outputs; default
-    0.98: :mod:`.fidelity_guard`); ``strict`` fails (exit 1) naming them instead. ``placement`` then keeps float the nodes that INT8
-    would not make faster on ``provider``, measured on up to ``placement_batch`` samples (see
+    0.98: :mod:`.fidelity_guard`); ``strict`` fails (exit 1) naming them instead.
+    ``bias_correction``: add back into each Conv/Gemm bias the output mean its weight rounding
+    removes, measured on the calibration data (:mod:`.recovery`); with the guard, kept only
+    when held-out fidelity is at least that of the uncorrected model (the report says which).
+    ``placement`` then keeps float the nodes that INT8 would not make faster on ``provider``, measured on up to ``placement_batch`` samples (see
     :mod:`.placement`; skipped for models over 512 MB of weights). An ``ir.Model`` passed in is
     changed in place (the result's ``model`` is the quantized one: the guard and placement may
     re-emit on a copy).
@@ -132,6 +138,8 @@ def quantize(
         raise UsageError("give calibration data (--calib) or a calibration table (--table), not both or neither")
     if method not in METHODS:
         raise UsageError(f"unknown calibration method '{method}' (choose: {', '.join(METHODS)})")
+    if bias_correction and (calib is None or synthetic):
+        raise UsageError("bias correction measures channel means on calibration data: give --calib")
     if min_fidelity is not None and not 0 < min_fidelity <= 1:
         raise UsageError(f"min_fidelity is a cosine/agreement in (0, 1] (given {min_fidelity})")
     if batch_size < 1 or (samples is not None and samples < 1):
@@ -157,16 +165,19 @@ def quantize(
     rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
     float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
     cleaned = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if clean else None
+    corrected = _correct_biases(loaded, source, config) if bias_correction else None
+    corrected_base = _copy(loaded) if corrected is not None and float_copy is not None else None
     placing = placement and size_before <= runtime.SESSION_BYTES_LIMIT
     before_pass = loaded.clone() if placing else None  # shares the weights: the pass replaces, never writes
     result = run_pipeline(loaded, [quantize_pass], progress=progress)
-    result.records[:0] = cleaned.records if cleaned is not None else []
+    result.records[:0] = [*(cleaned.records if cleaned is not None else []), *(corrected.records if corrected else [])]
     if quantize_pass.emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     guarded = None
+    recovered = {"bias_correction": {"nodes": len(corrected.records[-1].changes), "kept": True}} if corrected else None
     if float_copy is not None:
         guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
-                                        fidelity_guard.Target.of(min_fidelity))
+                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered)
         result.model = guarded.model if guarded is not None else result.model
     placed = None
     if placing:  # on a batch the calibration's memory budget allows (large activations: a small one)
@@ -200,6 +211,7 @@ def quantize(
         output=saved,
         converted=converted,
         fidelity=guarded.to_dict() if guarded is not None else None,
+        recovery=recovered,
         placement=placed.to_dict() if placed else None,
     )
 
@@ -209,13 +221,24 @@ def _copy(model: ir.Model) -> ir.Model | None:
     return None if has_external_data(model) else ir.from_proto(ir.to_proto(model))
 
 
-def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress, target):
-    """The fidelity guard around one quantization (see :mod:`.fidelity_guard`)."""
+def _correct_biases(model: ir.Model, source: _RangeSource, config: QuantConfig) -> PipelineResult:
+    """Bias correction of the float model about to be quantized (in place; see :mod:`.recovery`)."""
+    data = open_dataset(source.calib, model, limit=source.samples, preprocess=source.preprocess)
+    means = recovery.input_means(model, data.batches(recovery.batch_for(model, source.batch_size)), config)
+    return run_pipeline(model, [recovery.BiasCorrectionPass(means, config)])
+
+
+def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress, target, corrected=None,
+           recovered=None):
+    """The fidelity guard around one quantization (see :mod:`.fidelity_guard`); with a
+    bias-corrected float model ``corrected``, first whether the correction helps (``recovered``
+    records it)."""
     reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
     passes = {id(result.model): quantize_pass}
+    base = {"model": corrected if corrected is not None else reference}  # what the tries start from
 
     def requantize(kept: frozenset[str]) -> ir.Model | None:
-        model = _copy(reference)
+        model = _copy(base["model"])
         ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
 
         def calibrator(m: ir.Model, needed: list[str]):
@@ -234,9 +257,20 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
     dataset = open_dataset(source.calib, reference, limit=(source.samples or 0) + fidelity_guard.HELD_OUT,
                            preprocess=source.preprocess)
     if any(axis != 0 for axis in dataset.batch_axes.values()):
-        return None, quantize_pass  # the guard cuts samples along axis 0: not for states [2, batch, ..] or scalar inputs yet
+        return None, quantize_pass  # samples are cut along axis 0: not for states [2, batch, ..] nor scalars yet
     feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
-    guarded = fidelity_guard.guard(reference, result.model, feeds, requantize, strict=strict, progress=progress,
+    first = result.model
+    if corrected is not None and recovered is not None:  # a recovery step never silently hurts
+        base["model"] = reference
+        plain = requantize(frozenset())
+        with_it, without = (fidelity_guard.measure(reference, m, feeds, target) for m in (first, plain))
+        keep = recovery.better(with_it, without)
+        recovered["bias_correction"].update(kept=keep, fidelity_with=with_it.to_dict(),
+                                            fidelity_without=without.to_dict())
+        base["model"] = corrected if keep else reference
+        first = first if keep else plain
+        quantize_pass = passes[id(first)]
+    guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,
                                    target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name})
     return guarded, passes[id(guarded.model)]
 
