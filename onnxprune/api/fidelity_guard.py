@@ -3,7 +3,7 @@
 After quantization the result is run beside the float model on held-out samples
 (:mod:`.fidelity_metric`: cosine for every output, argmax agreement per sample or per
 sequence position). When an output falls below the target (default: cosine and agreement
-0.98; ``min_fidelity`` sets both), the quantized nodes are ranked by their measured
+0.9, destruction; ``min_fidelity`` sets both), the quantized nodes are ranked by their measured
 contribution: one layer-wise comparison (:func:`onnxprune.parity.layerwise.localise`) gives
 each node the cosine its output loses beyond its inputs (LayerNorm's reciprocal, a softmax's
 Exp, an Add of a tiny signal to a large offset...). The top 1, 2, 4, ... of the ranking are

@@ -122,7 +122,7 @@ def quantize(
     ``guard`` (with calibration data): compare with the float model on held-out samples and
     keep in float the fewest nodes, ranked by the error they add, that bring every output to
     ``min_fidelity`` (cosine, and argmax agreement for classifier/sequence outputs; default
-    0.98: :mod:`.fidelity_guard`); ``strict`` fails (exit 1) naming them instead.
+    0.9: :mod:`.fidelity_guard`); ``strict`` fails (exit 1) naming them instead.
     ``bias_correction``: add back into each Conv/Gemm bias the output mean its weight rounding
     removes, measured on the calibration data (:mod:`.recovery`); with the guard, kept only
     when held-out fidelity is at least that of the uncorrected model (the report says which).

@@ -57,7 +57,7 @@ add --reduce-range.
 @click.option("--save-table", type=click.Path(dir_okay=False), help="Save the calibration table (JSON) for reuse with --table.")
 @click.option("--no-clean", is_flag=True, help="Skip the exact clean-up (BatchNorm folding...) before quantizing.")
 @click.option("--strict", is_flag=True, help="Fail (exit 1) naming the nodes that destroy the outputs, instead of keeping them float.")
-@click.option("--min-fidelity", type=float, help="Keep float the fewest nodes (ranked by the error they add) that hold this cosine / argmax agreement with float on held-out calibration samples [default: 0.98].")
+@click.option("--min-fidelity", type=float, help="Keep float the fewest nodes (ranked by the error they add) that hold this cosine / argmax agreement with float on held-out calibration samples [default: 0.9, which catches destruction, not loss].")
 @click.option("--bias-correction", is_flag=True, help="Add back into each Conv/Gemm bias the output mean its int8 weight rounding removes (measured on --calib); kept only if held-out fidelity does not drop.")
 @click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime before and after.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
