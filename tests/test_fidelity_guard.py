@@ -78,8 +78,8 @@ def test_fidelity_is_measured_per_sample():
 
 
 def _noisy(scale: float) -> onnxprune.io.ir.Model:
-    """y = x + scale * sin(x): the float model when scale is 0, a lossy copy otherwise."""
-    nodes = [helper.make_node("Sin", ["x"], ["s"], name="sin"), helper.make_node("Mul", ["s", "k"], ["n"], name="k"),
+    """y = x + scale * cos(x): the float model when scale is 0, a lossy copy otherwise."""
+    nodes = [helper.make_node("Cos", ["x"], ["s"], name="cos"), helper.make_node("Mul", ["s", "k"], ["n"], name="k"),
              helper.make_node("Add", ["x", "n"], ["y"], name="add")]
     graph = helper.make_graph(nodes, "noisy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 8])],
