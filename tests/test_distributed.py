@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -253,34 +254,29 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_cluster_runs_calibration_check_and_sweep_like_one_process(ray_cluster, model, big_calib, int8_model,
-                                                                      single_sweep, sweep_args, tmp_path):
+def test_ray_cluster_runs_calibration_check_and_sweep_like_one_process(ray_cluster, model, int8_model, single_sweep,
+                                                                      sweep_args, tmp_path):
     """One test (pytest-xdist spreads tests over its workers: one test starts one cluster):
-    calibration bit for bit, check, a sensitivity sweep row for row, a killed worker retried
-    in calibration and in the sweep, the CLI."""
+    calibration bit for bit, a sensitivity sweep row for row with a worker killed mid-sweep
+    and retried (calibration's kill: local workers above), check through the CLI."""
     address, temp = ray_cluster
-    ours = functools.partial(_ray_unit_process, temp)
-    single = table_of(model, big_calib, "entropy")
-    with _killer(ours):
-        shared = table_of(model, big_calib, "entropy", executor=address)
-    assert shared.as_dict() == single.as_dict()  # minmax: local workers above; histograms here
+    shared = table_of(model, CALIB, "entropy", executor=address)
+    assert shared.as_dict() == table_of(model, CALIB, "entropy").as_dict()  # minmax: local workers above
     assert shared.execution["mode"] == "ray" and shared.execution["workers"] == 2
-    assert shared.execution["retries"] >= 1, shared.execution
 
-    single = check(MODEL, int8_model, EVAL, labels="labels", batch_size=16)
-    same_check(single, check(MODEL, int8_model, EVAL, labels="labels", batch_size=16, executor=address))
-
-    with _killer(ours):
+    with _killer(functools.partial(_ray_unit_process, temp)):
         swept = sensitivity(MODEL, **sweep_args, executor=address)
     assert swept.rows == single_sweep.rows and swept.baseline == single_sweep.baseline
     assert swept.execution["mode"] == "ray" and swept.execution["retries"] >= 1, swept.execution
 
     report = tmp_path / "check.json"
     result = CliRunner().invoke(cli, ["check", str(MODEL), str(int8_model), "--data", str(EVAL), "--labels",
-                                      "labels", "--ray", address[4:], "--json", str(report)])
+                                      "labels", "--batch-size", "16", "--ray", address[4:], "--json", str(report)])
     assert result.exit_code == 0, result.output
     assert "ray: " in result.output
-    assert json.loads(report.read_text())["execution"]["mode"] == "ray"
+    shared = json.loads(report.read_text())
+    assert shared["execution"]["mode"] == "ray"
+    same_check(check(MODEL, int8_model, EVAL, labels="labels", batch_size=16), types.SimpleNamespace(**shared))
 
 
 # -- helpers --------------------------------------------------------------------------------
