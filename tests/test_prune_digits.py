@@ -32,7 +32,7 @@ def held_out():
 
 
 @pytest.mark.parametrize("keep_macs", [0.7, 0.5])
-@pytest.mark.parametrize("criterion", list(CRITERIA))
+@pytest.mark.parametrize("criterion", [c for c in CRITERIA if c != "taylor"])  # taylor: tests/test_distill.py
 def test_pruned_digits_model_is_valid_and_accuracy_is_measured(criterion, keep_macs, held_out):
     inputs, labels = held_out
     calib = DIGITS / "calib.npz" if criterion in ("activation", "apoz", "energy", "thinet") else None

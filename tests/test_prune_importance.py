@@ -199,7 +199,7 @@ def test_activation_criterion_without_data_or_with_bad_data_is_a_clear_error():
 
 def test_unknown_criterion_names_the_choices():
     with pytest.raises(UsageError, match="l1, l2, bn, activation, apoz"):
-        get_criterion("taylor")
+        get_criterion("hessian")
 
 
 def test_toy_model_runs():

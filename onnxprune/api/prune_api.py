@@ -50,6 +50,7 @@ class PruneResult:
     output: Path | None = None
     dry_run: bool = False
     fold: PipelineResult | None = None
+    distill: Any = None  # a DistillResult when distillation was asked for
 
     def to_dict(self) -> dict:
         return {
@@ -60,6 +61,7 @@ class PruneResult:
             "after": self.after,
             "latency_ms": self.latency_ms,
             "fold": self.fold.to_dict()["passes"] if self.fold else None,
+            "distill": self.distill.to_dict() if self.distill is not None else None,
         }
 
 
@@ -69,6 +71,7 @@ def prune(
     *,
     options: PruneOptions | None = None,
     calib=None,
+    calib_labels: str | None = None,
     calib_limit: int | None = None,
     batch_size: int = 32,
     preprocess=None,
@@ -83,8 +86,10 @@ def prune(
 
     What and how much: ``options`` (a :class:`~onnxprune.passes.prune.PruneOptions`), or its
     fields as keywords (``ratio=0.3, criterion="l2"``...; with ``options``, they replace its
-    values). ``criterion``: l1, l2, bn, activation, apoz, energy, thinet (the last four need
-    ``calib``); default :data:`~onnxprune.passes.prune.DATA_CRITERION` with ``calib``, else l1.
+    values). ``criterion``: l1, l2, bn, activation, apoz, energy, thinet, taylor (the last five
+    need ``calib``; taylor also the ``distill`` extra, and takes its loss from ``calib_labels``,
+    a label array in ``calib``, when named); default
+    :data:`~onnxprune.passes.prune.DATA_CRITERION` with ``calib``, else l1.
     ``calib``: anything :func:`onnxprune.calibration.open_dataset` reads, e.g. an .npz keyed by
     input name, or a Dataset; ``calib_limit`` samples at most; ``preprocess`` for an image folder.
     ``sensitivity`` (a :class:`~onnxprune.api.sensitivity_api.SensitivityResult` or its JSON
@@ -100,11 +105,22 @@ def prune(
     written (the exact preparation, :data:`PREPARE`, still runs on an in-memory model).
     ``latency_runs``: ONNX Runtime CPU timing (median, ``threads`` threads, batch 1) before
     and after; 0 skips it. "before" numbers are those of the prepared model.
+    ``distill`` (needs ``calib`` and the ``distill`` extra): then train the pruned model's
+    weights to match the original's outputs on ``calib`` for at most ``distill_epochs`` epochs
+    / ``distill_time`` seconds (:func:`~onnxprune.api.distill_api.distill`, held-out early stop),
+    also matching ``distill_hints`` intermediate tensors whose channels were kept.
     """
     options = _options(options, option_fields)
     if sensitivity is not None and options.target_macs is None and options.target_params is None:
         raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
     dry_run = options.dry_run
+    criterion = options.criterion_for(calib is not None)
+    if options.distill and calib is None:
+        raise UsageError("distillation trains on calibration data: give --calib")
+    if options.distill or criterion == "taylor":
+        from onnxprune.api.torch_bridge import require
+
+        require("--distill" if options.distill else "criterion 'taylor'")
     loaded, path = as_model(model)
     if output is not None and not dry_run:
         check_output_path(output, path)
@@ -113,11 +129,12 @@ def prune(
     batches, data_notes = None, []
     if calib is not None:
         dataset = calib if isinstance(calib, Dataset) else \
-            open_dataset(calib, loaded, limit=calib_limit, preprocess=preprocess)
+            open_dataset(calib, loaded, limit=calib_limit, preprocess=preprocess, labels=calib_labels)
         batches = functools.partial(dataset.batches, batch_size)
         batches.total = -(-len(dataset) // (dataset.fixed_batch or batch_size))  # for progress bars
         data_notes = list(dataset.notes)
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
+    teacher = loaded.clone() if options.distill and not dry_run else None  # stages replace tensors, never write
     if sensitivity is not None:
         from onnxprune.api.allocation import allocated_ratios
 
@@ -125,7 +142,12 @@ def prune(
             loaded, sensitivity, target_macs=options.target_macs, target_params=options.target_params,
             round_to=options.round_to, min_channels=options.min_channels, exclude=options.exclude)
         options = options.replace(group_ratios=group_ratios, target_macs=None, target_params=None)
-    prune_pass = PrunePass(options, calibration=batches, progress=progress)
+    gradients = None
+    if criterion == "taylor" and calib is not None:  # gradients come from this layer, not a pass
+        from onnxprune.api.taylor import Taylor
+
+        gradients = Taylor(dataset, batch_size, dataset.labels)
+    prune_pass = PrunePass(options, calibration=batches, criterion=gradients, progress=progress)
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
     feeds = (_first_sample(batches) or runtime.random_inputs(loaded)) if timing else None
@@ -143,12 +165,22 @@ def prune(
         return PruneResult(loaded, report, before, after, dry_run=True)
     folded = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if fold else None
     pruned = folded.model if folded else loaded
+    distilled = None
+    if teacher is not None:
+        from onnxprune.api.distill_api import distill
+
+        if options.distill_hints and fold:  # names then mean the same tensors in both (folding renames)
+            teacher = run_pipeline(teacher, DEFAULT_PIPELINE).model
+        distilled = distill(pruned, teacher, dataset, epochs=options.distill_epochs, seconds=options.distill_time,
+                            hints=options.distill_hints)
+        if distilled.status != "trained":
+            report.notes.append(f"distillation {distilled.status}: {distilled.reason}")
     after = {k: v for k, v in stats.summarize(pruned).items() if k in SUMMARY_KEYS}
     if latency is not None:
         latency.update(after=runtime.latency_ms(pruned, feeds, runs=latency_runs, threads=threads),
                        threads=threads, runs=latency_runs)
     saved = save_model(pruned, output, input_path=path) if output is not None else None
-    return PruneResult(pruned, report, before, after, latency, saved, False, folded)
+    return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled)
 
 
 def _options(options: PruneOptions | None, fields: dict[str, Any]) -> PruneOptions:

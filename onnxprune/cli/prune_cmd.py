@@ -56,6 +56,11 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--exclude", multiple=True, metavar="NODES", help="Node names or globs to leave untouched (repeatable or comma list).")
 @click.option("--calib", type=click.Path(), help="Calibration data (.npz keyed by input name, folder of .npy/.npz/images).")
 @click.option("--calib-limit", type=int, help="Use at most this many calibration samples.")
+@click.option("--calib-labels", help="Label array in --calib: the loss of --criterion taylor (default: the Fisher loss, no labels).")
+@click.option("--distill", is_flag=True, default=PruneOptions.default("distill"), help="Then train the pruned weights to match the original's outputs on --calib (needs onnxprune[distill]).")
+@click.option("--distill-epochs", type=int, default=PruneOptions.default("distill_epochs"), show_default=True, help="Most epochs of --distill (it stops early on held-out samples).")
+@click.option("--distill-time", type=float, default=PruneOptions.default("distill_time"), show_default=True, help="Most seconds of --distill.")
+@click.option("--distill-hints", type=int, default=PruneOptions.default("distill_hints"), show_default=True, help="--distill also matches this many intermediate tensors whose channels were kept.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Calibration batch size.")
 @click.option("--preprocess", help="Image preprocessing for an image folder, e.g. 'resize=256,crop=224,scale=1/255,mean=...,std=...'.")
 @click.option("--fold/--no-fold", default=True, show_default=True, help="Run the exact clean-up (BatchNorm folding) after pruning.")
@@ -75,7 +80,8 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @html_option
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
-              min_channels, exclude, calib, calib_limit, batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, sensitivity_path, max_accuracy_drop, min_fidelity, eval_data, labels, dry_run, latency_runs,
+              min_channels, exclude, calib, calib_limit, calib_labels, distill, distill_epochs, distill_time, distill_hints,
+              batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, sensitivity_path, max_accuracy_drop, min_fidelity, eval_data, labels, dry_run, latency_runs,
               threads, all_groups, report_path, html_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
@@ -84,20 +90,27 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
     if max_accuracy_drop is not None or min_fidelity is not None:
         _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fidelity, report_path, criterion=criterion,
                 round_to=round_to, min_channels=min_channels, exclude=split_lists(exclude), batch_size=batch_size,
-                compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs)
+                compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
+                **({"calib_labels": calib_labels} if calib_labels else {}),
+                **({"distill": True, "distill_epochs": distill_epochs, "distill_time": distill_time,
+                    "distill_hints": distill_hints} if distill else {}))
         return
     options = PruneOptions(
         criterion=criterion, ratio=ratio, target_macs=target_macs, target_params=target_params, uniform=uniform,
         group_ratios=_group_ratios(group_ratio), round_to=round_to, min_channels=min_channels,
         exclude=split_lists(exclude), compensate=compensate, reconstruct=reconstruct, refit_inputs=refit_inputs,
-        dry_run=dry_run,
+        dry_run=dry_run, distill=distill, distill_epochs=distill_epochs, distill_time=distill_time,
+        distill_hints=distill_hints,
     )
     result = prune(
-        model, None if dry_run else output, options=options, calib=calib, calib_limit=calib_limit,
+        model, None if dry_run else output, options=options, calib=calib, calib_labels=calib_labels,
+        calib_limit=calib_limit,
         batch_size=batch_size, preprocess=preprocess, fold=fold, sensitivity=sensitivity_path,
         latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
     )
     echo(format_groups(result.report, all_groups))
+    if result.distill is not None:
+        echo(format_distill(result.distill))
     echo("")
     echo(format_summary(result))
     if dry_run:
@@ -106,6 +119,16 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         echo(f"\nwrote {result.output}")
     write_report(report_path, with_profile(result.to_dict()))
     write_html_report(html_path, result.to_dict(), "prune")
+
+
+def format_distill(d) -> str:
+    """One line: what distillation did, its held-out loss before and after."""
+    if d.status == "declined":
+        return f"distillation declined: {d.reason}"
+    loss = f"held-out loss {d.loss_before:.4f} -> {d.loss_after:.4f}" if d.loss_before is not None else ""
+    where = f"{d.samples[0]} samples, {d.samples[1]} held out, {d.epochs} epochs (best {d.best_epoch}), {d.seconds:.1f} s"
+    done = f"{d.tensors} weight tensors written back" if d.status == "trained" else (d.reason or "unchanged")
+    return f"distillation: {loss} ({where}); {done}"
 
 
 def _search(model, output, calib, eval_data, labels, max_accuracy_drop, min_fidelity, report_path, **options) -> None:

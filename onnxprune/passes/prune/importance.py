@@ -214,6 +214,8 @@ CRITERIA: dict[str, str] = {
     "apoz": "share of non-zero activations of each channel on calibration data (1 - APoZ)",
     "energy": "output energy each channel carries through its consumers' weights, on calibration data",
     "thinet": "greedy selection of the channels whose removal the consumers' outputs best absorb (ThiNet)",
+    "taylor": "first-order Taylor / Fisher importance from gradients on calibration data (labels if given; "
+              "needs onnxprune[distill])",
 }
 
 
@@ -233,6 +235,8 @@ def get_criterion(
         return Activation(data, "mean_abs", progress)
     if name == "apoz":
         return Activation(data, "nonzero", progress)
+    if name == "taylor":  # gradients come from the API layer (onnxprune.api.taylor), not a pass
+        raise UsageError("criterion 'taylor' is computed by onnxprune.prune(): it gives PrunePass a Taylor criterion")
     raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")
 
 

@@ -49,6 +49,10 @@ class PruneOptions:
     BatchNorm statistics). ``reconstruct`` (None: on with calibration data): refit the layers
     reading pruned channels by least squares; ``refit_inputs``: their inputs from the
     "original" model or the "pruned" one. ``dry_run``: plan and report, change nothing.
+    ``distill``: then train the pruned weights to match the original's outputs on the
+    calibration data (the ``distill`` extra; run by ``prune()``, not the pass), for at most
+    ``distill_epochs`` epochs / ``distill_time`` seconds, also matching ``distill_hints``
+    intermediate tensors whose channels were kept.
     """
 
     criterion: str | None = None
@@ -64,6 +68,10 @@ class PruneOptions:
     reconstruct: bool | None = None
     refit_inputs: str = "original"
     dry_run: bool = False
+    distill: bool = False
+    distill_epochs: int = 30
+    distill_time: float = 60.0
+    distill_hints: int = 0
 
     def __post_init__(self) -> None:
         given = [x is not None for x in (self.ratio, self.target_macs, self.target_params)]
@@ -83,6 +91,11 @@ class PruneOptions:
         if self.refit_inputs not in REFIT_INPUTS:
             raise UsageError(f"--refit-inputs must be 'pruned' or 'original' (given '{self.refit_inputs}')")
         check_constraints(self.min_channels, self.round_to)
+        if self.distill and self.dry_run:
+            raise UsageError("--distill trains the pruned model and --dry-run prunes nothing: choose one")
+        if self.distill_epochs < 1 or self.distill_time <= 0 or self.distill_hints < 0:
+            raise UsageError("--distill-epochs must be at least 1, --distill-time above 0 and --distill-hints "
+                             f"at least 0 (given {self.distill_epochs}, {self.distill_time}, {self.distill_hints})")
         exclude = [self.exclude] if isinstance(self.exclude, str) else self.exclude  # "name", not n, a, m, e
         object.__setattr__(self, "exclude", tuple(exclude))
 
