@@ -18,12 +18,14 @@ import onnx_ir as ir
 from onnxprune import profiling, runtime, stats
 from onnxprune import providers as eps
 from onnxprune.api import optimize, prune, quantize
+from onnxprune.api.search_api import Judge, Probe, check_budget, search_keep
 from onnxprune.calibration import open_dataset
 from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
+from onnxprune.parity.labels import may_classify
 from onnxprune.passes.prune import PruneOptions
 from onnxprune.pipeline import DEFAULT_PIPELINE
 from onnxprune.report import short_repr
@@ -40,6 +42,7 @@ class StageRecord:
     seconds: float
     summary: dict  # nodes, parameters, weights_bytes, macs after the stage
     result: object  # the stage's own result (OptimizeResult, PruneResult, ...)
+    metric: dict | None = None  # fidelity (and accuracy on labels) on --eval after the stage
 
 
 @dataclasses.dataclass
@@ -54,6 +57,7 @@ class CompressResult:
     check: CheckResult
     latency_ms: dict | None = None  # ONNX Runtime CPU median {"before", "after", "batch", "threads"}
     output: Path | None = None
+    search: dict | None = None  # the accuracy-driven search: budget, baseline, every probe, chosen
 
     def __bool__(self) -> bool:
         return bool(self.check)
@@ -72,10 +76,11 @@ class CompressResult:
             "before": self.before,
             "latency_ms": self.latency_ms,
             "stages": [
-                {"name": s.name, "seconds": s.seconds, "after": s.summary,
+                {"name": s.name, "seconds": s.seconds, "after": s.summary, "metric": s.metric,
                  "report": s.result.to_dict() if hasattr(s.result, "to_dict") else None}
                 for s in self.stages
             ],
+            "search": self.search,
             "check": self.check.to_dict(),
         }
 
@@ -102,8 +107,8 @@ def _computes_in_half(model: ir.Model) -> bool:
 def _prune_options(given: PruneOptions | Mapping | None, criterion: str | None, ratio: float | None,
                    target_macs: float | None, target_params: float | None) -> PruneOptions | None:
     """The prune stage's options (None: no pruning). From a mapping, its PruneOptions fields
-    (the other keys are :func:`onnxprune.prune` arguments); the criterion defaults to l1, as
-    ``onnxprune compress --criterion`` does."""
+    (the other keys are :func:`onnxprune.prune` arguments); the criterion defaults as in
+    :func:`onnxprune.prune` (thinet with calibration data, else l1)."""
     amount = {k: v for k, v in (("ratio", ratio), ("target_macs", target_macs), ("target_params", target_params))
               if v is not None}
     if isinstance(given, PruneOptions):
@@ -113,7 +118,7 @@ def _prune_options(given: PruneOptions | Mapping | None, criterion: str | None, 
     if not amount:
         return None
     fields = {k: v for k, v in (given or {}).items() if k in PruneOptions.fields()}
-    return PruneOptions(**{**fields, **amount, "criterion": criterion or fields.get("criterion") or "l1"})
+    return PruneOptions(**{**fields, **amount, "criterion": criterion or fields.get("criterion")})
 
 
 def compress(
@@ -133,6 +138,8 @@ def compress(
     samples: int | None = None,
     quantize_options: Mapping | None = None,
     max_accuracy_drop: float | None = None,
+    min_fidelity: float | None = None,
+    search: bool | None = None,
     providers: Sequence[str] | None = None,
     target_provider: str | None = None,
     provider_options: Mapping[str, Mapping[str, str]] | None = None,
@@ -146,7 +153,7 @@ def compress(
     Pruning runs when ``ratio``, ``target_macs`` or ``target_params`` is given, or
     ``prune_options`` is a :class:`~onnxprune.passes.prune.PruneOptions` (those keywords then
     replace its values); ``prune_options`` may also be a mapping of extra :func:`onnxprune.prune`
-    arguments. ``criterion`` (default l1, or the options' own); quantization runs when
+    arguments. ``criterion`` (default as prune's, or the options' own); quantization runs when
     ``quantize_model`` and needs ``calib`` (extra :func:`onnxprune.quantize` arguments in
     ``quantize_options``). The check compares the result with the original on ``eval_data``
     (else ``calib``), judged as :func:`_tolerances` says, with ``max_accuracy_drop`` on
@@ -157,6 +164,15 @@ def compress(
     runs on (with ``provider_options``).
     ``executor``: calibration and the check run on several workers (see
     :func:`onnxprune.quantize` and :func:`onnxprune.check`; same results).
+    ``criterion``: as :func:`onnxprune.prune` (default thinet with ``calib``).
+
+    Accuracy-driven search (``search``; by default when a budget is given without a pruning
+    amount): ``max_accuracy_drop`` on ``labels`` or ``min_fidelity`` (top-1 agreement, else
+    mean cosine) on the held-out ``eval_data``. Each probe prunes a copy of the optimized
+    model to a share of MACs, quantizes it as the stages would, and is judged as the *final*
+    model on ``eval_data`` (:func:`~onnxprune.api.search_api.search_keep`); the stages then
+    run at the strongest share that held, or without pruning when none did. The final check
+    then judges exactly that budget. With ``eval_data``, every stage reports its metric.
     """
     target = eps.require(target_provider) if target_provider else None
     if target is not None:
@@ -166,6 +182,16 @@ def compress(
     extra = {k: v for k, v in (prune_options or {}).items() if k not in PruneOptions.fields()} \
         if not isinstance(prune_options, PruneOptions) else {}
     pruning = options is not None
+    budget = max_accuracy_drop is not None or min_fidelity is not None
+    if search and pruning:
+        raise UsageError("the search chooses how much to prune: do not give --ratio/--target-macs/--target-params")
+    searching = bool(search) or (search is None and budget and not pruning)
+    if searching:
+        check_budget(eval_data, labels, max_accuracy_drop, min_fidelity, named_labels=False)  # the check's labels
+        if calib is None:
+            raise UsageError("the search prunes with calibration data: give --calib")
+    elif min_fidelity is not None:
+        raise UsageError("--min-fidelity is the budget of the search: drop --ratio/--target-macs/--no-search")
     if quantize_model and calib is None:
         raise UsageError("quantization needs calibration data (--calib); or skip it with --no-quantize")
     loaded, path = as_model(model)
@@ -181,7 +207,8 @@ def compress(
     reference = loaded.clone()
     # Every input is checked before any work (README promise): names, shapes, dtypes, NaN/Inf
     # of both data sets streamed once, labels read, and the criteria able to be evaluated.
-    tolerances = _tolerances(pruning, quantize_model)
+    tolerances = _tolerances(pruning, quantize_model) if not searching else \
+        _budget_tolerances(loaded, max_accuracy_drop, min_fidelity)
     criteria = {"max_accuracy_drop": max_accuracy_drop}
     calib_data = None
     if calib is not None:
@@ -193,17 +220,33 @@ def compress(
     before = stats.size_summary(loaded)
 
     stages: list[StageRecord] = []
+    judge = None if eval_data is None or feed.dataset is None else \
+        Judge(reference, feed.dataset, feed.label_array, max_accuracy_drop, min_fidelity, label_key=labels)
 
     def run(name: str, fn) -> None:
         start = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - start
-        stages.append(StageRecord(name, seconds, stats.size_summary(result.model), result))
+        metric = judge(result.model) if judge is not None else None
+        stages.append(StageRecord(name, seconds, stats.size_summary(result.model), result, metric))
 
     # The bn criterion scores the BatchNorms: fold them after pruning (prune does), not before.
-    keep_bn = options is not None and options.criterion == "bn"
+    mapping = {} if isinstance(prune_options, PruneOptions) else dict(prune_options or {})
+    fields = {k: v for k, v in mapping.items()
+              if k in PruneOptions.fields() and k not in ("ratio", "target_macs", "target_params")}
+    chosen = criterion or fields.get("criterion")
+    keep_bn = (options.criterion if options is not None else chosen) == "bn" and (pruning or searching)
     passes = [p for p in DEFAULT_PIPELINE if p not in BN_FOLDING] if keep_bn else DEFAULT_PIPELINE
     run("optimize", lambda: optimize(loaded, passes=passes, progress=progress))
+    searched = None
+    if searching:
+        def at(keep: float) -> PruneOptions:
+            return PruneOptions(**{**fields, "criterion": chosen, "target_macs": keep})
+
+        quantizing = dict(method=method, samples=samples, preprocess=preprocess, target_provider=target,
+                          provider_options=provider_options, executor=executor, **dict(quantize_options or {}))
+        searched = _search(loaded, judge, calib_data, calib if quantize_model else None, at, extra, quantizing)
+        options = at(searched["chosen"]) if searched["chosen"] is not None else None
     if options is not None:
         run("prune", lambda: prune(loaded, options=options, calib=calib_data, latency_runs=0, progress=progress,
                                    **extra))
@@ -227,4 +270,36 @@ def compress(
                    "after": runtime.latency_ms(current, feeds, **where),
                    "batch": latency_batch, "threads": 1, "provider": target or eps.CPU}
     saved = save_model(current, output, input_path=path) if output is not None else None
-    return CompressResult(current, before, stages, result, latency, saved)
+    return CompressResult(current, before, stages, result, latency, saved, searched)
+
+
+def _budget_tolerances(model: ir.Model, max_accuracy_drop: float | None, min_fidelity: float | None) -> Tolerances:
+    """The final check of a searched model judges the budget the search held, nothing else."""
+    if max_accuracy_drop is not None:
+        return Tolerances(atol=None, rtol=0.0, max_accuracy_drop=max_accuracy_drop)
+    key = "min_top1" if may_classify(model) else "min_cosine"
+    return Tolerances(atol=None, rtol=0.0, **{key: min_fidelity})
+
+
+def _search(model: ir.Model, judge: Judge, calib_data, quantize_calib, options_at, extra: dict,
+            quantizing: dict, lowest: float = 0.2, tolerance: float = 0.025) -> dict:
+    """Probe prune (+ quantize) on copies of ``model`` and judge each as the final model."""
+    proto = ir.to_proto(model)
+    probes: list[Probe] = []
+
+    def probe(keep: float) -> Probe:
+        copy = ir.serde.deserialize_model(proto)
+        pruned = prune(copy, options=options_at(keep), calib=calib_data, latency_runs=0, **extra)
+        final = pruned.model
+        if quantize_calib is not None:
+            final = quantize(final, calib=quantize_calib, **quantizing).model
+        measured = judge(final)
+        macs = pruned.before["macs"], pruned.after["macs"]
+        p = Probe(keep, 1 - macs[1] / macs[0] if macs[0] else 0.0, measured["fidelity"], measured["accuracy"],
+                  judge.meets(measured))
+        probes.append(p)
+        return p
+
+    keep = search_keep(probe, lowest, tolerance)
+    return {"budget": judge.budget, "baseline": judge.baseline, "probes": [p.to_dict() for p in probes],
+            "chosen": keep if keep < 1.0 else None}

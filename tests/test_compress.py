@@ -79,7 +79,7 @@ def test_cli_failed_check_exits_1_and_still_writes(tmp_path):
     out = tmp_path / "tiny.onnx"
     res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB),
                                    "--eval", str(EVAL), "--labels", "labels", "--target-macs", "0.3",
-                                   "--max-accuracy-drop", "0", "--latency-batch", "0"])
+                                   "--criterion", "l1", "--max-accuracy-drop", "0", "--latency-batch", "0"])
     assert res.exit_code == 1, res.output
     assert "accuracy drop" in res.output and out.exists()
 
@@ -90,3 +90,32 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path):
     assert res.exit_code == 2 and "calibration data" in res.output and not out.exists()
     res = CliRunner().invoke(cli, ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--ratio", "1.5"])
     assert res.exit_code == 2 and not out.exists()
+
+
+def test_compress_search_holds_the_budget_and_beats_a_fixed_grid():
+    """compress --max-accuracy-drop without a pruning amount searches the share of MACs, each
+    probe judged after quantization on the held-out data: the model it returns stays within
+    the budget there, and it removes at least as many MACs as the best of a grid of fixed
+    settings (run as a user would: compress --target-macs K) that meets the same budget.
+    l1 without the refit keeps the test fast and makes the budget bind (its accuracy falls off
+    steeply between 80 % and 50 % of the MACs)."""
+    import numpy as np
+
+    from onnxprune import runtime
+
+    options = {"criterion": "l1", "prune_options": {"reconstruct": False}, "latency_batch": None}
+    found = compress(MODEL, calib=CALIB, eval_data=EVAL, labels="labels", max_accuracy_drop=0.01, **options)
+    held = np.load(EVAL)
+    accuracy = {}
+    for keep in (0.5, 0.65, 0.8, 0.9):
+        fixed = compress(MODEL, calib=CALIB, eval_data=EVAL, labels="labels", target_macs=keep, **options)
+        logits = runtime.run(fixed.model, {"input": held["input"]})["logits"]
+        accuracy[keep] = (float(np.mean(logits.argmax(1) == held["labels"])), fixed.after["macs"])
+    base = found.search["baseline"]["accuracy"]
+    logits = runtime.run(found.model, {"input": held["input"]})["logits"]
+    assert base - float(np.mean(logits.argmax(1) == held["labels"])) <= 0.01 + 1e-9
+    assert found and found.search["chosen"] is not None and [s.name for s in found.stages][1:] == ["prune", "quantize"]
+    passing = [macs for acc, macs in accuracy.values() if base - acc <= 0.01 + 1e-9]
+    assert passing and found.after["macs"] <= min(passing), (found.search["probes"], accuracy)
+    assert all(s.metric is not None for s in found.stages)  # the metric after every stage
+    assert any(base - acc > 0.01 for acc, _ in accuracy.values())  # the budget binds somewhere on the grid
