@@ -41,7 +41,12 @@ SETTINGS = [
     ("energy + refit", dict(criterion="energy"), True),
     ("thinet + refit (default with data)", dict(criterion="thinet"), True),
     ("thinet, no refit", dict(criterion="thinet", reconstruct=False), True),
+    # Needs onnxprune[distill] (torch + onnx2torch): gradients and training on the calibration data.
+    ("taylor (Fisher, no labels) + refit", dict(criterion="taylor"), True),
+    ("thinet + refit + distill", dict(criterion="thinet", distill=True), True),
+    ("l1 + refit + distill", dict(criterion="l1", distill=True), True),
 ]
+DISTILL_SECONDS = 90.0  # per pruned model: CPU, shared machine (see --distill-time)
 
 
 def digits_task() -> realtasks.Task:
@@ -71,7 +76,7 @@ def evaluate(task: realtasks.Task, model, ref: np.ndarray) -> dict:
     return row
 
 
-def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool) -> dict:
+def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool, distill_time: float) -> dict:
     ref = realtasks.run(task.model, task.heldout, task.input)
     base = {"fidelity": 1.0}
     if task.labels is not None:
@@ -81,6 +86,8 @@ def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool) -
     for keep in targets:
         for label, options, with_data in settings:
             start = time.perf_counter()
+            if options.get("distill"):
+                options = {**options, "distill_time": distill_time}
             try:
                 result = prune(str(task.model), target_macs=keep, latency_runs=0, batch_size=8,
                                calib=calib if with_data else None, **options)
@@ -91,6 +98,11 @@ def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool) -
                    "macs_removed": 1 - result.after["macs"] / result.before["macs"]}
             row.update(evaluate(task, ir.to_proto(result.model).SerializeToString(), ref))
             row["seconds"] = round(time.perf_counter() - start, 1)
+            if result.distill is not None:
+                d = result.distill
+                row["distill"] = {"status": d.status, "reason": d.reason, "epochs": d.epochs,
+                                  "seconds": round(d.seconds, 1), "samples": list(d.samples),
+                                  "loss": [d.loss_before, d.loss_after]}
             rows.append(row)
             print(task.name, row, flush=True)
     if int8:
@@ -108,27 +120,19 @@ def run_task(task: realtasks.Task, targets: list[float], settings, int8: bool) -
             "heldout_samples": len(task.heldout), "rows": rows}
 
 
-def readme_table(results: dict) -> str:
-    """The README's table (every task, every setting) from the JSON."""
-    lines = ["| model (metric vs fp32) | setting | MACs removed | fidelity | accuracy (original) |", "|---|---|---|---|---|"]
+def table_spec(results: dict) -> dict:
+    """The README's table (every task, every setting), rendered by bench/readme_tables.py."""
+    rows = []
     for name, data in results["tasks"].items():
         base = data["baseline"].get("accuracy")
         for r in data["rows"]:
             if "fidelity" not in r:
                 continue
             acc = f"{r['accuracy']:.3f} ({base:.3f})" if r.get("accuracy") is not None else ""
-            lines.append(f"| {name} ({data['metric']}) | {r['setting']} | {r['macs_removed']:.0%} | {r['fidelity']:.3f} | {acc} |")
-    return "\n".join(lines)
-
-
-def write_readme(results: dict) -> None:
-    """Rewrite the marked region ``<!-- table:accuracy -->…<!-- /table -->`` of README.md."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    start, end = "<!-- table:accuracy -->", "<!-- /table -->"
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    readme.write_text(head + start + "\n" + readme_table(results) + "\n" + end + tail)
+            rows.append([f"{name} ({data['metric']})", r["setting"], f"{r['macs_removed']:.0%}",
+                         f"{r['fidelity']:.3f}", acc])
+    return {"columns": ["model (metric vs fp32)", "setting", "MACs removed", "fidelity", "accuracy (original)"],
+            "rows": rows, "align": "llrrr"}
 
 
 def main() -> None:
@@ -139,11 +143,14 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=128)
     parser.add_argument("--settings", help="comma list of setting numbers (0-based) to run")
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--distill-time", type=float, default=DISTILL_SECONDS, help="seconds of distillation per model")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--readme", action="store_true", help="only rewrite README's accuracy table from --out")
+    parser.add_argument("--readme", action="store_true", help="only rewrite the JSON's README table from its rows")
     args = parser.parse_args()
-    if args.readme:
-        write_readme(json.loads(args.out.read_text()))
+    if args.readme:  # then: python bench/readme_tables.py
+        results = json.loads(args.out.read_text())
+        results["table"] = table_spec(results)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
         return
     names = args.tasks.split(",")
     settings = SETTINGS if not args.settings else [SETTINGS[int(i)] for i in args.settings.split(",") if i != "none"]
@@ -156,7 +163,13 @@ def main() -> None:
     results.setdefault("tasks", {})
     for task in tasks:
         targets = [0.7, 0.5] if task.name == "digits" else [0.7]
-        results["tasks"][task.name] = run_task(task, targets, settings, not args.no_int8)
+        fresh = run_task(task, targets, settings, not args.no_int8, args.distill_time)
+        old = results["tasks"].get(task.name)
+        if old is not None:  # a partial run (--settings) replaces its own rows and keeps the others
+            done = {(r["setting"], r["target_macs"]) for r in fresh["rows"]}
+            fresh["rows"] = [r for r in old["rows"] if (r["setting"], r["target_macs"]) not in done] + fresh["rows"]
+        results["tasks"][task.name] = fresh
+        results["table"] = table_spec(results)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")  # after each task: partial runs count
     for name, data in results["tasks"].items():

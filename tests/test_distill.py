@@ -53,7 +53,7 @@ def test_distillation_recovers_fidelity_on_held_out_data_and_keeps_the_graph(hel
     pruned = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, latency_runs=0).model
     before, shape = agreement(pruned, held_out), structure(pruned)
     weights = {k: v.const_value.numpy().copy() for k, v in pruned.graph.initializers.items()}
-    result = distill(pruned, load_model(DIGITS / "digits.onnx"), CALIB, epochs=6, seconds=40)
+    result = distill(pruned, load_model(DIGITS / "digits.onnx"), CALIB, epochs=6, seconds=40, batch_size=32)
     after = agreement(pruned, held_out)
     assert result.status == "trained", result.reason
     assert result.loss_after < result.loss_before and result.samples[1] > 0
@@ -112,11 +112,14 @@ def test_taylor_ranks_a_useless_channel_last(with_labels):
     assert np.argmax(Magnitude(1)(group)) == 0  # l1 would keep it first
 
 
-def test_taylor_prunes_the_digits_model_within_a_point(held_out):
-    result = prune(DIGITS / "digits.onnx", criterion="taylor", calib=CALIB, calib_labels="labels",
-                   target_macs=0.5, latency_runs=0)
-    assert result.report.criterion == "taylor"
-    assert agreement(result.model, held_out) >= 0.97
+def test_taylor_ranks_the_digits_model_better_than_l1(held_out):
+    """Without the refit (the ranking alone, the removed channels' means folded into the next
+    biases) at -30 % MACs: l1 keeps 94 % agreement, taylor on the labels 98 %."""
+    options = dict(calib=CALIB, target_macs=0.7, reconstruct=False, latency_runs=0)
+    taylor = prune(DIGITS / "digits.onnx", criterion="taylor", calib_labels="labels", **options)
+    l1 = prune(DIGITS / "digits.onnx", criterion="l1", **options)
+    assert taylor.report.criterion == "taylor"
+    assert agreement(taylor.model, held_out) >= max(0.97, agreement(l1.model, held_out) + 0.02)
 
 
 def test_a_graph_the_converter_cannot_take_is_declined_with_the_reason():

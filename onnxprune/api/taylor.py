@@ -47,7 +47,7 @@ class Taylor(Criterion):
         import torch
 
         try:
-            graph = to_torch(model)
+            graph = to_torch(model, next(iter(self.dataset.batches(self.batch_size)), None))
         except UsageError as error:
             raise UsageError(f"criterion 'taylor': {error}") from None
         bound = {b.name: b for b in graph.bindings}

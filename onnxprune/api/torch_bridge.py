@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_ir as ir
 
+from onnxprune import runtime
 from onnxprune.errors import UsageError
 
 INSTALL = "pip install 'onnxprune[distill]'"
@@ -125,13 +126,39 @@ class TorchGraph:
         return written
 
 
-def to_torch(model: ir.Model) -> TorchGraph:
-    """Convert ``model``; raises :class:`UsageError` with the converter's reason if it cannot."""
+def _with_ranks(model: ir.Model, sample: Mapping[str, np.ndarray] | None):
+    """The model's proto, with the shapes ONNX shape inference cannot give (Paddle's reshapes)
+    measured on ``sample`` for the BatchNormalization inputs: onnx2torch picks BatchNorm1d/2d
+    from the input's rank and refuses an unknown one."""
+    import onnx
+
+    proto = ir.to_proto(model)
+    if sample is None:
+        return proto
+    inferred = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(proto))
+    unknown = [n.inputs[0] for n in inferred.graph if n.op_type == "BatchNormalization"
+               and n.inputs[0] is not None and n.inputs[0].shape is None]
+    if not unknown:
+        return proto
+    inferred.graph.outputs.extend(v for v in unknown if v not in list(inferred.graph.outputs))
+    measured = runtime.run(inferred, dict(sample))
+    names = {v.name for v in unknown if v.name in measured}
+    kept = [v for v in proto.graph.value_info if v.name not in names]  # typed but shapeless entries go
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    proto.graph.value_info.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, measured[name].shape) for name in names)
+    return proto
+
+
+def to_torch(model: ir.Model, sample: Mapping[str, np.ndarray] | None = None) -> TorchGraph:
+    """Convert ``model``; raises :class:`UsageError` with the converter's reason if it cannot.
+    ``sample``: feeds of real data, to measure the ranks shape inference leaves open."""
     require("training the weights")
     import torch
 
     onnx2torch = _onnx2torch()
-    proto = ir.to_proto(model)
+    proto = _with_ranks(model, sample)
     try:
         module = onnx2torch.convert(proto, attach_onnx_mapping=True)
     except Exception as error:  # the converter's own reason, e.g. an unsupported operator
