@@ -119,3 +119,13 @@ def test_compress_search_holds_the_budget_and_beats_a_fixed_grid():
     assert passing and found.after["macs"] <= min(passing), (found.search["probes"], accuracy)
     assert all(s.metric is not None for s in found.stages)  # the metric after every stage
     assert any(base - acc > 0.01 for acc, _ in accuracy.values())  # the budget binds somewhere on the grid
+
+
+def test_cli_search_flags_that_contradict_are_exit_2(tmp_path):
+    out = tmp_path / "x.onnx"
+    base = ["compress", str(MODEL), "-o", str(out), "--calib", str(CALIB), "--eval", str(EVAL), "--labels", "labels"]
+    for extra, message in ((["--search", "--target-macs", "0.5", "--max-accuracy-drop", "0.01"], "chooses how much"),
+                           (["--min-fidelity", "0.9", "--target-macs", "0.5"], "budget of the search"),
+                           (["--search"], "one budget")):
+        res = CliRunner().invoke(cli, base + extra)
+        assert res.exit_code == 2 and message in res.output and not out.exists(), res.output

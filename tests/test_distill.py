@@ -140,3 +140,13 @@ def test_without_the_extra_every_entry_point_says_how_to_install(monkeypatch):
     for options in ({"distill": True}, {"criterion": "taylor"}):
         with pytest.raises(UsageError, match=r"onnxprune\[distill\]"):
             prune(DIGITS / "digits.onnx", calib=CALIB, target_macs=0.5, latency_runs=0, **options)
+
+
+def test_cli_distill_needs_calibration_data(tmp_path):
+    from click.testing import CliRunner
+
+    from onnxprune.cli import cli
+
+    out = tmp_path / "x.onnx"
+    res = CliRunner().invoke(cli, ["prune", str(DIGITS / "digits.onnx"), "-o", str(out), "--ratio", "0.3", "--distill"])
+    assert res.exit_code == 2 and "--calib" in res.output and not out.exists(), res.output
