@@ -150,3 +150,13 @@ def test_cli_distill_needs_calibration_data(tmp_path):
     out = tmp_path / "x.onnx"
     res = CliRunner().invoke(cli, ["prune", str(DIGITS / "digits.onnx"), "-o", str(out), "--ratio", "0.3", "--distill"])
     assert res.exit_code == 2 and "--calib" in res.output and not out.exists(), res.output
+
+
+def test_hints_match_only_tensors_whose_channels_were_kept():
+    """Pruning one group leaves the tensors before it whole: those (same name, same shape in
+    the folded original) are matched as hints, a pruned one never."""
+    result = prune(DIGITS / "digits.onnx", group_ratios={"/down/conv/Conv": 0.5}, round_to=1, calib=CALIB,
+                   reconstruct=False, latency_runs=0, distill=True, distill_epochs=1, distill_hints=2)
+    notes = " ".join(result.distill.notes)
+    assert result.distill.status in ("trained", "unchanged") and "also matched 2 intermediate tensors" in notes
+    assert "/down/conv/Conv_output_0" not in notes and "/down/relu" not in notes

@@ -81,8 +81,15 @@ def distill(
     holdout: float = 0.2,
     patience: int = 4,
     seed: int = 0,
+    hints: int = 0,
 ) -> DistillResult:
-    """Train ``student``'s weights (in place) towards ``teacher``'s outputs on ``calib``."""
+    """Train ``student``'s weights (in place) towards ``teacher``'s outputs on ``calib``.
+
+    ``hints``: also match up to this many intermediate tensors that both models compute
+    under the same name and shape (layers whose channels were kept; spread over the graph),
+    together weighted as one output; the held-out loss that stops training counts the
+    outputs only. The teacher must then be the original *after the same exact clean-up* as
+    the student (``prune`` folds both), so that a name means the same tensor in both."""
     import torch
 
     if epochs < 1 or seconds <= 0:
@@ -96,13 +103,17 @@ def distill(
     order = rng.permutation(len(items))
     held = max(1, round(len(items) * holdout))
     train = [items[i] for i in order[held:]]
+    matched = _hint_names(student, teacher, items[order[0]], hints)
     try:
-        graph = to_torch(student, items[order[0]])
+        graph = to_torch(student, items[order[0]], matched)
     except UsageError as error:
         return DistillResult("declined", str(error), (len(train), held))
     if not graph.bindings:
         return DistillResult("declined", "no trainable weight found", (len(train), held), notes=graph.notes)
     names = [v.name for v in teacher.graph.outputs]
+    real = len(names)
+    teacher = _with_outputs(teacher, matched)
+    names += matched
     stack = 1 if dataset.fixed_batch else batch_size  # a model of fixed batch size takes its batches as they are
     heldout = _batches([items[i] for i in order[:held]], stack, None)
     train = _batches(train, stack, rng)  # fixed batches, their order shuffled per epoch
@@ -112,19 +123,23 @@ def distill(
         heldout_targets = [targets(b) for b in heldout]
         train_targets = [targets(b) for b in train]
     floats = [i for i, t in enumerate(heldout_targets[0]) if t.is_floating_point()]
-    variance = [max(float(torch.cat([t[i].reshape(-1) for t in train_targets]).var()), 1e-12) for i in floats]
+    variance = {i: max(float(torch.cat([t[i].reshape(-1) for t in train_targets]).var()), 1e-12) for i in floats}
+    weight = {i: 1.0 if i < real else 1.0 / len(matched) for i in floats}  # the hints weigh as one output
     result = DistillResult("unchanged", samples=(len(items) - held, held), notes=list(graph.notes))
+    if matched:
+        result.notes.append(f"also matched {len(matched)} intermediate tensors: {', '.join(matched)}")
 
-    def loss_of(outputs, target) -> torch.Tensor:
-        return sum(torch.mean((outputs[i].float() - target[i]) ** 2) / v for i, v in zip(floats, variance))
+    def loss_of(outputs, target, upto: int = len(names)) -> torch.Tensor:
+        return sum(weight[i] * torch.mean((outputs[i].float() - target[i]) ** 2) / variance[i]
+                   for i in floats if i < upto)
 
     def heldout_loss() -> float:
         with torch.no_grad():
-            return float(np.mean([float(loss_of(graph(b), t)) for b, t in zip(heldout, heldout_targets)]))
+            return float(np.mean([float(loss_of(graph(b), t, real)) for b, t in zip(heldout, heldout_targets)]))
 
     # The converter must compute what ONNX Runtime computes before its gradients mean anything.
     with torch.no_grad():
-        mismatch = _mismatch(graph(heldout[0]), runtime.run(student, heldout[0]), graph.outputs)
+        mismatch = _mismatch(graph(heldout[0]), runtime.run(student, heldout[0]), graph.outputs[:real])
     if mismatch > 1e-2:
         result.status, result.reason = "declined", f"onnx2torch's conversion differs from ONNX Runtime ({mismatch:.2g})"
         return result
@@ -156,7 +171,7 @@ def distill(
     saved = {b.name: student.graph.initializers[b.name].const_value for b in graph.bindings}
     result.tensors = len(graph.write_back(student))
     with torch.no_grad():
-        mismatch = _mismatch(graph(heldout[0]), runtime.run(student, heldout[0]), graph.outputs)
+        mismatch = _mismatch(graph(heldout[0]), runtime.run(student, heldout[0]), graph.outputs[:real])
     if mismatch > 1e-2:  # never hand on a model that does not compute what was trained
         for name, tensor in saved.items():
             student.graph.initializers[name].const_value = tensor
@@ -166,6 +181,33 @@ def distill(
     result.status = "trained"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _with_outputs(model: ir.Model, names: list[str]) -> ir.Model:
+    """A clone of ``model`` that also outputs the tensors ``names`` (the original is untouched)."""
+    if not names:
+        return model
+    clone = model.clone()
+    values = {v.name: v for node in clone.graph for v in node.outputs}
+    clone.graph.outputs.extend(values[name] for name in names)
+    return clone
+
+
+def _hint_names(student: ir.Model, teacher: ir.Model, sample: dict, count: int) -> list[str]:
+    """Up to ``count`` float tensors both models compute under one name and with one shape on
+    ``sample``, each the only output of its node, evenly spread along the student's graph."""
+    if count <= 0:
+        return []
+    ours = {v.name for v in teacher.graph.outputs} | {v.name for v in student.graph.outputs}
+    theirs = {v.name for node in teacher.graph for v in node.outputs}
+    names = [n.outputs[0].name for n in student.graph if len(n.outputs) == 1 and n.outputs[0].name in theirs
+             and n.outputs[0].name not in ours and n.op_type not in ("Shape", "Constant", "Cast", "Gather")]
+    names = [names[int(i)] for i in np.unique(np.linspace(0, len(names) - 1, min(len(names), 4 * count)))] \
+        if names else []
+    a = runtime.run(_with_outputs(student, names), sample)
+    b = runtime.run(_with_outputs(teacher, names), sample)
+    same = [n for n in names if a[n].shape == b[n].shape and a[n].ndim > 1 and a[n].dtype == np.float32]
+    return [same[int(i)] for i in np.unique(np.linspace(0, len(same) - 1, min(len(same), count)))] if same else []
 
 
 def _mismatch(torch_outputs, ort_outputs: dict, names: list[str]) -> float:

@@ -21,7 +21,7 @@ import dataclasses
 import importlib.util
 import sys
 import types
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -151,14 +151,21 @@ def _with_ranks(model: ir.Model, sample: Mapping[str, np.ndarray] | None):
     return proto
 
 
-def to_torch(model: ir.Model, sample: Mapping[str, np.ndarray] | None = None) -> TorchGraph:
+def to_torch(model: ir.Model, sample: Mapping[str, np.ndarray] | None = None,
+             extra_outputs: Sequence[str] = ()) -> TorchGraph:
     """Convert ``model``; raises :class:`UsageError` with the converter's reason if it cannot.
-    ``sample``: feeds of real data, to measure the ranks shape inference leaves open."""
+    ``sample``: feeds of real data, to measure the ranks shape inference leaves open.
+    ``extra_outputs``: intermediate tensors the torch module also returns, after the graph's
+    outputs (each the only output of a node that produces no graph output: onnx2torch
+    returns one result per node)."""
     require("training the weights")
+    import onnx
     import torch
 
     onnx2torch = _onnx2torch()
     proto = _with_ranks(model, sample)
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in extra_outputs)
     try:
         module = onnx2torch.convert(proto, attach_onnx_mapping=True)
     except Exception as error:  # the converter's own reason, e.g. an unsupported operator
@@ -197,7 +204,8 @@ def to_torch(model: ir.Model, sample: Mapping[str, np.ndarray] | None = None) ->
         p.requires_grad_(any(p is b.tensor for b in bindings))
     torch.set_grad_enabled(True)
     inputs = [v.name for v in model.graph.inputs if v.name not in initializers]
-    return TorchGraph(module, inputs, [v.name for v in model.graph.outputs], bindings, notes)
+    outputs = [v.name for v in model.graph.outputs] + list(extra_outputs)
+    return TorchGraph(module, inputs, outputs, bindings, notes)
 
 
 def _trainable(value: ir.Value | None) -> bool:
