@@ -116,9 +116,10 @@ def test_compress_hands_its_prune_options_to_the_prune_stage(monkeypatch):
     result = onnxprune.compress(MODEL, eval_data=EVAL, quantize_model=False, prune_options=given)
     assert [s.name for s in result.stages] == ["optimize", "prune"] and seen == [given]
     # The keywords say how much (and which criterion) over the options' own; a mapping's
-    # PruneOptions fields join them, l1 by default.
-    onnxprune.compress(MODEL, eval_data=EVAL, quantize_model=False, prune_options={"round_to": 1}, ratio=0.2)
-    assert seen[-1] == PruneOptions(criterion="l1", ratio=0.2, round_to=1)
+    # PruneOptions fields join them; no criterion named: prune's default for the data (l1 here,
+    # without calibration data; thinet with it).
+    result = onnxprune.compress(MODEL, eval_data=EVAL, quantize_model=False, prune_options={"round_to": 1}, ratio=0.2)
+    assert seen[-1] == PruneOptions(ratio=0.2, round_to=1) and result.stages[1].result.report.criterion == "l1"
 
 
 def test_compress_keywords_say_how_much_over_the_options_own():
