@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import onnx_ir as ir
+
 import realtasks
 from common import ROOT, table
-
 from onnxprune.api import prune, quantize
 
 RESULTS = ROOT / "bench" / "results" / "accuracy.json"

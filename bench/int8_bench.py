@@ -8,8 +8,9 @@ against the fp32 original), three quantizations by the Python API, placement off
 accuracy decides: **plain** (``guard=False``: every quantizable node in INT8), **default**
 (the fidelity guard at its default target, cosine and argmax agreement 0.9 on held-out
 calibration samples: it catches destruction), and **--min-fidelity 0.98** (nodes ranked by
-the error they add, the fewest kept float that reach it). Beside them the **noise floor**: the fidelity of the *float* model
-when its input gets Gaussian noise of the size uint8 input quantization adds (sigma = step/sqrt(12),
+the error they add, the fewest kept float that reach it). Beside them the **noise floor**: the
+fidelity of the *float* model when its input gets Gaussian noise of the size uint8 input
+quantization adds (sigma = step/sqrt(12),
 step = input range / 255): a model whose decisions flip under that noise cannot be held to a
 higher fidelity by any 8-bit scheme that quantizes its input. Accuracy against the data's ground
 truth (top-1, or the decoded text of the recognizers) where there is one. Latency: ONNX Runtime

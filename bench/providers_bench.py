@@ -166,8 +166,9 @@ def machine() -> dict:
               for p in eps.available()}
     return {"cpu": cpu, "cores": os.cpu_count(), "onnxruntime": ort.__version__, "routes": routes,
             "compiled_in": ort.get_available_providers(), "plugins": plugins,
-            "unavailable": {p: eps.why_unavailable(p) for p in ("OpenVINOExecutionProvider", "CUDAExecutionProvider",
-                                                                "TensorrtExecutionProvider") if p not in eps.available()}}
+            "unavailable": {p: eps.why_unavailable(p)
+                            for p in ("OpenVINOExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
+                            if p not in eps.available()}}
 
 
 def main() -> None:
@@ -235,8 +236,9 @@ def markdown(result: dict) -> str:
     for (model, exporter, provider), by in cells.items():
         f, q = by.get("fp32"), by.get("int8")
         share = (f or q or {}).get("node_share")
-        lines.append(f"| {model} ({exporter}) | {provider} | {fmt(f, 'latency_ms', '.3f')} | {fmt(f, 'max_abs', '.2g')} "
-                     f"| {fmt(f, 'top1', '.1%')} | {fmt(q, 'latency_ms', '.3f')} | {fmt(q, 'max_abs', '.2g')} "
+        lines.append(f"| {model} ({exporter}) | {provider} | {fmt(f, 'latency_ms', '.3f')} "
+                     f"| {fmt(f, 'max_abs', '.2g')} | {fmt(f, 'top1', '.1%')} | {fmt(q, 'latency_ms', '.3f')} "
+                     f"| {fmt(q, 'max_abs', '.2g')} "
                      f"| {fmt(q, 'top1', '.1%')} | {'–' if share is None else format(share, '.0%')} |")
     m = result["machine"]
     known = m.get("routes") or {p: "compiled into onnxruntime" for p in m["compiled_in"]}

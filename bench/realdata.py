@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 ALPHABET = string.ascii_letters + string.digits
-FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf")
+FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+         "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf")
 
 
 def font(size: int):
@@ -116,7 +117,8 @@ def pages(n: int, seed: int, width: int, height: int, lines: int = 8) -> tuple[n
     """Detector inputs [n, 3, height, width] (ImageNet-normalized) and text masks [n, height, width]."""
     rng = np.random.default_rng(seed)
     made = [page(rng, width, height, lines) for _ in range(n)]
-    return np.stack([to_chw(im, width, height, pad=False, **IMAGENET) for im, _ in made]), np.stack([m for _, m in made])
+    images = np.stack([to_chw(im, width, height, pad=False, **IMAGENET) for im, _ in made])
+    return images, np.stack([m for _, m in made])
 
 
 def rotated_pages(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

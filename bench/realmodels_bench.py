@@ -76,7 +76,8 @@ def weights(path: Path) -> int:
     total += graph_bytes(model.graph)
     for function in model.functions:
         for node in function.node:
-            total += sum(len(onnx.numpy_helper.to_array(a.t).tobytes()) for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
+            total += sum(len(onnx.numpy_helper.to_array(a.t).tobytes())
+                         for a in node.attribute if a.type == onnx.AttributeProto.TENSOR)
     return total
 
 
@@ -107,7 +108,8 @@ def bench_model(name: str, model: rm.Model, path: Path, commands, work: Path, ti
     proto = onnx.load(str(path), load_external_data=False)
     entry = {
         "exporter": model.exporter, "task": model.task, "source": model.package or "tests/realmodels",
-        "file": model.member, "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "file": model.member,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
         "samples": {"calib": len(calib_data), "eval": len(held_data)},
         "original_accuracy": rm.accuracy(model, ref, held_data), "commands": {},
     }
@@ -115,7 +117,8 @@ def bench_model(name: str, model: rm.Model, path: Path, commands, work: Path, ti
     for command in commands:
         out = work / (command.replace(" --", "_") + ".onnx")
         out.unlink(missing_ok=True)
-        args = [sys.executable, "-c", "from onnxprune.cli import main; main()", *command_line(command, path, out, calib, held)]
+        args = [sys.executable, "-c", "from onnxprune.cli import main; main()",
+                *command_line(command, path, out, calib, held)]
         start = time.perf_counter()
         try:
             done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, cwd=work)
@@ -123,7 +126,7 @@ def bench_model(name: str, model: rm.Model, path: Path, commands, work: Path, ti
         except subprocess.TimeoutExpired:
             code, stderr = "timeout", f"timed out after {timeout} s"
         cell = {"exit": code, "seconds": round(time.perf_counter() - start, 1)}
-        lines = [l for l in stderr.strip().splitlines() if l.strip() and "Warning" not in l]
+        lines = [line for line in stderr.strip().splitlines() if line.strip() and "Warning" not in line]
         if code != 0 and lines:
             cell["message"] = lines[-1][:300]
         if out.exists():

@@ -18,6 +18,7 @@ The Paddle exports have symbolic height/width dims: each model is copied with th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import string
 import tempfile
@@ -133,6 +134,20 @@ def _top1_score(ref: np.ndarray, out: np.ndarray) -> float:
     return float(np.mean(ref.argmax(-1) == out.argmax(-1)))
 
 
+def _page_batch(rng: np.random.Generator, n: int) -> tuple[np.ndarray, None]:
+    return _det_norm(np.stack([render_page(rng, 320) for _ in range(n)])), None
+
+
+def _line_batch(rng: np.random.Generator, width: int, turn: bool, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``n`` text lines; with ``turn``, half turned by 180 degrees (the labels: the ground truth)."""
+    lines = [render_line(rng, 48, width) for _ in range(n)]
+    if not turn:
+        return _rec_norm(np.stack(lines)), None
+    turned = rng.random(n) < 0.5
+    lines = [ln[::-1, ::-1] if t else ln for ln, t in zip(lines, turned)]
+    return _rec_norm(np.stack(lines)), turned.astype(np.int64)
+
+
 def load_tasks(models: Path, cache: Path, calib: int = 64, heldout: int = 128, names=None) -> list[Task]:
     """The three OCR tasks (those whose model file is under ``models``)."""
     found = {p.name: p for p in Path(models).rglob("*.onnx")}
@@ -147,26 +162,14 @@ def load_tasks(models: Path, cache: Path, calib: int = 64, heldout: int = 128, n
             continue
         model = fix_shapes(found[file], cache / f"{name}.onnx", dims)
         rng = np.random.default_rng(["ocr-rec", "ocr-det", "ocr-cls"].index(name) + 1)
-        labels = None
         if name == "ocr-det":
-            make = lambda n: _det_norm(np.stack([render_page(rng, 320) for _ in range(n)]))
+            make = functools.partial(_page_batch, rng)
             score = _iou_score
         else:
-            width = dims[3]
-
-            def make(n, width=width):
-                lines = [render_line(rng, 48, width) for _ in range(n)]
-                if name == "ocr-cls":  # half turned by 180 degrees: the ground truth
-                    turned = rng.random(n) < 0.5
-                    lines = [ln[::-1, ::-1] if t else ln for ln, t in zip(lines, turned)]
-                    make.labels = turned.astype(np.int64)
-                return _rec_norm(np.stack(lines))
-
+            make = functools.partial(_line_batch, rng, dims[3], name == "ocr-cls")
             score = _rec_score if name == "ocr-rec" else _top1_score
-        calib_x = make(calib)
-        held_x = make(heldout)
-        if name == "ocr-cls":
-            labels = make.labels
+        calib_x, _ = make(calib)
+        held_x, labels = make(heldout)
         input_name = onnx.load(model, load_external_data=False).graph.input[0].name
         tasks.append(Task(name, model, input_name, calib_x, held_x, metric, score, labels))
     return tasks

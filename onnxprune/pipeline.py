@@ -161,7 +161,8 @@ class ShapeVerifier:
 
     def prepare(self, model: ir.Model, feeds: dict[str, np.ndarray] | None = None) -> None:
         """``feeds``: a batch of real data (its shapes are the real ones), else random inputs."""
-        self._feeds = {k: v[:2] if v.ndim else v for k, v in feeds.items()} if feeds else runtime.random_inputs(model, batch=2)
+        self._feeds = ({k: v[:2] if v.ndim else v for k, v in feeds.items()} if feeds
+                       else runtime.random_inputs(model, batch=2))
         self._shapes = {k: v.shape for k, v in runtime.run(model, self._feeds).items()}
 
     def __call__(self, model: ir.Model, pass_name: str) -> None:

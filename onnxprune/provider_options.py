@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from onnxprune import providers as eps
+from onnxprune.errors import UsageError
 from onnxprune.providers import merge_options as merge
 from onnxprune.providers import normalise, option_text
-from onnxprune.errors import UsageError
 
 OPENVINO = eps.OPENVINO
 # Options that make a provider compute in fp32 where its default may be lower (OpenVINO infers

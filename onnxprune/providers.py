@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import importlib.metadata
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence

@@ -23,6 +23,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onnxprune import providers as eps
+from onnxprune import shapes
+from onnxprune._maptypes import densify_all
 from onnxprune.errors import (
     DataError,
     InvalidModelError,
@@ -30,8 +32,6 @@ from onnxprune.errors import (
     UnsupportedError,
     first_line,
 )
-from onnxprune import shapes
-from onnxprune._maptypes import densify_all
 from onnxprune.io import inline_nbytes, iter_tensors, release_mappings, save_model, weights_nbytes
 from onnxprune.profiling import timed
 

@@ -22,13 +22,15 @@ import contextlib
 import contextvars
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
 
 Shapes = dict[str, tuple[int, ...]]
-_GIVEN: contextvars.ContextVar[Shapes] = contextvars.ContextVar("onnxprune_input_shapes", default={})
+_GIVEN: contextvars.ContextVar[Mapping[str, tuple[int, ...]]] = contextvars.ContextVar(
+    "onnxprune_input_shapes", default=MappingProxyType({}))
 
 
 def parse(texts: Iterable[str] | None) -> Shapes:

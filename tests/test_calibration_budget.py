@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from tiny import Tiny, fresh, rand
 
 from onnxprune.calibration import calibrate, open_dataset
 from onnxprune.calibration.collect import ACTIVATION_BUDGET, activation_batch
+from tiny import Tiny, fresh, rand
 
 
 def wide_model(channels: int):

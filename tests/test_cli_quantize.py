@@ -17,7 +17,8 @@ DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"
 
 
 def invoke(*args: str):
-    return CliRunner().invoke(cli, ["quantize", *map(str, args), "--no-placement"], catch_exceptions=False)  # placement: test_placement.py
+    # placement: test_placement.py
+    return CliRunner().invoke(cli, ["quantize", *map(str, args), "--no-placement"], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

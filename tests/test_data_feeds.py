@@ -29,13 +29,15 @@ def vad_like(batch="batch", seq="seq", state_batch=None):
         helper.make_node("Unsqueeze", ["output", "axes"], ["o3"]),
         helper.make_node("Add", ["state", "o3"], ["stateN"]),
     ]
-    inits = [w, numpy_helper.from_array(np.array(16000, np.float32), "k"), numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    inits = [w, numpy_helper.from_array(np.array(16000, np.float32), "k"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
     sb = batch if state_batch is None else state_batch
     graph = helper.make_graph(
         nodes, "vad",
         [helper.make_tensor_value_info("input", F, [batch, 8]), helper.make_tensor_value_info("state", F, [2, sb, 4]),
          helper.make_tensor_value_info("sr", I64, [])],
-        [helper.make_tensor_value_info("output", F, [batch, 4]), helper.make_tensor_value_info("stateN", F, [2, sb, 4])],
+        [helper.make_tensor_value_info("output", F, [batch, 4]),
+         helper.make_tensor_value_info("stateN", F, [2, sb, 4])],
         inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -126,7 +128,8 @@ def test_cli_quantize_and_check_read_a_folder_of_feeds(tmp_path):
     for i, feed in enumerate(feeds(16)):
         np.savez(data / f"{i:03d}.npz", **feed)
     runner = CliRunner()
-    done = runner.invoke(cli, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(data), "--no-latency"])
+    done = runner.invoke(cli, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(data),
+                               "--no-latency"])
     assert done.exit_code == 0, done.output
     session = ort.InferenceSession(str(tmp_path / "q.onnx"))
     out, state = session.run(None, feeds(1, seed=5)[0])

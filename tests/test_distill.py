@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 
 from onnxprune import load_model, runtime
-from onnxprune.api import prune
-from onnxprune.api import torch_bridge
+from onnxprune.api import prune, torch_bridge
 from onnxprune.errors import UsageError
-
 from tiny import Tiny, fresh, rand
 
 pytestmark = pytest.mark.skipif(not torch_bridge.available(), reason="needs onnxprune[distill] (torch, onnx2torch)")

@@ -68,7 +68,8 @@ def test_optimize_quantize_check_on_a_zipmap_model(tmp_path):
     ref = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     out = ort.InferenceSession(str(tmp_path / "o.onnx")).run(None, {"x": x})[0]
     assert isinstance(out, list) and out == ref  # still a sequence of maps, equal
-    checked = runner.invoke(cli, ["check", str(path), str(tmp_path / "q.onnx"), "--data", str(data), "--providers", "cpu"])
+    checked = runner.invoke(cli, ["check", str(path), str(tmp_path / "q.onnx"), "--data", str(data),
+                                  "--providers", "cpu"])
     assert checked.exit_code in (0, 1), checked.output
     assert "probs" in checked.output and "cosine" in checked.output
 

@@ -158,8 +158,9 @@ def test_openvino_is_usable_where_required():
 
 def test_provider_start_up_error_is_one_line():
     banner = ("*************** EP Error ***************\nEP Error /onnxruntime/core/x.cc:1053 std::shared_ptr<F> "
-              "f(const O&) Invalid OpenVINO EP option: INFERENCE_PRECISION_HINT\n when using [('OpenVINOExecutionProvider', "
-              "{})]\nFalling back to ['CPUExecutionProvider'] and retrying.\n")
+              "f(const O&) Invalid OpenVINO EP option: INFERENCE_PRECISION_HINT\n"
+              " when using [('OpenVINOExecutionProvider', {})]\n"
+              "Falling back to ['CPUExecutionProvider'] and retrying.\n")
     assert runtime._ep_error(banner) == "Invalid OpenVINO EP option: INFERENCE_PRECISION_HINT"
 
 

@@ -222,7 +222,8 @@ def accuracy(model: ir.Model) -> float:
 
 def test_refit_keeps_the_digits_accuracy_that_plain_pruning_loses():
     calib = DIGITS / "calib.npz"
-    plain = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, reconstruct=False, latency_runs=0)
+    plain = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, reconstruct=False,
+                  latency_runs=0)
     refit = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, latency_runs=0)  # on with calib
     check_model(refit.model)
     assert refit.after["macs"] <= 0.5 * refit.before["macs"]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny import Tiny, fresh, max_error
 
 from onnxprune import runtime
 from onnxprune.api import prune
 from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.selection import greedy_scores
+from tiny import Tiny, fresh, max_error
 
 RNG = np.random.default_rng(11)
 DIGITS = Path(__file__).resolve().parents[1] / "models" / "digits"

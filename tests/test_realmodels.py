@@ -47,7 +47,7 @@ def run_command(command: str, model: rm.Model, path: Path, tmp: Path, samples: r
     data = rm.write_data(samples, tmp / "data")
     out = tmp / "out.onnx"
     done = CliRunner().invoke(cli, args_for(command, path, out, data))
-    lines = [l for l in done.output.strip().splitlines() if l.startswith(("error", "internal error"))]
+    lines = [line for line in done.output.strip().splitlines() if line.startswith(("error", "internal error"))]
     assert done.exit_code in (0, 2), f"exit {done.exit_code}: {done.output.strip()[-500:]}"
     if done.exit_code == 2:
         assert len(lines) == 1, done.output

@@ -34,7 +34,8 @@ def digits_sweep():
 
 
 def test_units_are_independent_and_pure(digits_sweep):
-    spec = SensitivitySpec(str(DIGITS / "digits.onnx"), str(DIGITS / "calib.npz"), str(DIGITS / "eval.npz"), "labels", "l1")
+    spec = SensitivitySpec(str(DIGITS / "digits.onnx"), str(DIGITS / "calib.npz"), str(DIGITS / "eval.npz"),
+                           "labels", "l1")
     units = plan_units(spec, (0.5, 0.9))
     assert len(units) == len(digits_sweep.rows) and all(u.kind == "prune" for u in units)
     last = units[-1]
@@ -79,7 +80,8 @@ def test_cli_writes_curves_that_prune_uses(tmp_path, digits_sweep):
     assert "top-1 agreement" in result.output and "original accuracy" in result.output
     loaded = SensitivityResult.load(out)
     assert loaded.curves() == digits_sweep.curves()
-    bad = CliRunner().invoke(cli, ["sensitivity", str(DIGITS / "digits.onnx"), "--calib", str(DIGITS / "calib.npz"), "--ratios", "1.5"])
+    bad = CliRunner().invoke(cli, ["sensitivity", str(DIGITS / "digits.onnx"), "--calib", str(DIGITS / "calib.npz"),
+                                   "--ratios", "1.5"])
     assert bad.exit_code == 2 and "(0, 1)" in bad.output
 
 
@@ -109,8 +111,9 @@ def test_accuracy_search_holds_the_budget_on_held_out_labels(tmp_path):
     from onnxprune.api.search_api import prune_within
 
     out = tmp_path / "searched.onnx"
-    found = prune_within(DIGITS / "digits.onnx", out, calib=str(DIGITS / "calib.npz"), eval_data=str(DIGITS / "eval.npz"),
-                         labels="labels", max_accuracy_drop=0.01, criterion="l1", lowest=0.3, tolerance=0.1)
+    found = prune_within(DIGITS / "digits.onnx", out, calib=str(DIGITS / "calib.npz"),
+                         eval_data=str(DIGITS / "eval.npz"), labels="labels", max_accuracy_drop=0.01,
+                         criterion="l1", lowest=0.3, tolerance=0.1)
     best, base = found.best, found.baseline
     assert best is not None and base["accuracy"] - best.accuracy <= 0.01
     assert best.macs_removed >= 0.4  # l1 with the refit keeps 99.1 % at -50 % MACs

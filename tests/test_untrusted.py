@@ -94,8 +94,7 @@ def conv_bn(prefix: str, x: str, out: str, rng) -> tuple[list, list]:
     inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 3).astype(np.float32), f"{prefix}{n}") for n in ("s", "v")]
     inits += [numpy_helper.from_array(rng.uniform(-0.5, 0.5, 3).astype(np.float32), f"{prefix}{n}") for n in ("b", "m")]
     nodes = [helper.make_node("Conv", [x, f"{prefix}w"], [f"{prefix}c"], pads=[1, 1, 1, 1], name=f"{prefix}conv"),
-             helper.make_node("BatchNormalization", [f"{prefix}c", f"{prefix}s", f"{prefix}b", f"{prefix}m", f"{prefix}v"],
-                              [out], name=f"{prefix}bn")]
+             helper.make_node("BatchNormalization", [f"{prefix}{n}" for n in "csbmv"], [out], name=f"{prefix}bn")]
     return nodes, inits
 
 
@@ -150,9 +149,11 @@ def test_loop_is_handled_and_quantize_says_it_works_on_the_main_graph(tmp_path):
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "k"], ["v_out"]),
          helper.make_node("Identity", ["v_out"], ["scan"])], "body",
-        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
          helper.make_tensor_value_info("v_in", TensorProto.FLOAT, vec)],
-        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("v_out", TensorProto.FLOAT, vec),
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("v_out", TensorProto.FLOAT, vec),
          helper.make_tensor_value_info("scan", TensorProto.FLOAT, vec)],
         [numpy_helper.from_array(np.ones(vec, np.float32), "k")])
     inits = [numpy_helper.from_array(np.array(3, np.int64), "M"), numpy_helper.from_array(np.array(True), "C")]
@@ -168,7 +169,8 @@ def test_loop_is_handled_and_quantize_says_it_works_on_the_main_graph(tmp_path):
 def test_symbolic_shapes(tmp_path):
     rng = np.random.default_rng(0)
     nodes, inits = conv_bn("a", "x", "y", rng)
-    path = make(tmp_path, nodes, [image(dims=("batch", 3, "height", "width"))], [image("y", ("batch", 3, "height", "width"))], inits)
+    dims = ("batch", 3, "height", "width")
+    path = make(tmp_path, nodes, [image(dims=dims)], [image("y", dims)], inits)
     probed = cli_run("optimize", path, "-o", tmp_path / "opt.onnx", "--verify")  # no silent 1x1 inputs: probed, said
     assert probed.exit_code == 0 and "x:1,3,64,64 (open dims probed" in probed.output, probed.output
     assert_optimize_exact(path, tmp_path, "--input-shape", "x:2,3,8,8")
@@ -203,7 +205,8 @@ def test_half_precision_models(tmp_path, dtype):
     proto = corrupt.good_proto()
     for tensor in proto.graph.initializer:
         values = numpy_helper.to_array(tensor)
-        tensor.CopyFrom(helper.make_tensor(tensor.name, dtype, values.shape, values.astype(np.float32).ravel().tolist()))
+        tensor.CopyFrom(helper.make_tensor(tensor.name, dtype, values.shape,
+                                           values.astype(np.float32).ravel().tolist()))
     for value in (*proto.graph.input, *proto.graph.output):
         value.type.tensor_type.elem_type = dtype
     path = tmp_path / "half.onnx"

@@ -54,7 +54,8 @@ def test_json_dash_pipes_on_every_command(tmp_path, name):
 
 def test_report_to_dev_stdout_pipes_too(tmp_path):
     done = subprocess.run([sys.executable, "-m", "onnxprune", "optimize", str(MODEL), "-o", str(tmp_path / "o.onnx"),
-                           "--report", "/dev/stdout"], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                           "--report", "/dev/stdout"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["schema_version"] == 1 and "wrote" in done.stderr
 

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import re
-
 import importlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 import onnxprune
-from onnxprune.cli import cli
 from onnxprune import report
+from onnxprune.cli import cli
 from onnxprune.report import table
 
 DIGITS = Path(__file__).resolve().parent.parent / "models" / "digits"

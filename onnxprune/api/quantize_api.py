@@ -126,8 +126,9 @@ def quantize(
     ``bias_correction``: add back into each Conv/Gemm bias the output mean its weight rounding
     removes, measured on the calibration data (:mod:`.recovery`); with the guard, kept only
     when held-out fidelity is at least that of the uncorrected model (the report says which).
-    ``placement`` then keeps float the nodes that INT8 would not make faster on ``provider``, measured on up to ``placement_batch`` samples (see
-    :mod:`.placement`; skipped for models over 512 MB of weights). An ``ir.Model`` passed in is
+    ``placement`` then keeps float the nodes that INT8 would not make faster on ``provider``,
+    measured on up to ``placement_batch`` samples (see :mod:`.placement`; skipped for models
+    over 512 MB of weights). An ``ir.Model`` passed in is
     changed in place (the result's ``model`` is the quantized one: the guard and placement may
     re-emit on a copy).
     ``executor``: calibrate on several workers (a number of local processes, 'ray:ADDRESS' or

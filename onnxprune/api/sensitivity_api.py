@@ -29,10 +29,10 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune import runtime
+from onnxprune.api.allocation import allocate, allocated_ratios, curves_of  # noqa: F401  (re-exported)
 from onnxprune.calibration import open_dataset
 from onnxprune.distributed import SerialExecutor, Task, resolve_executor
 from onnxprune.errors import UsageError
-from onnxprune.api.allocation import allocate, allocated_ratios, curves_of  # noqa: F401  (re-exported)
 from onnxprune.io import has_external_data, load_model
 
 DEFAULT_RATIOS = (0.25, 0.5, 0.75)
@@ -173,7 +173,8 @@ def plan_units(spec: SensitivitySpec, ratios: Sequence[float] = DEFAULT_RATIOS, 
         base = run_quantize(spec.model, calib=spec.calib, batch_size=spec.batch_size).model
         float_names = {n.name for n in load_model(spec.model).graph}
         quantized = [n.name for n in base.graph if n.name in float_names and any(
-            i is not None and i.producer() is not None and i.producer().op_type == "DequantizeLinear" for i in n.inputs)]
+            i is not None and i.producer() is not None and i.producer().op_type == "DequantizeLinear"
+            for i in n.inputs)]
         units += [Unit("quantize", None)] + [Unit("quantize", name) for name in quantized]
     return units
 
@@ -209,7 +210,8 @@ class SensitivityResult:
         full = next((r for r in self.rows if r["kind"] == "quantize" and r["name"] is None), None)
         if full is None:
             return []
-        gains = [(r["name"], r["fidelity"] - full["fidelity"]) for r in self.rows if r["kind"] == "quantize" and r["name"]]
+        gains = [(r["name"], r["fidelity"] - full["fidelity"])
+                 for r in self.rows if r["kind"] == "quantize" and r["name"]]
         return sorted(gains, key=lambda item: -item[1])
 
 

@@ -7,7 +7,8 @@ sub-folder per class), a dict of arrays, or any iterable of ``{input name: array
 ``CalibrationDataReader`` hands them out: every array of its input's full rank, batch
 dimension included, wherever the model has it (a recurrent state [2, batch, 128]), scalar
 inputs as they are. Batches are cut and joined along each input's batch axis; samples with
-different scalar inputs never share one; a model whose batch is fixed gets batches of that size. Whatever the source, ``Dataset.batches`` streams batches:
+different scalar inputs never share one; a model whose batch is fixed gets batches of that
+size. Whatever the source, ``Dataset.batches`` streams batches:
 stored arrays are read row by row from their files, compressed ones and images one file
 at a time, so memory does not grow with the size of the dataset.
 
@@ -69,7 +70,8 @@ class Dataset:
         for part in parts:
             missing = [i for i, key in self._keys.items() if key not in part.array_names()]
             if missing:
-                raise DataError(f"{part.name}: model input '{missing[0]}' is missing (data has: {_listed(part.array_names())})")
+                raise DataError(f"{part.name}: model input '{missing[0]}' is missing "
+                                f"(data has: {_listed(part.array_names())})")
             part.bind(list(self._keys.values()), ranks, axes)
             for input_name, key in self._keys.items():
                 if input_name in self._specs:
@@ -378,7 +380,9 @@ def _runs(ids: np.ndarray) -> list[np.ndarray]:
     return np.split(np.arange(len(ids)), np.flatnonzero(np.diff(ids)) + 1)
 
 
-def _stack_same_shapes(pieces: list[dict[str, np.ndarray]], axes: dict[str, int | None]) -> Iterator[dict[str, np.ndarray]]:
+def _stack_same_shapes(
+    pieces: list[dict[str, np.ndarray]], axes: dict[str, int | None]
+) -> Iterator[dict[str, np.ndarray]]:
     """Concatenate consecutive pieces whose arrays have equal per-sample shapes (and equal
     scalar inputs) along each input's batch axis."""
     group: list[dict[str, np.ndarray]] = []

@@ -41,7 +41,9 @@ class Part:
         """The stored array (memory-mapped where possible)."""
         raise NotImplementedError
 
-    def bind(self, keys: list[str], ranks: Mapping[str, int | None], axes: Mapping[str, int | None] | None = None) -> None:
+    def bind(
+        self, keys: list[str], ranks: Mapping[str, int | None], axes: Mapping[str, int | None] | None = None
+    ) -> None:
         """Count samples; ``keys`` are the data keys of the model inputs with their ranks and
         batch axes (0 by default; None: a scalar input, fed as is to every sample)."""
         self.axes = {k: (axes or {}).get(k, 0) for k in keys}
@@ -54,7 +56,8 @@ class Part:
         for key, shape in batched.items():
             if not self.single and len(shape) <= self.axes[key]:
                 where = "first axis" if self.axes[key] == 0 else f"axis {self.axes[key]} (the model's batch axis)"
-                raise DataError(f"{self.name}: '{key}' is {'a scalar' if not shape else f'of shape {list(shape)}'}, expected samples along the {where}")
+                what = "a scalar" if not shape else f"of shape {list(shape)}"
+                raise DataError(f"{self.name}: '{key}' is {what}, expected samples along the {where}")
             counts[key] = 1 if self.single else shape[self.axes[key]]
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"'{k}': {n}" for k, n in counts.items())

@@ -106,7 +106,8 @@ def batch_axes(specs: dict[str, InputSpec]) -> dict[str, int | None]:
         elif isinstance(batch, str) and batch in shape:
             axes[name] = shape.index(batch)
         else:
-            same = [i for i, d in enumerate(shape) if (d == batch if isinstance(batch, int) else not isinstance(d, int))]
+            same = [i for i, d in enumerate(shape)
+                    if (d == batch if isinstance(batch, int) else not isinstance(d, int))]
             axes[name] = same[0] if same else 0
     return axes
 

@@ -24,8 +24,8 @@ from onnxprune.cli._common import (
     write_report,
 )
 from onnxprune.compress import STAGES, compress
-from onnxprune.providers import label
 from onnxprune.passes.prune import CRITERIA, DEFAULT_ROUND_TO, PruneOptions
+from onnxprune.providers import label
 from onnxprune.report import change, table
 
 EPILOG = """\b

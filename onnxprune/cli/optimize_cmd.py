@@ -6,10 +6,10 @@ import click
 
 from onnxprune import api
 from onnxprune.cli._common import (
-    input_shape_option,
     SIZE_COLUMNS,
     check_side_outputs,
     echo,
+    input_shape_option,
     json_option,
     show_progress,
     size_row,

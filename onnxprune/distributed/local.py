@@ -96,7 +96,7 @@ class Pool:
         process.join(timeout=5)
 
     def close(self) -> None:
-        for conn, (process, _) in list(self.workers.items()):
+        for conn in list(self.workers):
             try:
                 conn.send(None)
             except OSError:

@@ -98,7 +98,8 @@ def resolve_tolerances(
     tolerances: Tolerances | str, reference: ir.Model, candidate: ir.Model, criteria: Mapping | None = None
 ) -> Tolerances:
     """A Tolerances from a preset name (``auto``: pruned when the candidate's metadata says it
-    was pruned, int8 when only the candidate is quantized, else exact), with ``criteria`` (Tolerances fields; None values ignored) overriding it."""
+    was pruned, int8 when only the candidate is quantized, else exact), with ``criteria``
+    (Tolerances fields; None values ignored) overriding it."""
     criteria = {k: v for k, v in (criteria or {}).items() if v is not None}
     if isinstance(tolerances, Tolerances):
         return dataclasses.replace(tolerances, **criteria) if criteria else tolerances
@@ -148,8 +149,9 @@ def check(
     localise the error per intermediate tensor, on the first ``layerwise_samples`` samples
     (``channel_map`` {tensor: (axis, kept indices)} compares pruned tensors' surviving
     channels); with several providers, also the reference on each other provider against
-    the first one, naming the first tensor where that provider departs. Bad input raises an OnnxPruneError; failing parity does not raise (see
-    :meth:`CheckResult.raise_on_failure`). ``executor``: compare on several workers (a
+    the first one, naming the first tensor where that provider departs. Bad input raises an
+    OnnxPruneError; failing parity does not raise (see :meth:`CheckResult.raise_on_failure`).
+    ``executor``: compare on several workers (a
     number of local processes, 'ray:ADDRESS' or an onnxprune.distributed Executor), each
     over a range of the samples; merged, counts, max/min and agreement figures are those of
     one pass, sums equal up to the order of addition (1e-12 relative), the p50/p99 quantiles

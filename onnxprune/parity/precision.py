@@ -91,7 +91,8 @@ def _db(value: float) -> str:
 def probe_note(result: dict) -> str:
     p, base = short_name(result["provider"]), short_name(result["base"])
     if "error" in result:
-        return f"{result['provider']} differs from {base} beyond fp32 rounding; its fp32 rerun failed: {result['error']}"
+        return (f"{result['provider']} differs from {base} beyond fp32 rounding; "
+                f"its fp32 rerun failed: {result['error']}")
     asked = ", ".join(f"{k}={v}" for k, v in po.precision_asked(result["options"]).items())
     hint = ", ".join(f"{k}={v}" for k, v in po.FP32_HINTS[result["provider"]].items())
     head = (f"{result['provider']} differs from {base} on the reference itself by up to {result['max_abs']:.3g} "

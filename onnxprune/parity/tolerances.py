@@ -72,7 +72,8 @@ class Tolerances:
         if self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {self.top_k}")
         for flag, value, low in (("--min-top1", self.min_top1, 0), ("--min-topk", self.min_topk, 0),
-                                 ("--max-accuracy-drop", self.max_accuracy_drop, 0), ("--min-cosine", self.min_cosine, -1)):
+                                 ("--max-accuracy-drop", self.max_accuracy_drop, 0),
+                                 ("--min-cosine", self.min_cosine, -1)):
             if value is not None and not low <= value <= 1:  # shares, not percentages: 0.99, not 99
                 raise UsageError(f"{flag} must be between {low} and 1 (a share, e.g. 0.99), got {value:g}")
         for name, value in [("atol", self.atol), ("rtol", self.rtol), *self.per_output_atol.items(),

@@ -41,7 +41,8 @@ class Graph:
 
     def const(self, array: np.ndarray, base: str = "param") -> str:
         out = self.name(base)
-        self.nodes.append(helper.make_node("Constant", [], [out], value=numpy_helper.from_array(np.asarray(array), out)))
+        value = numpy_helper.from_array(np.asarray(array), out)
+        self.nodes.append(helper.make_node("Constant", [], [out], value=value))
         return out
 
     def op(self, op_type: str, inputs: list[str], **attrs) -> str:

@@ -95,7 +95,7 @@ class NormalEquations:
             self._moments = mx + self.x0, my + self.y0, cxx, cxy, vy
         return self._moments
 
-    def absorb(self, other: "NormalEquations") -> None:
+    def absorb(self, other: NormalEquations) -> None:
         """Add ``other``'s rows to these sums (re-expressed around this shift)."""
         self.flush()
         other.flush()

@@ -151,7 +151,7 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
             chunks = budget_chunks(
-                targets, lambda t: batch_nbytes(t.x_value, batch) + batch_nbytes(t.y_value, batch), FETCH_BUDGET
+                targets, lambda t, n=batch: batch_nbytes(t.x_value, n) + batch_nbytes(t.y_value, n), FETCH_BUDGET
             )
             for chunk in chunks:
                 x_names = [t.x_value.name for t in chunk]

@@ -164,7 +164,8 @@ class Target:
         status, chosen_ridge, solution = options[best]
         note = None
         if status != "refit":
-            note = path[0] if isinstance(path[0], str) and len(options) == 2 else "the refit was no better on held-out samples"
+            note = (path[0] if isinstance(path[0], str) and len(options) == 2
+                    else "the refit was no better on held-out samples")
         fit.absorb(held)  # the choice, fitted on all the samples
         if status == "recentred":
             solution = (a0, fit.recentred(a0))
