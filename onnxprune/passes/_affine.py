@@ -10,17 +10,18 @@ once, so folding adds a single rounding per weight.
 from __future__ import annotations
 
 import dataclasses
+from typing import TypeGuard
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxprune.graphutils import attr, const_array, only_consumer
-from onnxprune.passes._rewrite import const_input, insert_node, set_const_input
+from onnxprune.passes._rewrite import const_input, insert_node, present_input, set_const_input
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
-def is_linear_output(value: ir.Value | None) -> bool:
+def is_linear_output(value: ir.Value | None) -> TypeGuard[ir.Value]:
     """Structural test: ``value`` comes out of a linear op (or a MatMul's bias Add)."""
     node = value.producer() if value is not None else None
     if node is None or node.domain != "":
@@ -33,7 +34,8 @@ def _matmul_input(add: ir.Node) -> int | None:
     if len(add.inputs) != 2:
         return None
     for i in (0, 1):
-        mm = add.inputs[i].producer() if add.inputs[i] is not None else None
+        value = add.inputs[i]
+        mm = value.producer() if value is not None else None
         if mm is not None and mm.op_type == "MatMul" and mm.domain == "" and const_array(add.inputs[1 - i]) is not None:
             return i
     return None
@@ -81,9 +83,13 @@ class Linear:
         if not is_linear_output(value):
             return f"'{value.name}' does not come out of a {'/'.join(LINEAR_OPS)}"
         node, bias_add, bias_value = value.producer(), None, None
+        assert node is not None  # is_linear_output found it
         if node.op_type == "Add":
             bias_add, index = node, _matmul_input(node)
-            node, bias_value = node.inputs[index].producer(), node.inputs[1 - index]
+            assert index is not None  # is_linear_output found the MatMul
+            matmul = present_input(node, index).producer()
+            assert matmul is not None
+            node, bias_value = matmul, node.inputs[1 - index]
             if only_consumer(node.outputs[0]) is not bias_add:
                 return f"the output of MatMul '{node.name}' is also read elsewhere"
         elif len(node.inputs) > 2:
@@ -94,7 +100,8 @@ class Linear:
         if isinstance(constants, str):
             return constants
         weight, bias = constants
-        rank, axis = weight.ndim, 1
+        rank: int | None = weight.ndim
+        axis = 1
         if node.op_type == "Conv":
             channels = weight.shape[0]
         elif node.op_type == "ConvTranspose":
@@ -130,7 +137,7 @@ class Linear:
             w *= scale[:, None]
         else:  # Gemm without transB and MatMul: W is [K, N]
             w *= scale[None, :]
-        set_const_input(node, 1, w.astype(dtype), node.inputs[1].name or "weight")
+        set_const_input(node, 1, w.astype(dtype), present_input(node, 1).name or "weight")
 
         bias = self.bias.astype(np.float64) if self.bias is not None else np.zeros(())
         if op == "Gemm":
@@ -138,15 +145,17 @@ class Linear:
             node.attributes.pop("beta", None)
         new_bias = (bias * scale + shift).astype(dtype)
         if op != "MatMul":
-            set_const_input(node, 2, new_bias, bias_name(node.inputs[1]))
+            set_const_input(node, 2, new_bias, bias_name(present_input(node, 1)))
             return self.output
         if self.bias_add is not None:
-            index = 1 - _matmul_input(self.bias_add)
-            set_const_input(self.bias_add, index, new_bias, self.bias_add.inputs[index].name or "bias")
+            matmul_index = _matmul_input(self.bias_add)
+            assert matmul_index is not None  # found by Linear.of
+            index = 1 - matmul_index
+            set_const_input(self.bias_add, index, new_bias, present_input(self.bias_add, index).name or "bias")
             return self.output
         if not np.any(shift):
             return self.output
-        bias_value = const_input(node, dtype, new_bias, bias_name(node.inputs[1]))
+        bias_value = const_input(node, dtype, new_bias, bias_name(present_input(node, 1)))
         return insert_node(node, "Add", [node.outputs[0], bias_value], f"{node.name}_bias").outputs[0]
 
 
@@ -172,7 +181,8 @@ def per_channel(constant: np.ndarray, channels: int, rank: int | None, axis: int
             f"constant of shape {list(constant.shape)} is not per-channel for {channels} "
             f"channels on axis {axis} of a rank-{rank} output"
         )
-    return np.broadcast_to(constant.reshape(-1).astype(np.float64), (channels,)).copy()
+    vector: np.ndarray = np.broadcast_to(constant.reshape(-1).astype(np.float64), (channels,)).copy()
+    return vector
 
 
 def batchnorm_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
@@ -187,8 +197,8 @@ def batchnorm_affine(bn: ir.Node) -> tuple[np.ndarray, np.ndarray] | str:
         return "BatchNormalization in training mode (running statistics are outputs)"
     if attr(bn, "spatial", 1) == 0:
         return "BatchNormalization with spatial=0 (per-element statistics)"
-    params = [const_array(v) for v in bn.inputs[1:]]
-    if any(p is None for p in params):
+    params = [p for p in (const_array(v) for v in bn.inputs[1:]) if p is not None]
+    if len(params) != 4:
         return "its scale/bias/mean/var are not all constants"
     gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
     if not gamma.size == beta.size == mean.size == var.size:

@@ -48,7 +48,7 @@ class RulePass(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         changes: list[str] = []
-        declined: dict[str, str] = {}
+        declined: dict[str | None, str] = {}  # by node name (its output's when unnamed)
         progress = True
         while progress:  # a rewrite can expose another (Conv -> Mul -> Add folds twice)
             progress = False
@@ -77,6 +77,13 @@ class RulePass(Pass):
         for node_name, reason in declined.items():
             logger.debug("%s: left %s as it is (%s)", self.name, node_name, reason)
         return PassResult(model, bool(changes), changes)
+
+
+def present_input(node: ir.Node, index: int) -> ir.Value:
+    """Input ``index`` of ``node``, which the caller's match already found present."""
+    value = node.inputs[index]
+    assert value is not None, f"{node.op_type} '{node.name}': input {index} is missing"
+    return value
 
 
 def set_const_input(node: ir.Node, index: int, array: np.ndarray, name: str) -> None:

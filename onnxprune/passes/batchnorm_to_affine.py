@@ -21,6 +21,7 @@ from onnxprune.passes._rewrite import (
     bypass,
     const_input,
     insert_node,
+    present_input,
     remove,
     set_const_input,
 )
@@ -31,14 +32,18 @@ from onnxprune.passes.cleanup import ShapeInference
 @dataclasses.dataclass
 class _Match:
     bn: ir.Node
-    consumer: ir.Node | None = None
-    scale: np.ndarray | None = None
-    shift: np.ndarray | None = None
-    weight: np.ndarray | None = None
+    scale: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))  # set by check
+    shift: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))
+
+
+@dataclasses.dataclass
+class _ForwardMatch(_Match):
+    consumer: ir.Node = dataclasses.field(kw_only=True)
+    weight: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0))  # set by check
     bias: np.ndarray | None = None
 
 
-def _forward_match(node: ir.Node, op_type: str) -> _Match | None:
+def _forward_match(node: ir.Node, op_type: str) -> _ForwardMatch | None:
     """A BN whose only reader is an ``op_type`` node reading it as its data input."""
     if node.op_type != "BatchNormalization" or node.domain != "":
         return None
@@ -47,10 +52,10 @@ def _forward_match(node: ir.Node, op_type: str) -> _Match | None:
         return None
     if consumer.inputs[0] is not node.outputs[0]:  # BN feeds the weight or bias: not ours
         return None
-    return _Match(node, consumer)
+    return _ForwardMatch(node, consumer=consumer)
 
 
-def _check_forward(match: _Match) -> str | None:
+def _check_forward(match: _ForwardMatch) -> str | None:
     """Fill the BN's affine map and the consumer's constant weight/bias; else the reason why not."""
     affine = batchnorm_affine(match.bn)
     if isinstance(affine, str):
@@ -64,11 +69,11 @@ def _check_forward(match: _Match) -> str | None:
     return None
 
 
-def _finish_forward(match: _Match, weight: np.ndarray, bias: np.ndarray) -> str:
+def _finish_forward(match: _ForwardMatch, weight: np.ndarray, bias: np.ndarray) -> str:
     node, dtype = match.consumer, match.weight.dtype
-    set_const_input(node, 1, weight.astype(dtype), node.inputs[1].name or "weight")
-    set_const_input(node, 2, bias.astype(dtype), bias_name(node.inputs[1]))
-    bypass(match.bn.outputs[0], match.bn.inputs[0])
+    set_const_input(node, 1, weight.astype(dtype), present_input(node, 1).name or "weight")
+    set_const_input(node, 2, bias.astype(dtype), bias_name(present_input(node, 1)))
+    bypass(match.bn.outputs[0], present_input(match.bn, 0))
     remove(match.bn)
     return f"{match.bn.name}: folded forward into {node.op_type} '{node.name}'"
 
@@ -88,10 +93,10 @@ class BatchNormIntoNextConv(Rule):
 
     name = "batchnorm-into-next-conv"
 
-    def pattern(self, node: ir.Node) -> _Match | None:
+    def pattern(self, node: ir.Node) -> _ForwardMatch | None:
         return _forward_match(node, "Conv")
 
-    def check(self, match: _Match) -> str | None:
+    def check(self, match: _ForwardMatch) -> str | None:
         if reason := _check_forward(match):
             return reason
         conv, group = match.consumer, attr(match.consumer, "group", 1)
@@ -102,7 +107,7 @@ class BatchNormIntoNextConv(Rule):
             return f"Conv '{conv.name}' pads with zeros where BN would shift (not exact at borders)"
         return None
 
-    def rewrite(self, match: _Match) -> str:
+    def rewrite(self, match: _ForwardMatch) -> str:
         w = match.weight.astype(np.float64)
         cout, group = w.shape[0], attr(match.consumer, "group", 1)
         # Per output channel o, the input channels of its group: [Cout, Cin/group].
@@ -126,10 +131,10 @@ class BatchNormIntoNextGemm(Rule):
 
     name = "batchnorm-into-next-gemm"
 
-    def pattern(self, node: ir.Node) -> _Match | None:
+    def pattern(self, node: ir.Node) -> _ForwardMatch | None:
         return _forward_match(node, "Gemm")
 
-    def check(self, match: _Match) -> str | None:
+    def check(self, match: _ForwardMatch) -> str | None:
         if reason := _check_forward(match):
             return reason
         gemm = match.consumer
@@ -140,7 +145,7 @@ class BatchNormIntoNextGemm(Rule):
             return f"BN has {match.scale.size} channels, Gemm '{gemm.name}' has K = {k}"
         return None
 
-    def rewrite(self, match: _Match) -> str:
+    def rewrite(self, match: _ForwardMatch) -> str:
         gemm, trans_b = match.consumer, attr(match.consumer, "transB", 0)
         b = match.weight.astype(np.float64)
         b = b.T if trans_b else b
@@ -167,7 +172,7 @@ class BatchNormToMulAdd(Rule):
         affine = batchnorm_affine(match.bn)
         if isinstance(affine, str):
             return affine
-        x = match.bn.inputs[0]
+        x = present_input(match.bn, 0)  # batchnorm_affine checked all 5 inputs
         shape = x.shape if x.shape is not None else match.bn.outputs[0].shape
         if shape is None or len(shape) < 2:
             return f"the rank of '{x.name}' is unknown (run shape-inference first)"
@@ -175,8 +180,13 @@ class BatchNormToMulAdd(Rule):
         return None
 
     def rewrite(self, match: _Match) -> str:
-        bn, x = match.bn, match.bn.inputs[0]
-        dtype = x.dtype.numpy() if x.dtype is not None else const_array(bn.inputs[1]).dtype
+        bn, x = match.bn, present_input(match.bn, 0)
+        if x.dtype is not None:
+            dtype = x.dtype.numpy()
+        else:
+            scale_array = const_array(bn.inputs[1])
+            assert scale_array is not None  # batchnorm_affine found it constant
+            dtype = scale_array.dtype
         value, name = x, bn.name or "batchnorm"
         if not np.all(match.scale == 1) or not np.any(match.shift):  # keep one node at least
             scale = const_input(bn, dtype, match.scale, f"{name}_scale")

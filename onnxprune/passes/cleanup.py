@@ -66,7 +66,7 @@ class ShapeInference(WrappedPass):
 
     name = "shape-inference"
 
-    def make(self):
+    def make(self) -> ir.passes.PassBase:
         return MapSafeShapeInferencePass(strict_mode=False, data_prop=True)
 
 
@@ -75,7 +75,7 @@ class FoldConstants(WrappedPass):
 
     name = "fold-constants"
 
-    def make(self):
+    def make(self) -> ir.passes.PassBase:
         # Folded tensors up to 4M elements; larger folds would mostly duplicate weights.
         return constant_folding.FoldConstantsPass(
             shape_inference=False,
@@ -123,7 +123,7 @@ class LiftConstants(WrappedPass):
 
     name = "lift-constants"
 
-    def make(self):
+    def make(self) -> ir.passes.PassBase:
         return common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)
 
     def call(self, model: ir.Model) -> PassResult:
@@ -143,10 +143,10 @@ class RemoveUnused(WrappedPass):
 
     name = "remove-unused"
 
-    def make(self):
+    def make(self) -> ir.passes.PassBase:
         return ir.passes.Sequential(
             common.RemoveUnusedNodesPass(),
-            common.RemoveUnusedFunctionsPass(),
+            common.RemoveUnusedFunctionsPass(),  # type: ignore[no-untyped-call]  # onnx-ir leaves its __init__ unannotated
             common.RemoveUnusedOpsetsPass(),
         )
 
@@ -156,7 +156,7 @@ class TopologicalSort(WrappedPass):
 
     name = "topological-sort"
 
-    def make(self):
+    def make(self) -> ir.passes.PassBase:
         return common.TopologicalSortPass()
 
 

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from onnxprune.graphutils import const_array
 from onnxprune.passes._affine import Linear, is_linear_output, per_channel
-from onnxprune.passes._rewrite import Rule, RulePass, bypass, remove
+from onnxprune.passes._rewrite import Rule, RulePass, bypass, present_input, remove
 
 _OPS = ("Mul", "Add", "Sub", "Div")
 
@@ -49,7 +49,8 @@ class AffineIntoProducer(Rule):
             y, c = node.inputs[side], node.inputs[1 - side]
             if not is_linear_output(y) or (node.op_type == "Div" and side == 1):
                 continue
-            if node.op_type == "Add" and y.producer().op_type == "MatMul":
+            producer = y.producer()
+            if node.op_type == "Add" and producer is not None and producer.op_type == "MatMul":
                 continue  # that Add *is* the MatMul's bias
             constant = const_array(c)
             if constant is not None:
@@ -57,7 +58,7 @@ class AffineIntoProducer(Rule):
         return None
 
     def check(self, match: _Match) -> str | None:
-        linear = Linear.of(match.node.inputs[match.side])
+        linear = Linear.of(present_input(match.node, match.side))
         if isinstance(linear, str):
             return linear
         if not np.issubdtype(match.constant.dtype, np.floating):
@@ -78,6 +79,7 @@ class AffineIntoProducer(Rule):
         return None
 
     def rewrite(self, match: _Match) -> str:
+        assert match.linear is not None and match.scale is not None and match.shift is not None  # set by check
         output = match.linear.absorb(match.scale, match.shift)
         bypass(match.node.outputs[0], output)
         remove(match.node)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.passes._affine import Linear, batchnorm_affine, is_linear_output
-from onnxprune.passes._rewrite import Rule, RulePass, bypass, remove
+from onnxprune.passes._rewrite import Rule, RulePass, bypass, present_input, remove
 
 
 @dataclasses.dataclass
@@ -50,7 +50,7 @@ class BatchNormIntoProducer(Rule):
         affine = batchnorm_affine(match.bn)
         if isinstance(affine, str):
             return affine
-        linear = Linear.of(match.bn.inputs[0])
+        linear = Linear.of(present_input(match.bn, 0))
         if isinstance(linear, str):
             return linear
         layer = f"{linear.node.op_type} '{linear.node.name}'"
@@ -62,6 +62,7 @@ class BatchNormIntoProducer(Rule):
         return None
 
     def rewrite(self, match: _Match) -> str:
+        assert match.linear is not None and match.scale is not None and match.shift is not None  # set by check
         output = match.linear.absorb(match.scale, match.shift)
         bypass(match.bn.outputs[0], output)
         remove(match.bn)
