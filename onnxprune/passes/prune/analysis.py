@@ -110,12 +110,13 @@ def _gaps(intervals: list[tuple[int, int]], length: int) -> list[tuple[int, int]
     return gaps
 
 
-def _claim(covered: dict, group: Group) -> None:
+def _claim(covered: dict[tuple[int, int], list[tuple[int, int, Group]]], group: Group) -> None:
     """Record the indices the group covers. Two groups sharing indices would be cut twice:
     the walk's closure rules that out, and this check makes sure (both are declined)."""
     for slot in group.by_role(Role.ACTIVATION):
         spans = covered.setdefault((id(slot.value), slot.axis), [])
-        start, stop = slot.offset, slot.offset + (slot.hi - slot.lo) * slot.block
+        hi = group.size if slot.hi is None else slot.hi
+        start, stop = slot.offset, slot.offset + (hi - slot.lo) * slot.block
         for other_start, other_stop, owner in spans:
             if owner is not group and start < other_stop and other_start < stop:
                 reason = f"channels of '{slot.value.name}' were claimed by two groups (internal)"
@@ -130,7 +131,7 @@ class _Walk:
     def __init__(self, group: Group, ctx: _Context) -> None:
         self.group, self.ctx = group, ctx
         self.seen: dict[tuple[int, int], list[Dim]] = {}
-        self.slot_keys: set[tuple] = set()
+        self.slot_keys: set[tuple[object, ...]] = set()
         self.reasons: list[str] = []
         self.queue: list[Dim] = []
 
@@ -142,8 +143,9 @@ class _Walk:
             if value.is_graph_output():
                 self.decline(f"channels reach graph output '{value.name}'")
             producer = value.producer()
-            if producer is not None:
-                self.apply(producer, "out", value.index(), dim)
+            index = value.index()
+            if producer is not None and index is not None:  # index: always set on a node output
+                self.apply(producer, "out", index, dim)
             elif value.is_graph_input():
                 self.decline(f"channels come from graph input '{value.name}'")
             else:
@@ -173,6 +175,7 @@ class _Walk:
                     return  # a part of what is known (e.g. back from one Split output)
         known.append(dim)
         node = dim.value.producer() or next((n for n, _ in dim.value.uses()), None)
+        assert node is not None, f"'{dim.value.name}' reached without a node"  # rules move along nodes
         self.add(dim.slot(Role.ACTIVATION, node, dim.value, dim.axis))
         self.queue.append(dim)
 

@@ -17,6 +17,7 @@ makes the channel's value unknown (NaN): it is then not folded exactly.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -32,20 +33,23 @@ _PASS_THROUGH = set(
 )
 
 
-def _erf(x):
-    return np.vectorize(math.erf, otypes=[np.float64])(x)
+def _erf(x: np.ndarray) -> np.ndarray:
+    erf: np.ndarray = np.vectorize(math.erf, otypes=[np.float64])(x)
+    return erf
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    sigmoid: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    return sigmoid
 
 
-def _softplus(x):
-    return np.logaddexp(0.0, x)
+def _softplus(x: np.ndarray) -> np.ndarray:
+    softplus: np.ndarray = np.logaddexp(0.0, x)
+    return softplus
 
 
 # Element-wise ops in numpy, ``f(x, node)`` (also the activations moments.py integrates over).
-ELEMENTWISE = {
+ELEMENTWISE: dict[str, Callable[[np.ndarray, ir.Node], np.ndarray]] = {
     "Relu": lambda x, n: np.maximum(x, 0.0),
     "LeakyRelu": lambda x, n: np.where(x >= 0, x, attr(n, "alpha", 0.01) * x),
     "Sigmoid": lambda x, n: _sigmoid(x),
@@ -68,7 +72,7 @@ ELEMENTWISE = {
     "Neg": lambda x, n: -x,
     "ThresholdedRelu": lambda x, n: np.where(x > attr(n, "alpha", 1.0), x, 0.0),
 }
-_BINARY = {
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power,
     "Max": np.maximum, "Min": np.minimum, "PRelu": lambda x, s: np.where(x >= 0, x, s * x),
 }
@@ -88,6 +92,13 @@ def _channel_constant(slot: Slot, array: np.ndarray, channels: np.ndarray, size:
     same = entries.min(axis=1) == entries.max(axis=1)
     out[covered] = np.where(same, entries[:, 0], np.nan)
     return out
+
+
+def _known(value: ir.Value | None) -> np.ndarray:
+    """The array of a slot's value: the analysis makes PARAM/PRODUCER slots of constants only."""
+    array = constant(value)
+    assert array is not None, f"'{value.name if value else None}' is not a constant"
+    return array
 
 
 def _uniform(array: np.ndarray) -> float:
@@ -124,7 +135,7 @@ class ChannelConstants:
         value = node.inputs[i] if i < len(node.inputs) else None
         slot = self.params.get((id(node), id(value)))
         if slot is not None:
-            return _channel_constant(slot, constant(value), self.channels, self.group.size)
+            return _channel_constant(slot, _known(value), self.channels, self.group.size)
         return self.of(value)
 
     def _evaluate(self, value: ir.Value) -> np.ndarray:
@@ -146,10 +157,12 @@ class ChannelConstants:
                     else attr(node, name, default)
                     for i, name, default in ((1, "min", -np.inf), (2, "max", np.inf))
                 )
-                return np.clip(self._input(node, 0), low, high)
+                clipped: np.ndarray = np.clip(self._input(node, 0), low, high)
+                return clipped
             if op == "BatchNormalization":
                 x, scale, bias, mean, var = (self._input(node, i) for i in range(5))
-                return (x - mean) / np.sqrt(var + attr(node, "epsilon", 1e-5)) * scale + bias
+                normalized: np.ndarray = (x - mean) / np.sqrt(var + attr(node, "epsilon", 1e-5)) * scale + bias
+                return normalized
             if op == "InstanceNormalization":  # a constant channel normalises to 0
                 return np.where(np.isnan(self._input(node, 0)), np.nan, self._input(node, 2))
             if op == "AveragePool" and not (attr(node, "count_include_pad", 0) and any(attr(node, "pads", []))):
@@ -182,29 +195,30 @@ class ChannelConstants:
         weight = self.params.get((id(node), id(node.inputs[1])))
         if weight is None:
             return np.full(len(self.channels), np.nan)
-        w = constant(node.inputs[1])
+        w = _known(node.inputs[1])
         sums = w.reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
         out = x * _channel_constant(weight, sums, self.channels, self.group.size)
         bias = self._input(node, 2) if len(node.inputs) > 2 and node.inputs[2] is not None else 0.0
-        return out + bias
+        result: np.ndarray = out + bias
+        return result
 
     def _produced(self, node: ir.Node) -> np.ndarray:
         """A producer's output channel is its bias where its filter row is all zero."""
         out = np.full(len(self.channels), np.nan)
         weight = resolve_weight(node, 1)
         slot = self.producers.get(id(weight.value)) if weight is not None else None
-        if slot is None:
+        if weight is None or slot is None:
             return out
         hi = self.group.size if slot.hi is None else slot.hi
         covered = (self.channels >= slot.lo) & (self.channels < hi)
-        rows = np.take(constant(weight.value), slot.indices(self.channels[covered], self.group.size), slot.axis)
+        rows = np.take(_known(weight.value), slot.indices(self.channels[covered], self.group.size), slot.axis)
         rows = np.moveaxis(rows, slot.axis, 0).reshape(int(covered.sum()), -1)  # only the removed rows
         zero = np.zeros(len(self.channels), dtype=bool)
         zero[covered] = ~rows.any(axis=1)
         bias_value = node.inputs[2] if len(node.inputs) > 2 else None
         bias_slot = self.producers.get(id(bias_value)) if bias_value is not None else None
         if bias_slot is not None:
-            bias = _channel_constant(bias_slot, constant(bias_value), self.channels, self.group.size)
+            bias = _channel_constant(bias_slot, _known(bias_value), self.channels, self.group.size)
             bias = bias * (attr(node, "beta", 1.0) if node.op_type == "Gemm" else 1.0)
         elif bias_value is not None:
             bias = self.of(bias_value)

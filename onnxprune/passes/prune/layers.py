@@ -20,7 +20,19 @@ import onnx_ir as ir
 
 from onnxprune.graphutils import attr
 from onnxprune.passes.prune.group import Role
-from onnxprune.passes.prune.rules import Decline, Dim, Divisions, desc, dims, is_const, rank, size
+from onnxprune.passes.prune.rules import (
+    Decline,
+    Dim,
+    Divisions,
+    Item,
+    RuleContext,
+    desc,
+    dims,
+    is_const,
+    present,
+    rank,
+    size,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +61,8 @@ def resolve_weight(node: ir.Node, index: int) -> Weight | None:
         step = attr(producer, "perm") or list(reversed(range(len(perm))))
         perm = tuple(step[i] for i in perm)
         value, user = producer.inputs[0], producer
+        if value is None:
+            return None
     return Weight(value, user, perm)
 
 
@@ -63,19 +77,21 @@ def is_depthwise(node: ir.Node) -> bool:
 def _conv_parts(node: ir.Node) -> tuple[ir.Value, ir.Value | None]:
     weight = node.inputs[1]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if not is_const(weight) or (bias is not None and not is_const(bias)):
+    if weight is None or not is_const(weight) or (bias is not None and not is_const(bias)):
         raise Decline(f"{desc(node)} has weights computed at runtime")
     return weight, bias
 
 
-def _producer_slots(dim: Dim, node: ir.Node, weight: ir.Value, axis: int, bias: ir.Value | None, role=Role.PRODUCER):
-    items = [dim.slot(role, node, weight, axis)]
+def _producer_slots(
+    dim: Dim, node: ir.Node, weight: ir.Value, axis: int, bias: ir.Value | None, role: Role = Role.PRODUCER
+) -> list[Item]:
+    items: list[Item] = [dim.slot(role, node, weight, axis)]
     if bias is not None:
         items.append(dim.slot(role, node, bias, 0, bias=role is Role.PRODUCER))
     return items
 
 
-def conv(node, side, index, dim, ctx):
+def conv(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     weight, bias = _conv_parts(node)
     if index != 0:
         raise Decline(f"channels reach input {index} of {desc(node)}: not supported")
@@ -86,8 +102,9 @@ def conv(node, side, index, dim, ctx):
         mult = size(weight, 0) // groups
         if side == "in":
             out = dim.scaled(node.outputs[0], 1, mult, 1)
+            assert out is not None  # a whole multiple: never None
             return [out, *_producer_slots(out, node, weight, 0, bias, Role.PARAM)]
-        inp = dim.scaled(node.inputs[0], 1, 1, mult)
+        inp = dim.scaled(present(node, 0), 1, 1, mult)
         if inp is None:
             raise Decline(f"depthwise {desc(node)} ties its output channels in blocks of {mult}")
         return [inp, *_producer_slots(dim, node, weight, 0, bias, Role.PARAM)]
@@ -96,7 +113,7 @@ def conv(node, side, index, dim, ctx):
     return [*_producer_slots(dim, node, weight, 0, bias), *_divisions(node, dim, groups)]
 
 
-def _divisions(node: ir.Node, dim: Dim, groups: int) -> list:
+def _divisions(node: ir.Node, dim: Dim, groups: int) -> list[Item]:
     if groups == 1:
         return []
     length = size(dim.value, 1)
@@ -108,7 +125,7 @@ def _divisions(node: ir.Node, dim: Dim, groups: int) -> list:
     return [Divisions(groups, length, node)]
 
 
-def conv_transpose(node, side, index, dim, ctx):
+def conv_transpose(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     weight, bias = _conv_parts(node)
     if attr(node, "group", 1) != 1:
         raise Decline(f"grouped {desc(node)} is not supported")
@@ -119,7 +136,7 @@ def conv_transpose(node, side, index, dim, ctx):
     return _producer_slots(dim, node, weight, 1, bias)
 
 
-def gemm(node, side, index, dim, ctx):
+def gemm(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     weight = resolve_weight(node, 1)
     if weight is None:
         raise Decline(f"{desc(node)} multiplies by a matrix computed at runtime")
@@ -130,7 +147,7 @@ def gemm(node, side, index, dim, ctx):
         return [dim.slot(Role.CONSUMER, weight.user, weight.value, weight.perm[1 if trans_b else 0])]
     if dim.axis != 1:
         raise Decline(f"{desc(node)} output rows carry channels: not supported")
-    items = [dim.slot(Role.PRODUCER, weight.user, weight.value, weight.perm[0 if trans_b else 1])]
+    items: list[Item] = [dim.slot(Role.PRODUCER, weight.user, weight.value, weight.perm[0 if trans_b else 1])]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
     if bias is not None:
         shape = dims(bias)
@@ -141,8 +158,8 @@ def gemm(node, side, index, dim, ctx):
     return items
 
 
-def matmul(node, side, index, dim, ctx):
-    a, y = node.inputs[0], node.outputs[0]
+def matmul(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
+    a, y = present(node, 0), node.outputs[0]
     weight = resolve_weight(node, 1) if len(dims(node.inputs[1]) or ()) == 2 else None
     ra, r = rank(a), rank(y)
     if side == "in" and index == 0 and dim.axis == ra - 1:

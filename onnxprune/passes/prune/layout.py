@@ -18,26 +18,40 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxprune.graphutils import attr
-from onnxprune.passes.prune.rules import Decline, Dim, _only_first, constant, desc, dims, ints, rank, size
+from onnxprune.passes.prune.rules import (
+    Decline,
+    Dim,
+    Item,
+    RuleContext,
+    _only_first,
+    constant,
+    desc,
+    dims,
+    ints,
+    present,
+    rank,
+    size,
+)
 
 
-def concat(node, side, index, dim, ctx):
+def concat(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     out = node.outputs[0]
     axis = attr(node, "axis") % rank(out)
     if dim.axis != axis:  # concatenated along another axis: every input shares the channels
-        return [dim.moved(v, dim.axis) for v in (*node.inputs, out) if v is not dim.value]
-    sizes = [(dims(v) or [None] * (axis + 1))[axis] for v in node.inputs]
+        return [dim.moved(v, dim.axis) for v in (*node.inputs, out) if v is not None and v is not dim.value]
+    sizes: list[int | None] = [(dims(v) or [None] * (axis + 1))[axis] for v in node.inputs]
     if sizes.count(None) == 1:  # one input sized at runtime: the output size tells
         sizes[sizes.index(None)] = size(out, axis) - sum(s for s in sizes if s is not None)
     if None in sizes:
         raise Decline(f"the inputs of {desc(node)} have sizes known only at runtime")
-    starts = [0, *itertools.accumulate(sizes)]
+    starts = [0, *itertools.accumulate(s for s in sizes if s is not None)]
     if side == "in":
         return [dim.moved(out, axis, starts[index])]
-    parts = (dim.within(v, axis, starts[i], starts[i + 1]) for i, v in enumerate(node.inputs))
+    parts = (dim.within(present(node, i), axis, starts[i], starts[i + 1]) for i in range(len(node.inputs)))
     return [p for p in parts if p is not None]
 
 
@@ -51,8 +65,8 @@ def split_sizes(node: ir.Node, length: int) -> list[int]:
     return sizes
 
 
-def split(node, side, index, dim, ctx):
-    source = node.inputs[0]
+def split(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
+    source = present(node, 0)
     if side == "in" and index != 0:
         raise Decline(f"channels reach input {index} of {desc(node)}: not supported")
     axis = attr(node, "axis", 0) % rank(source)
@@ -76,6 +90,8 @@ def slice_bounds(node: ir.Node, axis: int) -> tuple[int, int] | None:
         return None
     k = axes.index(axis)
     ends, steps = ints(node, "ends", 2), ints(node, "steps", 4)
+    if starts is None or ends is None:
+        raise Decline(f"{desc(node)} has no starts/ends")
     if steps is not None and steps[k] != 1:
         raise Decline(f"{desc(node)} slices the channels with step {steps[k]}")
     length = size(data, axis)
@@ -86,9 +102,9 @@ def slice_bounds(node: ir.Node, axis: int) -> tuple[int, int] | None:
     return clamp(starts[k]), clamp(ends[k])
 
 
-def slice_(node, side, index, dim, ctx):
+def slice_(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
-    data, out = node.inputs[0], node.outputs[0]
+    data, out = present(node, 0), node.outputs[0]
     bounds = slice_bounds(node, dim.axis)
     if bounds is None:
         return [dim.moved(out if side == "in" else data, dim.axis)]
@@ -98,25 +114,28 @@ def slice_(node, side, index, dim, ctx):
     return [part] if part is not None else []
 
 
-def _remap(node: ir.Node, side: str, dim: Dim, source: list, target: list) -> Dim:
+def _remap(node: ir.Node, side: str, dim: Dim, source: list[int | None], target: list[int | None]) -> Dim:
     """Map ``dim`` across a reshape from ``source`` dims to ``target`` dims (module docstring)."""
     frm, to = (source, target) if side == "in" else (target, source)
-    other = node.outputs[0] if side == "in" else node.inputs[0]
-    tail = frm[dim.axis:]
-    if None in tail:
+    other = node.outputs[0] if side == "in" else present(node, 0)
+    tail = [d for d in frm[dim.axis:] if d is not None]
+    if len(tail) < len(frm[dim.axis:]):
         raise Decline(f"the shape of '{dim.value.name}' at {desc(node)} is not static")
     total, inner = math.prod(tail), math.prod(tail[1:])
     acc, axis = 1, None
     for b in range(len(to) - 1, -1, -1):
-        if to[b] is None:
+        length = to[b]
+        if length is None:
             raise Decline(f"the shape of '{other.name}' at {desc(node)} is not static")
-        acc *= to[b]
+        acc *= length
         if acc == total:
             axis = b
             break
         if acc > total:
             break
-    mapped = None if axis is None else dim.scaled(other, axis, inner, math.prod(to[axis + 1:]))
+    mapped = None
+    if axis is not None:  # the loop above found every entry after axis static
+        mapped = dim.scaled(other, axis, inner, math.prod(d for d in to[axis + 1:] if d is not None))
     if mapped is None:
         shuffle = any(  # Reshape -> Transpose -> Reshape back: a channel shuffle
             u.op_type == "Transpose" and any(w.op_type == "Reshape" for w, _ in u.outputs[0].uses())
@@ -127,21 +146,22 @@ def _remap(node: ir.Node, side: str, dim: Dim, source: list, target: list) -> Di
     return mapped
 
 
-def flatten(node, side, index, dim, ctx):
+def flatten(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
-    source = dims(node.inputs[0])
+    data = present(node, 0)
+    source = dims(data)
     if source is None:
-        raise Decline(f"the rank of '{node.inputs[0].name}' is unknown")
+        raise Decline(f"the rank of '{data.name}' is unknown")
     k = attr(node, "axis", 1)
     k = k + len(source) if k < 0 else k
     if (side == "in" and dim.axis < k) or (side == "out" and dim.axis == 0):
         raise Decline(f"{desc(node)} merges the channels into the outer dimension")
-    inner = source[k:]
-    target = [None, None if None in inner else math.prod(inner)]
+    inner = [d for d in source[k:] if d is not None]
+    target = [None, None if len(inner) < len(source[k:]) else math.prod(inner)]
     return [_remap(node, side, dim, source, target)]
 
 
-def reshape(node, side, index, dim, ctx):
+def reshape(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     source, target = dims(node.inputs[0]), reshape_dims(node)
     if source is None or target is None:
@@ -163,11 +183,12 @@ def reshape_dims(node: ir.Node) -> list[int | None] | None:
         return inferred
     copied = {k for kind, k in entries if kind == "copy"}
     rest = [source[j] for j in range(len(source)) if j not in copied]
+    static = [d for d in rest if d is not None]
     known = [v for kind, v in entries if kind == "const" and v != -1]
-    if None in rest or math.prod(rest) % max(math.prod(known), 1):
+    if len(static) < len(rest) or math.prod(static) % max(math.prod(known), 1):
         return inferred
     return [
-        source[v] if kind == "copy" else (math.prod(rest) // math.prod(known) if v == -1 else v)
+        source[v] if kind == "copy" else (math.prod(static) // math.prod(known) if v == -1 else v)
         for kind, v in entries
     ]
 
@@ -175,20 +196,23 @@ def reshape_dims(node: ir.Node) -> list[int | None] | None:
 def _target_entries(node: ir.Node) -> list[tuple[str, int]] | None:
     """The target shape as ("const", value) / ("copy", input axis) entries, or None."""
     zero_copies = not attr(node, "allowzero", 0)
-    array = constant(node.inputs[1])
-    pieces = [node.inputs[1]] if array is not None else None
-    producer = node.inputs[1].producer()
+    target = present(node, 1)
+    array = constant(target)
+    pieces: list[ir.Value | None] | None = [target] if array is not None else None
+    producer = target.producer()
     if pieces is None and producer is not None and producer.op_type == "Concat":
         pieces = list(producer.inputs)
     if pieces is None:
         return None
-    entries = []
+    entries: list[tuple[str, int]] = []
     for piece in pieces:
+        if piece is None:
+            return None
         values = _piece(piece)
         if values is not None:
             entries.extend(("copy", len(entries)) if v == 0 and zero_copies else ("const", int(v)) for v in values)
             continue
-        axis = _copied_axis(piece, node.inputs[0])
+        axis = _copied_axis(piece, present(node, 0))
         if axis is None:
             return None
         entries.append(("copy", axis))
@@ -199,22 +223,26 @@ def _copied_axis(piece: ir.Value, source: ir.Value) -> int | None:
     """``k`` when ``piece`` is ``[Unsqueeze](Gather(Shape(source), k))``."""
     producer = piece.producer()
     if producer is not None and producer.op_type == "Unsqueeze":
-        producer = producer.inputs[0].producer()
+        producer = _producer(producer.inputs[0])
     if producer is None or producer.op_type != "Gather":
         return None
-    shape_node = producer.inputs[0].producer()
+    shape_node = _producer(producer.inputs[0])
     index = constant(producer.inputs[1])
     if shape_node is None or shape_node.op_type != "Shape" or shape_node.inputs[0] is not source:
         return None
     if index is None or index.size != 1 or "start" in shape_node.attributes:
         return None
-    return int(index.reshape(-1)[0]) % len(dims(source))
+    return int(index.reshape(-1)[0]) % rank(source)
 
 
-def _piece(value: ir.Value):
+def _producer(value: ir.Value | None) -> ir.Node | None:
+    return value.producer() if value is not None else None
+
+
+def _piece(value: ir.Value | None) -> np.ndarray | None:
     """A 1-D constant, looking through Unsqueeze (torch exports shapes as Unsqueeze(scalar))."""
     array = constant(value)
-    producer = value.producer()
+    producer = _producer(value)
     if array is None and producer is not None and producer.op_type == "Unsqueeze":
         array = constant(producer.inputs[0])
     return None if array is None else array.reshape(-1)
@@ -226,7 +254,7 @@ def target_entry(node: ir.Node, axis: int) -> tuple[ir.Node, int, int] | None:
     None when the entry is -1 (inferred, nothing to update). The shape may be a constant
     or a Concat of 1-D constants and runtime pieces (``x.view(x.size(0), -1)``).
     """
-    shape_value = node.inputs[1]
+    shape_value = present(node, 1)
     array = constant(shape_value)
     if array is not None:
         return None if int(array[axis]) == -1 else (node, 1, axis)
@@ -244,6 +272,6 @@ def target_entry(node: ir.Node, axis: int) -> tuple[ir.Node, int, int] | None:
     raise Decline(f"the target shape of {desc(node)} is computed at runtime")
 
 
-def piece_values(holder: ir.Node, index: int):
+def piece_values(holder: ir.Node, index: int) -> np.ndarray | None:
     """The constant values held at ``holder.inputs[index]`` (see :func:`target_entry`)."""
     return _piece(holder.inputs[index])

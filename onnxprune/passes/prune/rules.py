@@ -12,7 +12,10 @@ Layers that create or consume channels (Conv, Gemm, MatMul...) live in ``layers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
 
+import numpy as np
 import onnx_ir as ir
 
 from onnxprune.graphutils import attr, const_array
@@ -64,7 +67,7 @@ class Dim:
         hi = self.lo + (hi_cut - first) // self.block
         return Dim(value, axis, lo_cut - start, self.block, lo, hi)
 
-    def slot(self, role: Role, node: ir.Node, value: ir.Value, axis: int, **kw) -> Slot:
+    def slot(self, role: Role, node: ir.Node, value: ir.Value, axis: int, **kw: Any) -> Slot:
         return Slot(role, node, value, axis, self.offset, self.block, self.lo, self.hi, **kw)
 
 
@@ -75,6 +78,17 @@ class Divisions:
     count: int
     length: int  # the Conv's channel count: the group must be exactly these channels
     node: ir.Node
+
+
+class RuleContext(Protocol):
+    """What a rule may know about the whole model."""
+
+    graph: ir.Graph
+    opset: int
+
+
+Item = Dim | Slot | Divisions  # a rule's findings: coupled dims, per-channel constants, divisions
+Rule = Callable[[ir.Node, str, int, Dim, "RuleContext"], list[Item]]
 
 
 def desc(node: ir.Node) -> str:
@@ -92,7 +106,7 @@ def forwarded(value: ir.Value | None) -> ir.Value | None:
     return value
 
 
-def constant(value: ir.Value | None):
+def constant(value: ir.Value | None) -> np.ndarray | None:
     """The constant array of ``value`` (looking through Identity), else None."""
     return const_array(forwarded(value))
 
@@ -112,7 +126,7 @@ def dims(value: ir.Value | None) -> list[int | None] | None:
     """Static dims (None where symbolic/unknown), or None when the rank is unknown."""
     if value is None:
         return None
-    shape = value.shape
+    shape: ir.ShapeProtocol | None = value.shape
     if shape is None and value.const_value is not None:
         shape = value.const_value.shape
     if shape is None:
@@ -120,18 +134,27 @@ def dims(value: ir.Value | None) -> list[int | None] | None:
     return [d if isinstance(d, int) else None for d in shape]
 
 
-def rank(value: ir.Value) -> int:
+def present(node: ir.Node, index: int) -> ir.Value:
+    """Input ``index`` of ``node`` (Decline when it is missing)."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise Decline(f"{desc(node)} has no input {index}")
+    return value
+
+
+def rank(value: ir.Value | None) -> int:
     shape = dims(value)
     if shape is None:
-        raise Decline(f"the rank of '{value.name}' is unknown (run shape inference)")
+        raise Decline(f"the rank of '{value.name if value else None}' is unknown (run shape inference)")
     return len(shape)
 
 
-def size(value: ir.Value, axis: int) -> int:
+def size(value: ir.Value | None, axis: int) -> int:
     shape = dims(value)
-    if shape is None or shape[axis] is None:
-        raise Decline(f"dimension {axis} of '{value.name}' is only known at runtime")
-    return shape[axis]
+    length = shape[axis] if shape is not None else None
+    if length is None:
+        raise Decline(f"dimension {axis} of '{value.name if value else None}' is only known at runtime")
+    return length
 
 
 def ints(node: ir.Node, name: str, input_index: int | None = None) -> list[int] | None:
@@ -161,24 +184,24 @@ def _only_first(node: ir.Node, side: str, index: int, dim: Dim) -> None:
 
 def _across(node: ir.Node, side: str, dim: Dim, axis: int | None = None) -> Dim:
     """The dim on the other side of a one-input one-output op (``axis``: same if None)."""
-    other = node.outputs[0] if side == "in" else node.inputs[0]
+    other = node.outputs[0] if side == "in" else present(node, 0)
     return dim.moved(other, dim.axis if axis is None else axis)
 
 
-def unary(node, side, index, dim, ctx):
+def unary(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Element-wise on one tensor (activations, Cast, Identity, Dropout, Clip): same channels."""
     _only_first(node, side, index, dim)
     return [_across(node, side, dim)]
 
 
-def per_channel(params: tuple[int, ...], channel_axis: int | None = 1):
+def per_channel(params: tuple[int, ...], channel_axis: int | None = 1) -> Rule:
     """BatchNorm-like ops: channels on ``channel_axis``, per-channel constants on ``params``."""
 
-    def rule(node, side, index, dim, ctx):
+    def rule(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
         _only_first(node, side, index, dim)
         if channel_axis is not None and dim.axis != channel_axis:
             raise Decline(f"{desc(node)} works on axis {channel_axis}, the channels are on {dim.axis}")
-        items = [_across(node, side, dim)]
+        items: list[Item] = [_across(node, side, dim)]
         for i in params:
             value = node.inputs[i] if i < len(node.inputs) else None
             if value is None:
@@ -191,7 +214,7 @@ def per_channel(params: tuple[int, ...], channel_axis: int | None = 1):
     return rule
 
 
-def broadcast(node, side, index, dim, ctx):
+def broadcast(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Add/Sub/Mul/Div/...: inputs broadcast together; a full-size channel axis ties them.
 
     A constant input with the channel axis is a per-channel PARAM; a computed one carries the
@@ -201,7 +224,7 @@ def broadcast(node, side, index, dim, ctx):
     r = rank(out)
     length = size(dim.value, dim.axis)
     aligned = dim.axis + (r - rank(node.inputs[index])) if side == "in" else dim.axis
-    items = [dim.moved(out, aligned)] if side == "in" else []
+    items: list[Item] = [dim.moved(out, aligned)] if side == "in" else []
     for j, value in enumerate(node.inputs):
         if value is None or (side == "in" and j == index):
             continue
@@ -217,7 +240,7 @@ def broadcast(node, side, index, dim, ctx):
     return items
 
 
-def softmax(node, side, index, dim, ctx):
+def softmax(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Softmax-like: fine unless it normalises across the channel axis."""
     _only_first(node, side, index, dim)
     r = rank(node.inputs[0])
@@ -228,14 +251,14 @@ def softmax(node, side, index, dim, ctx):
     return [_across(node, side, dim)]
 
 
-def layer_norm(node, side, index, dim, ctx):
+def layer_norm(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     if dim.axis >= attr(node, "axis", -1) % rank(node.inputs[0]):
         raise Decline(f"{desc(node)} normalises across the channels")
     return [_across(node, side, dim)]
 
 
-def pooling(node, side, index, dim, ctx):
+def pooling(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Max/Average/Lp/Global pooling: spatial only, channels (axis 1) pass through."""
     _only_first(node, side, index, dim)
     if dim.axis != 1:
@@ -243,7 +266,7 @@ def pooling(node, side, index, dim, ctx):
     return [_across(node, side, dim)]
 
 
-def pad(node, side, index, dim, ctx):
+def pad(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     pads = ints(node, "pads", 1)
     r = rank(node.inputs[0])
@@ -256,7 +279,7 @@ def pad(node, side, index, dim, ctx):
     return [_across(node, side, dim)]
 
 
-def resize(node, side, index, dim, ctx):
+def resize(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Resize/Upsample: fine when the channel axis keeps scale 1 (or a size we can update)."""
     _only_first(node, side, index, dim)
     if "axes" in node.attributes:
@@ -273,7 +296,7 @@ def resize(node, side, index, dim, ctx):
     return [_across(node, side, dim)]
 
 
-def transpose(node, side, index, dim, ctx):
+def transpose(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     perm = attr(node, "perm") or list(reversed(range(rank(node.inputs[0]))))
     axis = list(perm).index(dim.axis) if side == "in" else perm[dim.axis]
@@ -284,7 +307,7 @@ def _kept_axes(r_in: int, dropped: list[int]) -> list[int]:
     return [a for a in range(r_in) if a not in dropped]
 
 
-def _across_removed_axes(node, side, dim, kept: list[int], long_side: str, verb: str):
+def _across_removed_axes(node: ir.Node, side: str, dim: Dim, kept: list[int], long_side: str, verb: str) -> list[Item]:
     """Channels through an op that drops axes (Squeeze, Reduce without keepdims; Unsqueeze is
     the same read backwards): ``kept`` lists the long side's axes that the short side keeps."""
     if side == long_side:
@@ -294,7 +317,7 @@ def _across_removed_axes(node, side, dim, kept: list[int], long_side: str, verb:
     return [_across(node, side, dim, kept[dim.axis])]
 
 
-def squeeze(node, side, index, dim, ctx):
+def squeeze(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     shape = dims(node.inputs[0])
     r = rank(node.inputs[0])
@@ -306,14 +329,14 @@ def squeeze(node, side, index, dim, ctx):
     return _across_removed_axes(node, side, dim, _kept_axes(r, [a % r for a in axes]), "in", "squeezes")
 
 
-def unsqueeze(node, side, index, dim, ctx):
+def unsqueeze(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     _only_first(node, side, index, dim)
     r_out = rank(node.outputs[0])
     axes = [a % r_out for a in (ints(node, "axes", 1) or [])]
     return _across_removed_axes(node, side, dim, _kept_axes(r_out, axes), "out", "inserts")
 
 
-def reduce(node, side, index, dim, ctx):
+def reduce(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """ReduceMean/Max/...: fine when the channel axis is kept."""
     _only_first(node, side, index, dim)
     r = rank(node.inputs[0])
@@ -330,7 +353,7 @@ def reduce(node, side, index, dim, ctx):
     return _across_removed_axes(node, side, dim, _kept_axes(r, axes), "in", "reduces")
 
 
-def shape(node, side, index, dim, ctx):
+def shape(node: ir.Node, side: str, index: int, dim: Dim, ctx: RuleContext) -> list[Item]:
     """Shape: harmless when no consumer reads the channel count (e.g. only the batch size)."""
     r = rank(node.inputs[0])
     start, end = (min(max(v + r if v < 0 else v, 0), r) for v in (attr(node, "start", 0), attr(node, "end", r)))
