@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -53,23 +54,34 @@ def consumer_layer(slot: Slot) -> ir.Node:
     return node
 
 
+def _layer_weight(layer: ir.Node) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The constant weight of a layer the analysis made a consumer, and its Transpose perm."""
+    weight = resolve_weight(layer, 1)
+    array = constant(weight.value) if weight is not None else None
+    assert weight is not None and array is not None, f"{layer.op_type} '{layer.name}': no constant weight"
+    return array, weight.perm
+
+
 def _contribution(layer: ir.Node, slot: Slot, channels: np.ndarray, k: np.ndarray, size: int) -> np.ndarray:
     """``delta[o] = sum_c k_c * sum_{i in c} sum_window W[o, i]`` over the layer's outputs."""
-    weight = resolve_weight(layer, 1)
-    w = np.transpose(constant(weight.value), weight.perm)  # as the layer reads it
+    w = np.transpose(*_layer_weight(layer))  # as the layer reads it
     op = layer.op_type
+    delta: np.ndarray
     if op in ("Gemm", "MatMul"):
         if op == "Gemm" and attr(layer, "transB", 0):
             w = w.T
         rows = w[slot.indices(channels, size).reshape(len(channels), -1)].sum(axis=1, dtype=np.float64)
-        return (k @ rows) * (attr(layer, "alpha", 1.0) if op == "Gemm" else 1.0)
+        delta = (k @ rows) * (attr(layer, "alpha", 1.0) if op == "Gemm" else 1.0)
+        return delta
     index = slot.indices(channels, size)
     if op == "ConvTranspose":  # W[in, out, ...]: the mean over positions of a strided scatter
-        cols = np.take(w, index, axis=0).reshape(len(channels), -1, w.shape[1], math.prod(w.shape[2:]))
-        return (k @ cols.sum(axis=(1, 3), dtype=np.float64)) / math.prod(attr(layer, "strides", None) or [1])
+        scattered = np.take(w, index, axis=0).reshape(len(channels), -1, w.shape[1], math.prod(w.shape[2:]))
+        delta = (k @ scattered.sum(axis=(1, 3), dtype=np.float64)) / math.prod(attr(layer, "strides", None) or [1])
+        return delta
     if slot.groups == 1:  # W[out, in, ...]: the removed columns summed over their window
         cols = np.take(w, index, axis=1).reshape(w.shape[0], len(channels), -1)
-        return cols.sum(axis=2, dtype=np.float64) @ k
+        delta = cols.sum(axis=2, dtype=np.float64) @ k
+        return delta
     sums = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2, dtype=np.float64)
     delta = np.zeros(sums.shape[0])
     rows_per, width = sums.shape[0] // slot.groups, sums.shape[1]
@@ -134,7 +146,9 @@ def plan_fold(
     return GroupFold(deltas, *(int(c) for c in counts))
 
 
-def install(graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_outputs) -> None:
+def install(
+    graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_outputs: Callable[[ir.Node], np.ndarray]
+) -> None:
     """Add the deltas to the layers' biases, after slicing (``removed_outputs(layer)`` gives
     the output channels the layer lost, so deltas are cut the same way)."""
     totals: dict[int, tuple[ir.Node, np.ndarray]] = {}
@@ -158,7 +172,7 @@ def install(graph: ir.Graph, deltas: list[tuple[ir.Node, np.ndarray]], removed_o
 
 
 def _dtype(layer: ir.Node) -> np.dtype:
-    return constant(resolve_weight(layer, 1).value).dtype
+    return _layer_weight(layer)[0].dtype
 
 
 def _add_to_input(node: ir.Node, index: int, delta: np.ndarray) -> None:
@@ -168,6 +182,7 @@ def _add_to_input(node: ir.Node, index: int, delta: np.ndarray) -> None:
         set_const_input(node, index, delta.astype(_dtype(node)), f"{node.name or node.op_type}_bias")
         return
     array = constant(value)
+    assert array is not None, f"'{value.name}' is not a constant"  # checked by the analysis
     dtype = array.dtype if node.op_type == "Add" else _dtype(node)
     set_const_input(node, index, (array + delta).astype(dtype), f"{value.name}_folded")
 

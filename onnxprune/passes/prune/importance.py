@@ -68,7 +68,8 @@ def batchnorm_scale(bn: ir.Node) -> np.ndarray | None:
     gamma, var = const_array(bn.inputs[1]), const_array(bn.inputs[4])
     if gamma is None or var is None:
         return None
-    return np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + attr(bn, "epsilon", 1e-5))
+    scale: np.ndarray = np.abs(gamma.astype(np.float64)) / np.sqrt(var.astype(np.float64) + attr(bn, "epsilon", 1e-5))
+    return scale
 
 
 class Criterion:
@@ -114,7 +115,8 @@ class Magnitude(Criterion):
             # Reduce in place of a float64 copy: one float32 temporary, float64 accumulation
             # (the copies put a large external-data model's peak memory well above its size).
             axes = tuple(i for i in range(weight.ndim) if i != slot.axis)
-            powers = np.sum(np.abs(weight) if self.p == 1 else np.square(weight), axis=axes, dtype=np.float64)
+            magnitude = np.abs(weight) if self.p == 1 else np.square(weight)
+            powers = np.asarray(np.sum(magnitude, axis=axes, dtype=np.float64))  # an array whatever the axes
             bn = batchnorm_after(slot.node)
             scale = batchnorm_scale(bn) if bn is not None else None
             if scale is not None and scale.shape == powers.shape:

@@ -49,7 +49,7 @@ class NormalEquations:
         self.sxy = np.zeros((features, outputs))
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
-        self._moments: tuple | None = None
+        self._moments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -166,7 +166,8 @@ class NormalEquations:
     def recentred(self, a: np.ndarray) -> np.ndarray:
         """The best bias for fixed weights ``a``: ``c = ȳ − aᵀ x̄`` (mean compensation)."""
         mx, my = self.moments()[:2]
-        return my - a.T @ mx
+        bias: np.ndarray = my - a.T @ mx
+        return bias
 
     def error(self, a: np.ndarray, c: np.ndarray) -> float:
         """``‖Y − Ŷ‖ / ‖Y − Ȳ‖`` on the rows seen, for ``Ŷ = aᵀx + c``: the share of the
@@ -197,11 +198,19 @@ def conv_rows(
     offsets = np.unravel_index(np.arange(math.prod(kernel)), kernel)
     coords = [o[:, None, None] * s + k[None, None, :] * d for o, s, k, d in zip(out, strides, offsets, dilations)]
     channels = np.arange(x.shape[1])[None, :, None]
-    rows = padded[(n[:, None, None], channels, *coords)]  # [P, C, K]
+    where = (n[:, None, None], channels, *coords)
+    rows: np.ndarray = padded[where]  # [P, C, K]
     return rows.reshape(len(index), -1)
 
 
-def _pads_begin(node, spatial, out, kernel, strides, dilations) -> tuple[int, ...]:
+def _pads_begin(
+    node: ir.Node,
+    spatial: tuple[int, ...],
+    out: tuple[int, ...],
+    kernel: tuple[int, ...],
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+) -> tuple[int, ...]:
     auto = attr(node, "auto_pad", "NOTSET")
     if auto in ("NOTSET", "VALID"):
         pads = attr(node, "pads") or [0] * (2 * len(spatial))

@@ -31,7 +31,7 @@ import onnx_ir as ir
 from onnxprune.errors import UsageError
 from onnxprune.graphutils import MAC_OPS, node_macs, param_count
 from onnxprune.passes.cleanup import ShapeInference
-from onnxprune.passes.prune.group import Group, PrunePlan, Role
+from onnxprune.passes.prune.group import Group, PrunePlan, Role, Slot
 
 
 @dataclasses.dataclass(eq=False)
@@ -127,7 +127,7 @@ class CostModel:
     """
 
     def __init__(self, model: ir.Model, groups: Sequence[Group]) -> None:
-        self.slots: dict[int, list] = {}  # id(value) -> [(group, slot)]
+        self.slots: dict[int, list[tuple[Group, Slot]]] = {}  # id(value) -> [(group, slot)]
         self.values: dict[int, ir.Value] = {}
         self.groups = list(groups)
         for group in groups:
@@ -145,7 +145,7 @@ class CostModel:
             if macs is None:
                 continue
             self.macs += macs
-            operands = node.inputs[1:2] + node.inputs[:1]
+            operands = [*node.inputs[1:2], *node.inputs[:1]]
             weight = next((v for v in operands if v is not None and id(v) in self.slots), None)
             if weight is not None:
                 self.node_macs.append((macs, id(weight)))
@@ -159,7 +159,7 @@ class CostModel:
         ``Slot.removed_count`` each.
         """
         removed = {g.id: plan.removed(g) for g in self.groups}
-        shares = {}
+        shares: dict[int, float] = {}
         for key, pairs in self.slots.items():
             cut: dict[int, np.ndarray] = {}
             grouped: dict[int, int] = {}
@@ -173,7 +173,7 @@ class CostModel:
                     idx = slot.indices(gone, group.size)
                     cut[slot.axis] = np.union1d(cut.get(slot.axis, idx[:0]), idx)
             if cut or grouped:
-                dims = list(self.values[key].const_value.shape.numpy())
+                dims = list(self._shape(key))
                 lost = [len(cut.get(a, ())) + grouped.get(a, 0) for a in range(len(dims))]
                 shares[key] = math.prod((d - n) / d for d, n in zip(dims, lost) if d)
         return shares
@@ -182,10 +182,13 @@ class CostModel:
         """(MACs, parameters) after the plan."""
         shares = self.kept_share(plan)
         macs = self.macs - sum(m * (1 - shares[w]) for m, w in self.node_macs if w in shares)
-        params = self.params - sum(
-            int(np.prod(self.values[k].const_value.shape.numpy())) * (1 - s) for k, s in shares.items()
-        )
+        params = self.params - sum(int(np.prod(self._shape(k))) * (1 - s) for k, s in shares.items())
         return round(macs), round(params)
+
+    def _shape(self, key: int) -> Sequence[int]:
+        tensor = self.values[key].const_value
+        assert tensor is not None  # __init__ keeps constants only
+        return tensor.shape.numpy()
 
 
 def search_ratio(
@@ -203,11 +206,11 @@ def search_ratio(
     """
     if (target_macs is None) == (target_params is None):
         raise UsageError("give exactly one of --target-macs and --target-params")
-    option, kind, target = (
-        ("target_macs", "MACs", target_macs)
-        if target_macs is not None
-        else ("target_params", "parameters", target_params)
-    )
+    if target_macs is not None:
+        option, kind, target = "target_macs", "MACs", target_macs
+    else:
+        assert target_params is not None  # exactly one is given: checked above
+        option, kind, target = "target_params", "parameters", target_params
     if not 0 < target <= 1:
         raise UsageError(f"{option} is the share to keep and must be in (0, 1] (given {target})")
     base = cost.macs if kind == "MACs" else cost.params

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import onnx_ir as ir
 
-from onnxprune.passes.prune.reconstruct import LayerFit
+from onnxprune.passes.prune.refit import LayerFit
 from onnxprune.validate import control_flow_nodes
 
 
@@ -20,12 +21,12 @@ class GroupReport:
     kept: int
     status: str  # "pruned", "kept", "declined", "excluded"
     reason: str | None = None  # why declined / excluded, or the criterion's fallback note
-    scores: dict | None = None  # normalised score summary: min/median/max, best removed
+    scores: dict[str, Any] | None = None  # normalised score summary: min/median/max, best removed
     members: list[str] = dataclasses.field(default_factory=list)  # layers whose output channels these are
     readers: list[str] = dataclasses.field(default_factory=list)  # layers reading them (input channels)
     removed: list[int] = dataclasses.field(default_factory=list)  # removed channel indices
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -33,7 +34,7 @@ class GroupReport:
 class PruneReport:
     criterion: str
     ratio: float  # the global (or uniform) ratio used, found by search for a target
-    target: dict | None
+    target: dict[str, Any] | None
     groups: list[GroupReport]
     macs: tuple[int, int]  # before, after (estimated on the graph the pass saw)
     params: tuple[int, int]
@@ -46,7 +47,7 @@ class PruneReport:
     def channels(self) -> tuple[int, int]:
         return sum(g.channels for g in self.groups), sum(g.kept for g in self.groups)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "criterion": self.criterion,
             "ratio": self.ratio,

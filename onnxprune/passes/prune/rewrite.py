@@ -23,7 +23,16 @@ from onnxprune.graphutils import add_initializer, attr, set_initializer
 from onnxprune.passes.prune import fold, layout
 from onnxprune.passes.prune.group import Group, PrunePlan, Role, Slot
 from onnxprune.passes.prune.layers import is_depthwise
-from onnxprune.passes.prune.rules import constant, dims, ints
+from onnxprune.passes.prune.rules import constant, dims, ints, rank, size
+
+SetInput = Callable[[ir.Node, int, np.ndarray], Callable[[], None]]
+
+
+def _known(value: ir.Value | None) -> np.ndarray:
+    """The array of a constant the analysis sliced or reads (it checked it is constant)."""
+    array = constant(value)
+    assert array is not None, f"'{value.name if value else None}' is not a constant"
+    return array
 
 
 def apply_plan(
@@ -149,7 +158,7 @@ class _TensorCut:
     def removed(self) -> dict[int, np.ndarray]:
         return {axis: np.unique(np.concatenate(parts)) for axis, parts in self.axes.items()}
 
-    def signature(self) -> tuple:
+    def signature(self) -> tuple[tuple[int, tuple[int, ...], int], ...]:
         return tuple(sorted((a, tuple(i.tolist()), self.groups.get(a, 1)) for a, i in self.removed().items()))
 
     def apply(self, array: np.ndarray) -> np.ndarray:
@@ -194,7 +203,7 @@ class _Cuts:
 
     def removed_outputs(self, layer: ir.Node) -> np.ndarray:
         out = layer.outputs[0]
-        return self.removed(out, len(out.shape) - 1 if layer.op_type == "MatMul" else 1)
+        return self.removed(out, rank(out) - 1 if layer.op_type == "MatMul" else 1)
 
     def slice_constants(self, graph: ir.Graph) -> None:
         by_value: dict[int, list[_TensorCut]] = {}
@@ -202,7 +211,7 @@ class _Cuts:
             by_value.setdefault(id(cut.value), []).append(cut)
         for cuts in by_value.values():
             value = cuts[0].value
-            array = constant(value)
+            array = _known(value)
             users = {id(user) for user, _ in value.uses()}
             shared = users != {id(c.node) for c in cuts} or len({c.signature() for c in cuts}) > 1
             if value.is_initializer() and not shared:
@@ -217,16 +226,17 @@ class _Cuts:
         for value, axes in self.acts.values():
             if value.shape is None:
                 continue
-            shape = list(value.shape)
+            shape: list[int | ir.SymbolicDim | None] = list(value.shape)
             for axis, parts in axes.items():
                 count = len(np.unique(np.concatenate(parts)))
-                shape[axis] = shape[axis] - count if isinstance(shape[axis], int) else None
+                length = shape[axis]
+                shape[axis] = length - count if isinstance(length, int) else None
             value.shape = ir.Shape(shape)
 
 
 def _transposed_shapes(node: ir.Node) -> None:
     """Weights read through Transpose nodes (``MatMul(x, Transpose(W))``): new shapes."""
-    while node.op_type == "Transpose" and node.inputs[0].shape is not None:
+    while node.op_type == "Transpose" and node.inputs[0] is not None and node.inputs[0].shape is not None:
         shape = node.inputs[0].shape
         perm = attr(node, "perm") or list(reversed(range(len(shape))))
         node.outputs[0].shape = ir.Shape([shape[p] for p in perm])
@@ -247,6 +257,7 @@ def _drop_orphan(graph: ir.Graph, value: ir.Value | None) -> None:
     while value is not None and not value.uses() and not value.is_graph_output():
         producer = value.producer()
         if value.is_initializer() and not value.is_graph_input():
+            assert value.name is not None  # initializers are stored by name
             graph.initializers.pop(value.name)
             return
         if producer is None or producer.op_type not in ("Constant", "Identity") or len(producer.outputs) != 1:
@@ -263,10 +274,11 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
 
     def set_input(node: ir.Node, index: int, array: np.ndarray) -> Callable[[], None]:
         def edit() -> None:
-            if node.inputs[index] is None:
+            old = node.inputs[index]
+            if old is None:
                 node.replace_input_with(index, add_initializer(graph, f"{node.name}_{index}", array))
             else:
-                _replace_input(graph, node, node.inputs[index], array)
+                _replace_input(graph, node, old, array)
 
         return edit
 
@@ -274,7 +286,7 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
         op = node.op_type
         source = node.inputs[0] if node.inputs else None
         cut_axes = cuts.axes(source) if source is not None else {}
-        if op == "Conv" and is_depthwise(node) and 1 in cut_axes:
+        if op == "Conv" and source is not None and is_depthwise(node) and 1 in cut_axes:
             count = attr(node, "group") - len(cuts.removed(source, 1))  # depthwise: one per channel
             edits.append(_set_attribute(node, ir.AttrInt64("group", count)))
         elif op == "Reshape":
@@ -283,30 +295,40 @@ def _edits(model: ir.Model, cuts: _Cuts) -> list[Callable[[], None]]:
                 entry = layout.target_entry(node, axis)
                 if entry is not None:
                     holder, index, position = entry
-                    start = (holder, index, layout.piece_values(holder, index).copy())
+                    piece = layout.piece_values(holder, index)
+                    assert piece is not None  # target_entry found the entry in a constant
+                    start = (holder, index, piece.copy())
                     values = pieces.setdefault((id(holder), index), start)[2]
-                    values[position] = layout.reshape_dims(node)[axis] - len(cuts.removed(out, axis))
-        elif op == "Split" and cut_axes:
-            axis = attr(node, "axis", 0) % len(dims(source))
+                    values[position] = _target_size(node, axis) - len(cuts.removed(out, axis))
+        elif op == "Split" and source is not None and cut_axes:
+            axis = attr(node, "axis", 0) % rank(source)
             lost = cuts.removed(source, axis)
             if len(lost):
-                sizes = layout.split_sizes(node, dims(source)[axis])
+                sizes = layout.split_sizes(node, size(source, axis))
                 bounds = [0, *itertools.accumulate(sizes)]
                 new = np.array([s - ((lost >= a) & (lost < b)).sum() for s, a, b in zip(sizes, bounds, bounds[1:])])
                 edits.append(_split_edit(node, new, opset, set_input))
-        elif op == "Slice":
+        elif op == "Slice" and source is not None:
             for axis in cut_axes:
-                bounds = layout.slice_bounds(node, axis)
-                if bounds is not None:
-                    edits.extend(_slice_edits(node, axis, bounds, cuts.removed(source, axis), set_input))
-        elif op == "Resize" and cut_axes and len(node.inputs) > 3 and node.inputs[3] is not None:
-            sizes = constant(node.inputs[3]).copy()
+                span = layout.slice_bounds(node, axis)
+                if span is not None:
+                    edits.extend(_slice_edits(node, axis, span, cuts.removed(source, axis), set_input))
+        elif op == "Resize" and source is not None and cut_axes and len(node.inputs) > 3 and node.inputs[3] is not None:
+            sizes = _known(node.inputs[3]).copy()
             for axis in cut_axes:
                 sizes[axis] -= len(cuts.removed(source, axis))
             edits.append(set_input(node, 3, sizes))
     for holder, index, values in pieces.values():
         edits.append(set_input(holder, index, values.astype(np.int64)))
     return edits
+
+
+def _target_size(reshape: ir.Node, axis: int) -> int:
+    """The static size of output ``axis`` of a Reshape the analysis mapped channels through."""
+    target = layout.reshape_dims(reshape)
+    length = target[axis] if target is not None else None
+    assert length is not None, f"{reshape.name}: output axis {axis} is not static"
+    return length
 
 
 def _set_attribute(node: ir.Node, attribute: ir.Attr) -> Callable[[], None]:
@@ -316,7 +338,7 @@ def _set_attribute(node: ir.Node, attribute: ir.Attr) -> Callable[[], None]:
     return edit
 
 
-def _split_edit(node: ir.Node, sizes: np.ndarray, opset: int, set_input) -> Callable[[], None]:
+def _split_edit(node: ir.Node, sizes: np.ndarray, opset: int, set_input: SetInput) -> Callable[[], None]:
     if opset < 13:
         return _set_attribute(node, ir.AttrInt64s("split", sizes.tolist()))
 
@@ -329,9 +351,11 @@ def _split_edit(node: ir.Node, sizes: np.ndarray, opset: int, set_input) -> Call
     return edit
 
 
-def _slice_edits(node: ir.Node, axis: int, bounds: tuple[int, int], lost: np.ndarray, set_input):
+def _slice_edits(
+    node: ir.Node, axis: int, bounds: tuple[int, int], lost: np.ndarray, set_input: SetInput
+) -> list[Callable[[], None]]:
     """Slice bounds shift left by the channels removed before them."""
-    r = len(dims(node.inputs[0]))
+    r = rank(node.inputs[0])
     axes = ints(node, "axes", 3)
     k = [a % r for a in axes].index(axis) if axes is not None else axis
     edits = []
@@ -342,7 +366,7 @@ def _slice_edits(node: ir.Node, axis: int, bounds: tuple[int, int], lost: np.nda
             values[k] = new
             edits.append(_set_attribute(node, ir.AttrInt64s(name, values)))
         else:
-            values = constant(node.inputs[index]).copy()
+            values = _known(node.inputs[index]).copy()
             values[k] = new
             edits.append(set_input(node, index, values))
     return edits

@@ -39,7 +39,7 @@ import onnx_ir as ir
 from onnxprune.errors import UsageError
 from onnxprune.passes.prune.activations import collect_channel_stats
 from onnxprune.passes.prune.fold import consumer_layer
-from onnxprune.passes.prune.group import Group, Role
+from onnxprune.passes.prune.group import Group, Role, Slot
 from onnxprune.passes.prune.importance import Criterion
 from onnxprune.passes.prune.lstsq import conv_rows
 from onnxprune.passes.prune.reconstruct import _stream as stream
@@ -130,7 +130,7 @@ class ConsumerEnergy(Criterion):
         self.grams.clear()
         self.fallback.clear()
         targets: dict[int, _Probe] = {}
-        reads: dict[int, list] = {}
+        reads: dict[int, list[tuple[Slot, _Probe]]] = {}
         for group in groups:
             for slot in group.by_role(Role.CONSUMER):
                 layer = consumer_layer(slot)
