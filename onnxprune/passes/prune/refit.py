@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -20,8 +21,8 @@ import onnx_ir as ir
 from onnxprune.graphutils import attr, set_initializer
 from onnxprune.passes.prune import fold
 from onnxprune.passes.prune.fold import consumer_layer
-from onnxprune.passes.prune.group import Group, PrunePlan, Role
-from onnxprune.passes.prune.layers import resolve_weight
+from onnxprune.passes.prune.group import Group, PrunePlan, Role, Slot
+from onnxprune.passes.prune.layers import Weight, resolve_weight
 from onnxprune.passes.prune.lstsq import NormalEquations, conv_rows
 from onnxprune.passes.prune.rules import constant, is_const
 
@@ -43,9 +44,9 @@ RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 class LayerFit:
     """One refitted (or skipped) layer in the report."""
 
-    layer: str
+    layer: str | None
     op: str
-    inputs: tuple[int, int]  # input channels/features read: before, after pruning
+    inputs: tuple[int, int] | tuple[None, None]  # input channels/features read: before, after pruning
     status: str  # "refit"; "recentred": sliced weights, bias re-centred; "sliced": as sliced; "skipped"
     error_before: float | None = None  # relative output error, sliced weights + mean compensation
     error_after: float | None = None  # after the refit (calibration data)
@@ -55,7 +56,7 @@ class LayerFit:
     heldout_after: float | None = None
     ridge: float | None = None  # the ridge the held-out samples chose (status "refit")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def line(self) -> str:
@@ -78,9 +79,9 @@ class Target:
 
     def __init__(self, layer: ir.Node, removed_in: np.ndarray, removed_out: np.ndarray, seed: int) -> None:
         self.layer, self.op = layer, layer.op_type
-        weight = resolve_weight(layer, 1)
+        weight, array = _weight(layer)
         self.perm = weight.perm
-        w = np.transpose(constant(weight.value), self.perm)  # as the layer reads it
+        w = np.transpose(array, self.perm)  # as the layer reads it
         self.dtype = w.dtype
         self.kernel = tuple(w.shape[2:]) if self.op == "Conv" else ()
         self.scale = attr(layer, "alpha", 1.0) if self.op == "Gemm" else 1.0
@@ -94,7 +95,9 @@ class Target:
         self.rng = np.random.default_rng(seed)
         self.equations: NormalEquations | None = None  # while its calibration pass runs
         self.heldout: NormalEquations | None = None  # the held-out samples' rows
-        self.x_value, self.y_value = layer.inputs[0], layer.outputs[0]
+        x_value = layer.inputs[0]
+        assert x_value is not None, f"{layer.op_type} '{layer.name}' has no input"  # a consumer reads it
+        self.x_value, self.y_value = x_value, layer.outputs[0]
         self.solution: tuple[np.ndarray, np.ndarray] | None = None
         self.report: LayerFit | None = None
 
@@ -102,12 +105,14 @@ class Target:
         """``M`` [O, D] with ``y = M x + bias`` (Conv columns: channel-major, then kernel)."""
         if self.op == "Conv":
             return w.reshape(w.shape[0], -1).astype(np.float64)
-        return self.scale * (w if self.transposed else w.T).astype(np.float64)
+        matrix: np.ndarray = self.scale * (w if self.transposed else w.T).astype(np.float64)
+        return matrix
 
     def columns(self, channels: np.ndarray) -> np.ndarray:
         """The columns of ``M`` that read the given input channels."""
         k = math.prod(self.kernel)
-        return (channels[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        columns: np.ndarray = (channels[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        return columns
 
     def update(self, x: np.ndarray, y: np.ndarray, pruned_input: bool, first: int = 0) -> None:
         """Add one batch: the layer's input ``x`` (already without the removed channels when
@@ -127,6 +132,7 @@ class Target:
             targets = y.reshape(-1, y.shape[-1])[index]
         targets = targets[:, self.kept_out]
         held = (first + index // per) % HOLDOUT == HOLDOUT - 1
+        assert self.equations is not None, "update() before the calibration pass set the equations"
         if self.heldout is None or not held.any():
             self.equations.update(rows, targets)
             return
@@ -145,6 +151,7 @@ class Target:
         prefer; the choice is then re-solved on all the samples. Without held-out samples,
         the refit at ``ridge`` unless it is no better on the fitted rows (re-centred bias)."""
         fit, held, self.equations, self.heldout = self.equations, self.heldout, None, None
+        assert fit is not None, "solve() without a calibration pass"
         a0 = self.sliced
         c0 = fit.recentred(a0) if fit.n else self.bias
         before = fit.error(a0, c0) if fit.n else None
@@ -156,7 +163,9 @@ class Target:
             self._solve_on_fit(fit, a0, c0, before, ridge)
             return
         ridges = RIDGES if ridge is None else (ridge,)
-        options = [("sliced", None, (a0, self.bias)), ("recentred", None, (a0, c0))]
+        options: list[tuple[str, float | None, tuple[np.ndarray, np.ndarray]]] = [
+            ("sliced", None, (a0, self.bias)), ("recentred", None, (a0, c0))
+        ]
         path = fit.solve_path(ridges, a0)
         options += [("refit", r, s) for r, s in zip(ridges, path) if not isinstance(s, str)]
         scores = [held.error(*solution) for _, _, solution in options]
@@ -170,6 +179,7 @@ class Target:
         if status == "recentred":
             solution = (a0, fit.recentred(a0))
         elif status == "refit":
+            assert chosen_ridge is not None  # every refit option has its ridge
             again = fit.solve_path([chosen_ridge], a0)[0]
             solution = again if not isinstance(again, str) else solution
         self.solution = solution
@@ -177,12 +187,15 @@ class Target:
                                fit.error(a0, fit.recentred(a0)), fit.error(*solution), fit.n, note,
                                scores[1], scores[best], chosen_ridge)
 
-    def _solve_on_fit(self, eq: NormalEquations, a0, c0, before, ridge: float | None) -> None:
+    def _solve_on_fit(
+        self, eq: NormalEquations, a0: np.ndarray, c0: np.ndarray, before: float | None, ridge: float | None
+    ) -> None:
         solved = eq.solve(RIDGE if ridge is None else ridge)
         status, note = "refit", None
         if isinstance(solved, str):
             status, note, solved = "recentred", solved, (a0, c0)
-        elif eq.error(*solved) > before * (1 + 1e-9) + 1e-12:  # the ridge can cost a little
+        # solved: rows were seen, so ``before`` is set
+        elif before is not None and eq.error(*solved) > before * (1 + 1e-9) + 1e-12:  # the ridge can cost a little
             status, note, solved = "recentred", "the refit was no better", (a0, c0)
         self.solution = solved
         self.report = LayerFit(self.layer.name, self.op, (self.width, len(self.kept_in)), status,
@@ -190,8 +203,8 @@ class Target:
 
     def zero_removed(self) -> None:
         """Zero the weight columns of the removed inputs, so that no mean is folded here."""
-        weight = resolve_weight(self.layer, 1)
-        w = np.transpose(constant(weight.value), self.perm).copy()
+        weight, array = _weight(self.layer)
+        w = np.transpose(array, self.perm).copy()
         removed = np.setdiff1d(np.arange(self.width), self.kept_in)
         if self.op == "Conv" or self.transposed:  # inputs on axis 1: Conv W[O, C, ...], Gemm B[N, K]
             w[:, removed] = 0
@@ -207,9 +220,17 @@ class Target:
         else:
             m = m / self.scale
             w = m if self.transposed else m.T
-        weight = resolve_weight(self.layer, 1)
+        weight, _ = _weight(self.layer)
         set_initializer(weight.value, np.transpose(w, np.argsort(self.perm)).astype(self.dtype))
         fold.install(graph, [(self.layer, c - self.bias)], lambda _: np.empty(0, dtype=np.int64))
+
+
+def _weight(layer: ir.Node) -> tuple[Weight, np.ndarray]:
+    """The layer's constant weight (``_unsupported`` let through only layers that have one)."""
+    weight = resolve_weight(layer, 1)
+    array = constant(weight.value) if weight is not None else None
+    assert weight is not None and array is not None, f"{layer.op_type} '{layer.name}': no constant weight"
+    return weight, array
 
 
 def _output_bias(layer: ir.Node, outputs: int) -> np.ndarray:
@@ -251,7 +272,7 @@ def _unsupported(layer: ir.Node) -> str | None:
 def find_targets(groups: Sequence[Group], plan: PrunePlan, seed: int = 0) -> tuple[list[Target], list[LayerFit]]:
     """The layers reading the channels ``plan`` removes: those to refit, and those skipped."""
     layers: dict[int, tuple[ir.Node, list[np.ndarray]]] = {}
-    removed_out: dict[int, list[np.ndarray]] = {}
+    removed_out: dict[int, list[tuple[Slot, np.ndarray]]] = {}
     for group in groups:
         if group.id not in plan.keep:
             continue
@@ -261,20 +282,24 @@ def find_targets(groups: Sequence[Group], plan: PrunePlan, seed: int = 0) -> tup
             layers.setdefault(id(layer), (layer, []))[1].append(slot.positions(removed, group.size))
         for slot in group.by_role(Role.ACTIVATION):
             removed_out.setdefault(id(slot.value), []).append((slot, slot.positions(removed, group.size)))
-    targets, skipped = [], []
-    graph = next(iter(layers.values()))[0].graph if layers else ()
-    for layer, parts in (layers[id(node)] for node in graph if id(node) in layers):  # in graph order
+    targets: list[Target] = []
+    skipped: list[LayerFit] = []
+    graph = next(iter(layers.values()))[0].graph if layers else None
+    for layer, parts in (layers[id(node)] for node in graph or () if id(node) in layers):  # in graph order
         removed_in = np.unique(np.concatenate(parts))
         reason = _unsupported(layer)
         if reason is not None:
-            shape = layer.inputs[0].shape
+            shape = layer.inputs[0].shape if layer.inputs[0] is not None else None
             width = shape[-1 if layer.op_type == "MatMul" else 1] if shape is not None else None
-            inputs = (width, width - len(removed_in)) if isinstance(width, int) else (None, None)
+            inputs: tuple[int, int] | tuple[None, None] = (
+                (width, width - len(removed_in)) if isinstance(width, int) else (None, None)
+            )
             skipped.append(LayerFit(layer.name, layer.op_type, inputs, "skipped", note=reason))
             continue
         out = layer.outputs[0]
+        assert out.shape is not None  # _unsupported checked it
         axis = len(out.shape) - 1 if layer.op_type == "MatMul" else 1
-        cut = [p for slot, p in removed_out.get(id(out), []) if slot.axis == axis]
-        cut = np.unique(np.concatenate(cut)) if cut else np.empty(0, dtype=np.int64)
+        cuts = [p for slot, p in removed_out.get(id(out), []) if slot.axis == axis]
+        cut = np.unique(np.concatenate(cuts)) if cuts else np.empty(0, dtype=np.int64)
         targets.append(Target(layer, removed_in, cut, seed + len(targets)))
     return targets, skipped
