@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
@@ -56,7 +57,10 @@ class _Running:
 
     def __init__(self, axis: int) -> None:
         self.axis = axis
-        self.abs = self.sum = self.nonzero = self.count = None
+        self.abs: np.ndarray | None = None
+        self.sum: np.ndarray | None = None
+        self.nonzero: np.ndarray | None = None
+        self.count: np.ndarray | None = None
 
     def update(self, x: np.ndarray) -> None:
         rows = np.moveaxis(x, self.axis, 0).reshape(x.shape[self.axis], -1)
@@ -70,6 +74,7 @@ class _Running:
             self.abs, self.sum, self.nonzero, self.count = parts
         else:
             for total, part in zip((self.abs, self.sum, self.nonzero, self.count), parts):
+                assert total is not None  # all four are set together
                 total += part
 
 
@@ -98,8 +103,8 @@ def collect_channel_stats(
     running: dict[str, _Running] = {}
     for group_slots in slots.values():
         for slot in group_slots:
-            values.setdefault(slot.value.name, slot.value)
-            running.setdefault(slot.value.name, _Running(slot.axis))
+            values.setdefault(fetch_name(slot.value), slot.value)
+            running.setdefault(fetch_name(slot.value), _Running(slot.axis))
     if not values:
         return {}
     inputs = set(runtime.input_specs(model))
@@ -108,8 +113,8 @@ def collect_channel_stats(
         for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
-            for chunk in budget_chunks(values.values(), lambda v, batch=batch: batch_nbytes(v, batch), FETCH_BUDGET):
-                names = [v.name for v in chunk]
+            for chunk in budget_chunks(values.values(), functools.partial(batch_nbytes, batch=batch), FETCH_BUDGET):
+                names = [fetch_name(v) for v in chunk]
                 try:
                     arrays = sess.run(names, feeds)
                 except Exception as exc:  # ORT's own error types
@@ -124,10 +129,16 @@ def collect_channel_stats(
     return {gid: _group_stats(s, running, sizes[gid], samples) for gid, s in slots.items()}
 
 
+def fetch_name(value: ir.Value) -> str:
+    """The name ONNX Runtime fetches an activation by (graph values are named when loaded)."""
+    assert value.name is not None, "an unnamed activation"
+    return value.name
+
+
 def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, samples: int) -> ChannelStats:
     sums = {k: np.zeros(size) for k in ("abs", "sum", "nonzero", "count")}
     for slot in slots:
-        r = running[slot.value.name]
+        r = running[fetch_name(slot.value)]
         for key in sums:
             channels, per = to_channels(getattr(r, key), slot, size)
             sums[key][channels] += per
@@ -149,7 +160,7 @@ def exposed(model: ir.Model, values: list[ir.Value]) -> Iterator[None]:
             model.graph.outputs.pop()
 
 
-def batch_nbytes(value: ir.Value, batch: int) -> int:
+def batch_nbytes(value: ir.Value, batch: int) -> float:
     """Bytes of ``value`` for ``batch`` samples (other symbolic dims count 1, an unknown type 4 bytes)."""
     dims = [d if isinstance(d, int) else 1 for d in (value.shape or ())]
     itemsize = value.dtype.itemsize if value.dtype is not None else 4
@@ -159,15 +170,15 @@ def batch_nbytes(value: ir.Value, batch: int) -> int:
 T = TypeVar("T")
 
 
-def budget_chunks(items: Iterable[T], nbytes: Callable[[T], int], budget: int) -> list[list[T]]:
+def budget_chunks(items: Iterable[T], nbytes: Callable[[T], float], budget: int) -> list[list[T]]:
     """``items`` in order, cut into runs of at most ``budget`` bytes (an item over it goes alone)."""
     chunks: list[list[T]] = [[]]
-    used = 0
+    used = 0.0
     for item in items:
         size = nbytes(item)
         if chunks[-1] and used + size > budget:
             chunks.append([])
-            used = 0
+            used = 0.0
         chunks[-1].append(item)
         used += size
     return chunks

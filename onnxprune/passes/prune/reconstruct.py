@@ -31,7 +31,9 @@ grouped/depthwise Conv and ConvTranspose consumers keep the mean compensation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
@@ -40,7 +42,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
-from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed
+from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed, fetch_name
 from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
@@ -92,7 +94,7 @@ def prune_and_refit(
     changes = apply_plan(model, groups, plan, channel_constants=means)
     if reference is None:
         for t in targets:
-            t.write(model.graph, *t.solution)
+            _write(t, model.graph)
     else:
         levels = _levels(model.graph, targets)
         with exposed(reference, [t.y_value for t in targets]), runtime.session(reference) as original:
@@ -100,9 +102,32 @@ def prune_and_refit(
                 label = f"reconstruct {i + 1}/{len(levels)}"
                 _accumulate(level, batches, model, ridge, reference=original, progress=progress and label)
                 for t in level:  # before the next level reads its inputs
-                    t.write(model.graph, *t.solution)
-    fits = [t.report for t in targets] + skipped
+                    _write(t, model.graph)
+    fits = [_report(t) for t in targets] + skipped
     return changes + [f.line() for f in fits], fits
+
+
+def _write(t: Target, graph: ir.Graph) -> None:
+    assert t.solution is not None, "written before solved"  # _accumulate solves every target
+    t.write(graph, *t.solution)
+
+
+def _report(t: Target) -> LayerFit:
+    assert t.report is not None, "reported before solved"
+    return t.report
+
+
+class Streamed(Protocol):
+    """What :func:`_stream` feeds: a layer's input and output, and what takes their batches."""
+
+    x_value: ir.Value
+    y_value: ir.Value
+
+    def update(self, x: np.ndarray, y: np.ndarray, pruned_input: bool, first: int = 0) -> None: ...
+
+
+def _fetch_nbytes(t: Streamed, batch: int) -> float:
+    return batch_nbytes(t.x_value, batch) + batch_nbytes(t.y_value, batch)
 
 
 def _levels(graph: ir.Graph, targets: list[Target]) -> list[list[Target]]:
@@ -140,7 +165,10 @@ def _accumulate(
             t.solve(ridge)
 
 
-def _stream(targets, batches, model, reference, progress: str | bool) -> None:
+def _stream(
+    targets: Sequence[Streamed], batches: Batches, model: ir.Model, reference: ort.InferenceSession | None,
+    progress: str | bool,
+) -> None:
     """One pass over the calibration batches (``progress``: the bar's label, or False)."""
     inputs = set(runtime.input_specs(model))
     outputs = [t.x_value for t in targets] + ([t.y_value for t in targets] if reference is None else [])
@@ -150,12 +178,10 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
                           total=getattr(batches, "total", None)):  # set by the stage API when known
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
-            chunks = budget_chunks(
-                targets, lambda t, n=batch: batch_nbytes(t.x_value, n) + batch_nbytes(t.y_value, n), FETCH_BUDGET
-            )
+            chunks = budget_chunks(targets, functools.partial(_fetch_nbytes, batch=batch), FETCH_BUDGET)
             for chunk in chunks:
-                x_names = [t.x_value.name for t in chunk]
-                y_names = [t.y_value.name for t in chunk]
+                x_names = [fetch_name(t.x_value) for t in chunk]
+                y_names = [fetch_name(t.y_value) for t in chunk]
                 if reference is None:
                     names = list(dict.fromkeys(x_names + y_names))
                     xs = ys = dict(zip(names, runtime.run_session(sess, names, feeds)))
@@ -165,7 +191,8 @@ def _stream(targets, batches, model, reference, progress: str | bool) -> None:
                     names = list(dict.fromkeys(y_names))
                     ys = dict(zip(names, runtime.run_session(reference, names, feeds)))
                 for t in chunk:
-                    t.update(xs[t.x_value.name], ys[t.y_value.name], pruned_input=reference is not None, first=rows)
+                    x, y = xs[fetch_name(t.x_value)], ys[fetch_name(t.y_value)]
+                    t.update(x, y, pruned_input=reference is not None, first=rows)
             rows += batch
     if rows == 0:
         raise DataError("calibration data is empty")

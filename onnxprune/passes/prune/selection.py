@@ -58,7 +58,7 @@ class _Probe:
     def __init__(self, layer: ir.Node, seed: int) -> None:
         none = np.empty(0, dtype=np.int64)
         self.target = Target(layer, none, none, seed)  # the layer read as y = M x + b
-        self.layer, self.x_value, self.y_value = layer, layer.inputs[0], layer.outputs[0]
+        self.layer, self.x_value, self.y_value = layer, self.target.x_value, layer.outputs[0]
         self.matrix = self.target.sliced.T  # M [O, D]
         self.k = math.prod(self.target.kernel)
         self.units = self.matrix.shape[1] // self.k
