@@ -18,7 +18,7 @@ from onnxprune.errors import InvalidModelError
 
 _T = onnx.TensorProto
 # Where a tensor without raw_data keeps its elements, and how many numbers per element.
-_TYPED_FIELDS = {
+_TYPED_FIELDS: dict[int, tuple[str, int]] = {
     _T.FLOAT: ("float_data", 1), _T.COMPLEX64: ("float_data", 2),
     _T.DOUBLE: ("double_data", 1), _T.COMPLEX128: ("double_data", 2),
     _T.INT64: ("int64_data", 1), _T.UINT32: ("uint64_data", 1), _T.UINT64: ("uint64_data", 1),

@@ -50,6 +50,7 @@ def save_streamed(model: ir.Model, path: str | os.PathLike) -> None:
     model_head = skeleton.SerializeToString()
 
     def tensor_bytes(value: ir.Value) -> bytes:
+        assert value.const_value is not None  # initializers hold their tensor
         return ir.serde.serialize_tensor(value.const_value).SerializeToString()
 
     # The graph's length comes first on the wire: size every tensor record, then write them.

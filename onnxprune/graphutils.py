@@ -38,8 +38,8 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 def unique_name(graph: ir.Graph, base: str) -> str:
     """A value name not used in ``graph`` (initializers, inputs, node outputs)."""
     taken = set(graph.initializers)
-    taken.update(v.name for v in graph.inputs)
-    taken.update(o.name for node in graph for o in node.outputs)
+    taken.update(v.name for v in graph.inputs if v.name is not None)
+    taken.update(o.name for node in graph for o in node.outputs if o.name is not None)
     if base not in taken:
         return base
     for i in itertools.count(1):
@@ -167,3 +167,10 @@ def name_unnamed_nodes(model: ir.Model) -> int:
         taken.add(name)
         named += 1
     return named
+
+
+def named(value: ir.Value) -> str:
+    """The name of a value that has one by construction (a graph input, a node output ONNX
+    Runtime fetches, a value we created with a name)."""
+    assert value.name is not None, "an unnamed value where a name is needed"
+    return value.name

@@ -91,7 +91,7 @@ def fp32_hint(provider: str, options: Mapping[str, str] | None = None) -> dict[s
 def precision_asked(options: Mapping[str, str] | None) -> dict[str, str]:
     """The precision-related options given (for the report), load_config properties included."""
     found = {k: v for k, v in (options or {}).items() if k.lower() in PRECISION_KEYS}
-    if "load_config" in (options or {}):
+    if options is not None and "load_config" in options:
         for device, props in json.loads(options["load_config"]).items():
             found.update({f"{device}.{k}": v for k, v in props.items() if k.lower() in PRECISION_KEYS})
     return found

@@ -176,7 +176,7 @@ def input_specs(model: ir.Model) -> dict[str, tuple[tuple[int | str | None, ...]
     """{input name: (shape with symbolic dims as str/None, numpy dtype)}, initializers excluded."""
     specs = {}
     for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
+        if value.name is None or value.name in model.graph.initializers:  # (ONNX names every input)
             continue
         shape = tuple(
             d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)

@@ -20,7 +20,7 @@ SIZE_KEYS = ("nodes", "parameters", "weights_bytes", "macs")
 
 @dataclasses.dataclass
 class LayerMacs:
-    node: str
+    node: str | None  # the node's name, else its first output's
     op_type: str
     macs: int
 

@@ -104,10 +104,10 @@ class Preprocess:
             raise UsageError(f"preprocess: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         scale = values.get("scale")
         if scale is not None:
-            scale = _floats(scale, "scale")
-            if len(scale) != 1:
+            numbers = _floats(scale, "scale")
+            if numbers is None or len(numbers) != 1:
                 raise UsageError(f"preprocess: scale={values['scale']!r} must be one number")
-            scale = scale[0]
+            scale = numbers[0]
         return cls(
             resize=_size(values.get("resize"), "resize"),
             crop=_size(values.get("crop"), "crop"),

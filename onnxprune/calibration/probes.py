@@ -38,6 +38,7 @@ from google.protobuf.message import DecodeError
 from onnxprune import profiling
 from onnxprune.calibration.tensors import graph_values
 from onnxprune.errors import OnnxPruneError
+from onnxprune.graphutils import named
 from onnxprune.io import EXTERNAL_DATA_THRESHOLD, has_external_data, trim_heap, weights_nbytes
 from onnxprune.runtime import session
 
@@ -99,7 +100,7 @@ def probed_session(model: ir.Model, probes: Sequence[Probe], providers) -> Itera
     with contextlib.ExitStack() as stack:
         with profiling.phase("calibration session"), _augmented(model, head, chains, outputs):
             sess = stack.enter_context(_optimised_session(model, providers))  # model restored now
-        yield sess, [v.name for v in outputs]
+        yield sess, [named(v) for v in outputs]
 
 
 @contextlib.contextmanager

@@ -74,6 +74,6 @@ def select_tensors(model: ir.Model, tensors: Sequence[str] | None) -> list[str]:
 
 def graph_values(model: ir.Model) -> dict[str, ir.Value]:
     """The main graph's values by name: its inputs and every node output (not initializers)."""
-    values = {v.name: v for v in model.graph.inputs}
-    values.update((o.name, o) for node in model.graph for o in node.outputs)
+    values = {v.name: v for v in model.graph.inputs if v.name is not None}
+    values.update((o.name, o) for node in model.graph for o in node.outputs if o.name is not None)
     return values

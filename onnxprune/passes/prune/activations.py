@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
+from onnxprune.graphutils import named
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, Role, Slot
 
@@ -103,8 +104,8 @@ def collect_channel_stats(
     running: dict[str, _Running] = {}
     for group_slots in slots.values():
         for slot in group_slots:
-            values.setdefault(fetch_name(slot.value), slot.value)
-            running.setdefault(fetch_name(slot.value), _Running(slot.axis))
+            values.setdefault(named(slot.value), slot.value)
+            running.setdefault(named(slot.value), _Running(slot.axis))
     if not values:
         return {}
     inputs = set(runtime.input_specs(model))
@@ -114,7 +115,7 @@ def collect_channel_stats(
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
             for chunk in budget_chunks(values.values(), functools.partial(batch_nbytes, batch=batch), FETCH_BUDGET):
-                names = [fetch_name(v) for v in chunk]
+                names = [named(v) for v in chunk]
                 try:
                     arrays = sess.run(names, feeds)
                 except Exception as exc:  # ORT's own error types
@@ -129,16 +130,10 @@ def collect_channel_stats(
     return {gid: _group_stats(s, running, sizes[gid], samples) for gid, s in slots.items()}
 
 
-def fetch_name(value: ir.Value) -> str:
-    """The name ONNX Runtime fetches an activation by (graph values are named when loaded)."""
-    assert value.name is not None, "an unnamed activation"
-    return value.name
-
-
 def _group_stats(slots: list[Slot], running: dict[str, _Running], size: int, samples: int) -> ChannelStats:
     sums = {k: np.zeros(size) for k in ("abs", "sum", "nonzero", "count")}
     for slot in slots:
-        r = running[fetch_name(slot.value)]
+        r = running[named(slot.value)]
         for key in sums:
             channels, per = to_channels(getattr(r, key), slot, size)
             sums[key][channels] += per

@@ -42,7 +42,8 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.errors import DataError
-from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed, fetch_name
+from onnxprune.graphutils import named
+from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed
 from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
@@ -180,8 +181,8 @@ def _stream(
             batch = len(next(iter(feeds.values()))) if feeds else 1
             chunks = budget_chunks(targets, functools.partial(_fetch_nbytes, batch=batch), FETCH_BUDGET)
             for chunk in chunks:
-                x_names = [fetch_name(t.x_value) for t in chunk]
-                y_names = [fetch_name(t.y_value) for t in chunk]
+                x_names = [named(t.x_value) for t in chunk]
+                y_names = [named(t.y_value) for t in chunk]
                 if reference is None:
                     names = list(dict.fromkeys(x_names + y_names))
                     xs = ys = dict(zip(names, runtime.run_session(sess, names, feeds)))
@@ -191,7 +192,7 @@ def _stream(
                     names = list(dict.fromkeys(y_names))
                     ys = dict(zip(names, runtime.run_session(reference, names, feeds)))
                 for t in chunk:
-                    x, y = xs[fetch_name(t.x_value)], ys[fetch_name(t.y_value)]
+                    x, y = xs[named(t.x_value)], ys[named(t.y_value)]
                     t.update(x, y, pruned_input=reference is not None, first=rows)
             rows += batch
     if rows == 0:
