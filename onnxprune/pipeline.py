@@ -120,12 +120,14 @@ class Verifier:
             check_model(model)
         except InvalidModelError as exc:
             raise InvalidModelError(f"after pass '{pass_name}': {exc}") from None
-        stats = {name: OutputStats(self.tolerances.atol_for(name), 0.0, detailed=False) for name in self._scale}
+        tolerances, feeds_list = self.tolerances, self.feeds
+        assert tolerances is not None and feeds_list is not None, "prepare() sets them"
+        stats = {name: OutputStats(tolerances.atol_for(name), 0.0, detailed=False) for name in self._scale}
         with runtime.session(model) as sess:
             missing = set(self._scale) - {o.name for o in sess.get_outputs()}
             if missing:
                 raise ParityError(f"pass '{pass_name}' removed or renamed output(s) {sorted(missing)}")
-            for feeds, reference in zip(self.feeds, self._reference):
+            for feeds, reference in zip(feeds_list, self._reference):
                 outputs = dict(zip(reference, runtime.run_session(sess, list(reference), feeds)))
                 for name, ref in reference.items():
                     if outputs[name].shape != ref.shape:
@@ -140,7 +142,7 @@ class Verifier:
             for name, s in summaries.items()
         }
         for name, summary in summaries.items():
-            if self.tolerances.judge(name, summary):
+            if tolerances.judge(name, summary):
                 raise ParityError(
                     f"pass '{pass_name}' broke parity: output '{name}' differs by {worst[name]:.3g} "
                     f"(max abs error / max |reference|; tolerance {self.tolerance:g})"

@@ -27,6 +27,7 @@ from types import MappingProxyType
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
+from onnxprune.graphutils import named as _named
 
 Shapes = dict[str, tuple[int, ...]]
 _GIVEN: contextvars.ContextVar[Mapping[str, tuple[int, ...]]] = contextvars.ContextVar(
@@ -63,7 +64,7 @@ def _inputs(model: ir.Model) -> list[ir.Value]:
     return [v for v in model.graph.inputs if v.name not in model.graph.initializers]
 
 
-def _dim(d) -> int | str | None:
+def _dim(d: int | ir.SymbolicDim) -> int | str | None:
     return d if isinstance(d, int) else (d.value if isinstance(d, ir.SymbolicDim) else None)
 
 
@@ -84,7 +85,7 @@ def input_shapes(shapes: Mapping[str, Iterable[int]] | None) -> Iterator[None]:
 
 def given(model: ir.Model) -> Shapes:
     """The user's shapes for this model's inputs, checked against what the model declares."""
-    inputs = {v.name: v for v in _inputs(model)}
+    inputs = {_named(v): v for v in _inputs(model)}
     checked: Shapes = {}
     for name, dims in _GIVEN.get().items():
         if name not in inputs:
@@ -102,7 +103,7 @@ def given(model: ir.Model) -> Shapes:
 
 def declared(model: ir.Model) -> dict[str, tuple[int | str | None, ...]]:
     """Each input's shape as declared: ints, dim names, None (unknown)."""
-    return {v.name: tuple(_dim(d) for d in (v.shape or ())) for v in _inputs(model)}
+    return {_named(v): tuple(_dim(d) for d in (v.shape or ())) for v in _inputs(model)}
 
 
 def resolve(model: ir.Model, batch: int = 1) -> Shapes:
@@ -111,8 +112,8 @@ def resolve(model: ir.Model, batch: int = 1) -> Shapes:
     user = given(model)
     specs = declared(model)
     named: dict[str, int] = {}  # dim names the user's shapes decide
-    for name, dims in user.items():
-        for d, g in zip(specs.get(name, ()), dims):
+    for name, sizes in user.items():
+        for d, g in zip(specs.get(name, ()), sizes):
             if isinstance(d, str):
                 named.setdefault(d, g)
     batch_names = {dims[0] for dims in specs.values() if dims and isinstance(dims[0], str)}

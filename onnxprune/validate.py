@@ -11,6 +11,7 @@ import onnx_ir as ir
 from onnxprune import _maptypes
 from onnxprune._protocheck import check_acyclic
 from onnxprune.errors import InvalidModelError, UnsupportedError, first_line
+from onnxprune.graphutils import named
 
 # Domains ONNX Runtime implements; any other domain must come with a model-local function.
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training",
@@ -37,7 +38,7 @@ def check_model(model: ir.Model, *, full: bool = False) -> None:
     except onnx.shape_inference.InferenceError as exc:
         raise InvalidModelError(f"ONNX shape inference: {first_line(exc)}") from None
     except (ir.serde.SerdeError, ValueError, TypeError) as exc:  # unserializable (damaged) model
-        cause = exc
+        cause: BaseException = exc
         while cause.__cause__ is not None:
             cause = cause.__cause__
         raise InvalidModelError(f"model cannot be serialized for checking: {first_line(cause)}") from None
@@ -57,9 +58,9 @@ def _weights_as_inputs(model: ir.Model) -> Iterator[None]:
     try:
         for value in moved:
             if value.const_value is not None:
-                value.shape = value.shape or value.const_value.shape
+                value.shape = value.shape or value.const_value.shape  # type: ignore[assignment]  # an ir.Shape at runtime
                 value.dtype = value.dtype or value.const_value.dtype
-            graph.initializers.pop(value.name)
+            graph.initializers.pop(named(value))
             value.const_value = None
             if value not in inputs:
                 graph.inputs.append(value)

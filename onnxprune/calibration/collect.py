@@ -72,14 +72,13 @@ def collect(
     an Executor) splits the samples into ranges of whole batches run by its workers; merged,
     their statistics are the very ones of a single pass (bit for bit).
     """
-    if not isinstance(model, ir.Model):
-        model = load_model(model)
-    plan = make_plan(model, dataset, tensors, histogram=histogram, bins=bins, sample=sample,
+    loaded = model if isinstance(model, ir.Model) else load_model(model)
+    plan = make_plan(loaded, dataset, tensors, histogram=histogram, bins=bins, sample=sample,
                      batch_size=batch_size, memory_limit=memory_limit, providers=providers)
     executor = resolve_executor(executor)
     if executor is None:
-        return run_plan(model, dataset, plan, progress=progress).finish()
-    return collect_sharded(model, dataset, plan, executor, progress).finish()
+        return run_plan(loaded, dataset, plan, progress=progress).finish()
+    return collect_sharded(loaded, dataset, plan, executor, progress).finish()
 
 
 def calibrate(

@@ -30,6 +30,7 @@ from onnxprune.calibration.probes import (
 from onnxprune.calibration.statistics import Statistics
 from onnxprune.calibration.tensors import FLOAT_TYPES, graph_values, select_tensors
 from onnxprune.errors import DataError
+from onnxprune.graphutils import named
 from onnxprune.io import trim_heap
 from onnxprune.runtime import run_session
 
@@ -111,9 +112,10 @@ def activation_batch(model: ir.Model, infos: dict | None = None, budget: int = A
     largest = math.ceil(max(known, default=0))
     for value in graph_values(model).values():
         shape, dtype = value.shape, value.dtype
-        if shape is None or dtype is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape[1:]):
+        sizes = [d for d in shape[1:] if isinstance(d, int)] if shape is not None else []
+        if shape is None or dtype is None or len(shape) < 2 or len(sizes) < len(shape) - 1:
             continue
-        largest = max(largest, math.ceil(math.prod(shape[1:]) * dtype.itemsize))  # int4: itemsize 0.5
+        largest = max(largest, math.ceil(math.prod(sizes) * dtype.itemsize))  # int4: itemsize 0.5
     return max(1, budget // max(1, 8 * largest))
 
 
@@ -159,7 +161,8 @@ class _Reader(contextlib.ExitStack):
             got = [next(results) for _ in range(probe.outputs)]
             if not probe.reduce:
                 self.stats.update(probe.name, got[0], probe.stride or 1)  # minmax: stride None
-            elif not self.stats.update_reduced(probe.name, *got, stride=probe.stride or 1):
+            elif not self.stats.update_reduced(probe.name, got[0], got[1], got[2], got[3],
+                                               got[4] if len(got) > 4 else None, stride=probe.stride or 1):
                 dirty.append(probe)
         if dirty:
             self._read_whole(dirty, feeds)
@@ -182,7 +185,7 @@ class _Reader(contextlib.ExitStack):
 
 def _model_inputs(model: ir.Model, dataset: Dataset) -> list[str]:
     """The model's inputs, all of which the data must provide (other data arrays are not fed)."""
-    wanted = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    wanted = [named(v) for v in model.graph.inputs if v.name not in model.graph.initializers]
     missing = [n for n in wanted if n not in dataset.input_names]
     if missing:
         raise DataError(

@@ -8,8 +8,9 @@ import os
 import sys
 import traceback
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -196,7 +197,7 @@ def split_lists(texts: Iterable[str]) -> list[str]:
 
 
 # How the commands name and show the figures of stats.size_summary, in table order.
-SIZE_COLUMNS = {
+SIZE_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "nodes": ("nodes", str),
     "parameters": ("parameters", "{:,}".format),
     "macs": ("MACs", human),

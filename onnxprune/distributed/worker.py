@@ -43,7 +43,7 @@ def external_locations(path: Path) -> set[str]:
     }
 
 
-def load(path: str) -> ir.Model:
+def load(path: str | os.PathLike) -> ir.Model:
     start = time.perf_counter()
     model = load_model(path)
     _LOAD_SECONDS[0] += time.perf_counter() - start

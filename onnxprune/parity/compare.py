@@ -20,6 +20,7 @@ from onnxprune import provider_options as po
 from onnxprune import providers as eps
 from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UsageError
+from onnxprune.graphutils import named
 from onnxprune.io import as_model
 from onnxprune.parity import layerwise as lw
 from onnxprune.parity import precision
@@ -54,8 +55,8 @@ def check_compatible(reference: ir.Model, candidate: ir.Model) -> list[str]:
         ("input", _graph_inputs(reference), _graph_inputs(candidate)),
         ("output", list(reference.graph.outputs), list(candidate.graph.outputs)),
     ):
-        ref = {v.name: v for v in ref_values}
-        cand = {v.name: v for v in cand_values}
+        ref = {named(v): v for v in ref_values}
+        cand = {named(v): v for v in cand_values}
         if set(ref) != set(cand):
             only_ref = sorted(set(ref) - set(cand))
             only_cand = sorted(set(cand) - set(ref))
@@ -302,8 +303,9 @@ def _notes(feed, tolerances: Tolerances, summaries: list[dict], unavailable: lis
 
 
 def _check_named_tolerances(tolerances: Tolerances, reference: ir.Model, layerwise: bool) -> None:
-    outputs = {v.name for v in reference.graph.outputs}
-    known = outputs | ({o.name for n in reference.graph.all_nodes() for o in n.outputs} if layerwise else set())
+    outputs = {named(v) for v in reference.graph.outputs}
+    inner = {o.name for n in reference.graph.all_nodes() for o in n.outputs if o.name is not None}
+    known = outputs | (inner if layerwise else set())
     unknown = sorted(tolerances.named() - known)
     if unknown:
         raise UsageError(f"tolerance given for {unknown}, which name no output of the reference "
