@@ -70,7 +70,12 @@ class TensorStats:
 
     @property
     def width(self) -> float:
-        return math.ldexp(1.0, self.exponent)
+        return math.ldexp(1.0, self._grid())
+
+    def _grid(self) -> int:
+        """The grid's exponent, set by the first values counted."""
+        assert self.exponent is not None, "no values counted yet"
+        return self.exponent
 
     def edges(self) -> np.ndarray:
         """Bin edges, len(counts) + 1 of them."""
@@ -113,7 +118,7 @@ class TensorStats:
 
         Chunked so the temporaries stay in cache (faster than whole-array passes).
         """
-        scale, first = x.dtype.type(math.ldexp(1.0, -self.exponent)), x.dtype.type(self.first)
+        scale, first = x.dtype.type(math.ldexp(1.0, -self._grid())), x.dtype.type(self.first)
         scratch = np.empty(min(chunk, x.size), dtype=x.dtype)
         counts = np.zeros_like(self.counts)
         for start in range(0, x.size, chunk):
@@ -143,7 +148,7 @@ class TensorStats:
         self.update_range(other.min, other.max, count=other.count)
         if self.histogram:
             other = other.copy()
-            other._regrid(self.exponent, self.first, len(self.counts))
+            other._regrid(self._grid(), self.first, len(self.counts))
             self.counts += other.counts
         return self
 
@@ -165,7 +170,7 @@ class TensorStats:
             raise AssertionError("the grid only ever gets coarser")
         self.exponent = exponent
         w = self.width
-        if first is None:
+        if first is None or length is None:  # (both or neither are given)
             first = math.floor(self.min / w)
             length = math.floor(self.max / w) - first + 1
         # pad to [first, first + length): the data only ever extends the span

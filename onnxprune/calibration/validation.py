@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import DataError
+from onnxprune.graphutils import named
 
 Dim = int | str | None
 
@@ -84,7 +85,7 @@ def model_inputs(model: ir.Model) -> dict[str, InputSpec]:
                 for d in value.shape
             )
         dtype = np.dtype(value.dtype.numpy()) if value.dtype is not None else None
-        specs[value.name] = InputSpec(value.name, shape, dtype)
+        specs[named(value)] = InputSpec(named(value), shape, dtype)
     axes = batch_axes(specs)
     return {name: dataclasses.replace(spec, batch_axis=axes[name]) for name, spec in specs.items()}
 

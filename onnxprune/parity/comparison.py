@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
+from onnxprune.graphutils import named
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import (
     Endpoint,
@@ -73,7 +74,7 @@ def compare_batches(reference: ir.Model, candidate: ir.Model, batches, providers
         if not working:
             raise UsageError("no requested execution provider could be initialised: "
                              + "; ".join(f"{u['provider']}: {u['reason']}" for u in failed))
-        names = [o.name for o in reference.graph.outputs]
+        names = [named(o) for o in reference.graph.outputs]
         comparisons = [
             Comparison(r, c, judged, {n: OutputStats(tolerances.atol_for(n), tolerances.rtol_for(n),
                                                       top_k=tolerances.top_k, seed=seed) for n in names})

@@ -171,7 +171,7 @@ class OutputStats:
         self.sum_err_sq += _dot(d, d)
         if self.detailed and reference.ndim >= 2 and ok.all():
             self._update_sample_cosine(r.reshape(reference.shape[0], -1), c.reshape(reference.shape[0], -1))
-        if self._abs is not None:
+        if self._abs is not None and self._rel is not None:  # both kept when detailed
             self._abs.add(abs_d)
             self._rel.add(rel)
 
@@ -190,7 +190,7 @@ class OutputStats:
         self.min_sample_cosine = min(self.min_sample_cosine, other.min_sample_cosine)
         if self.classifier is None:
             self.classifier = other.classifier
-        if self._abs is not None and other._abs is not None:
+        if self._abs is not None and other._abs is not None and self._rel is not None and other._rel is not None:
             self._abs.merge(other._abs)
             self._rel.merge(other._rel)
         return self
@@ -260,9 +260,9 @@ class OutputStats:
             out["topk_agreement"] = self.topk_hits / self.samples
             out["top_k"] = self.k_used
         if self.classifier and self.labelled:
-            out["accuracy_reference"] = self.ref_correct / self.labelled
-            out["accuracy_candidate"] = self.cand_correct / self.labelled
-            out["accuracy_drop"] = out["accuracy_reference"] - out["accuracy_candidate"]
+            reference, candidate = self.ref_correct / self.labelled, self.cand_correct / self.labelled
+            out["accuracy_reference"], out["accuracy_candidate"] = reference, candidate
+            out["accuracy_drop"] = reference - candidate
         return out
 
 
