@@ -112,9 +112,15 @@ def comparisons(result: Mapping) -> str:
     return section("Parity", headline, f"<ul>{failures}</ul>" if failures else "", table)
 
 
+def _by_x(xs: list[float], ys: list[float]) -> tuple[list[float], list[float]]:
+    """A curve's points sorted by x (a stable sort: equal x keep their order)."""
+    points = sorted(zip(xs, ys), key=lambda p: p[0])
+    return [x for x, _ in points], [y for _, y in points]
+
+
 def layerwise(result: Mapping) -> str:
-    lw = result.get("layerwise")
-    tensors = [t for t in (lw or {}).get("tensors", []) if t.get("status") == "compared"] if lw else []
+    lw = result.get("layerwise") or {}
+    tensors = [t for t in lw.get("tensors", []) if t.get("status") == "compared"]
     if not tensors:
         return ""
     names = [str(t.get("name")) for t in tensors]
@@ -149,10 +155,10 @@ def quantize_summary(report: Mapping) -> str:
         return ""
     config = report.get("config") or {}
     calib = report.get("calibration") or {}
-    rows = [["method", calib.get("method")], ["samples", calib.get("samples")],
+    rows: list[list[object]] = [["method", calib.get("method")], ["samples", calib.get("samples")],
             ["activation type", config.get("activation_type")], ["per-channel weights", config.get("per_channel")],
-            ["nodes in INT8", report.get("nodes_int8")],
-            *[[f"left in float: {op}", str(why)] for op, why in (report.get("declined") or {}).items()]]
+            ["nodes in INT8", report.get("nodes_int8")]]
+    rows += [[f"left in float: {op}", str(why)] for op, why in (report.get("declined") or {}).items()]
     size = {"before": report.get("size_before"), "after": report.get("size_after")}
     latency = {"before": report.get("latency_before_ms"), "after": report.get("latency_after_ms")}
     return section("Quantization", html_table(["", ""], rows)) + summary(
@@ -192,7 +198,7 @@ def sensitivity(report: Mapping) -> str:
             ys.append(_num(unit.get(key)))
     parts = []
     if curves:
-        ordered = {name: tuple(map(list, zip(*sorted(zip(*xy), key=lambda p: p[0])))) for name, xy in curves.items()}
+        ordered = {name: _by_x(*xy) for name, xy in curves.items()}
         parts.append(line_chart(f"Sensitivity: {label} against the share of a group's channels removed",
                                 dict(list(ordered.items())[:24]), x_label="share of channels removed", y_label=label))
     nodes = [u for u in units if u.get("kind") == "quantize" and u.get("name")]

@@ -9,7 +9,7 @@ heavy runtime dependency for ~150 lines of SVG.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from html import escape
 
 PALETTE = ("#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5")
@@ -72,7 +72,7 @@ def _frame(width: int, height: int, title: str, body: list[str]) -> str:
     )
 
 
-def bar_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[float]],
+def bar_chart(title: str, labels: Sequence[str], series: Mapping[str, Sequence[float]],
               y_label: str = "", width: int = 760, height: int = 300) -> str:
     """Grouped vertical bars: one group per label, one bar per series."""
     left, right, top, bottom = 64, 48, 28, 96
@@ -108,7 +108,7 @@ def bar_chart(title: str, labels: Sequence[str], series: dict[str, Sequence[floa
     return _frame(width, height, title, body)
 
 
-def line_chart(title: str, series: dict[str, tuple[Sequence[float], Sequence[float]]],
+def line_chart(title: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                x_label: str = "", y_label: str = "", width: int = 760, height: int = 300,
                x_names: Sequence[str] | None = None) -> str:
     """Lines with markers: ``series`` maps a name to (xs, ys). ``x_names`` labels integer xs."""
