@@ -113,9 +113,9 @@ def run_ray(fn, unit, shipped):
     return worker.timed(fn, models, unit)
 
 
-def _read_files(path: str) -> dict[str, bytes]:
+def _read_files(name: str) -> dict[str, bytes]:
     """The model file and the external data files it names (relative to its folder)."""
-    path = Path(path)
+    path = Path(name)
     files = {path.name: path.read_bytes()}
     for location in worker.external_locations(path):
         files[location] = (path.parent / location).read_bytes()

@@ -91,13 +91,13 @@ class _Moments:
         if node.op_type in _MEAN_KEEPING:
             return self.of(node.inputs[0], depth + 1)
         if node.op_type == "Add" and all(const_array(v) is None for v in node.inputs):
-            parts = [self.of(v, depth + 1) for v in node.inputs]
-            if any(p is None for p in parts):
+            parts = [p for p in (self.of(v, depth + 1) for v in node.inputs) if p is not None]
+            if len(parts) < len(node.inputs):
                 return None
             return parts[0][0] + parts[1][0], parts[0][1] + parts[1][1]
         f = _activation(node)
         moments = self.of(node.inputs[0], depth + 1) if f is not None else None
-        if moments is None:
+        if f is None or moments is None:
             return None
         mean, var = moments
         with np.errstate(over="ignore"):  # exp may overflow far out on the grid (Elu, Sigmoid): harmless

@@ -9,6 +9,7 @@ from onnx_ir.passes import common
 
 from onnxprune import profiling
 from onnxprune.errors import UnsupportedError, UsageError
+from onnxprune.graphutils import named
 from onnxprune.passes.base import Pass, PassResult
 from onnxprune.passes.cleanup import MapSafeShapeInferencePass
 from onnxprune.passes.quantize.config import QuantConfig
@@ -55,11 +56,11 @@ class QuantizePass(Pass):
         # Checked here, not in requires(): onnx-ir would wrap our one-line error in its own.
         check_not_quantized(model)
         opset = model.opset_imports.get("", 0)
-        needed = MIN_OPSET if self.config.per_channel else MIN_OPSET_PER_TENSOR
-        if opset < needed:
+        min_opset = MIN_OPSET if self.config.per_channel else MIN_OPSET_PER_TENSOR
+        if opset < min_opset:
             kind = "per-channel QDQ" if self.config.per_channel else "QDQ"
             raise UnsupportedError(
-                f"opset {opset} is too old for {kind} (needs {needed}); convert the model first, "
+                f"opset {opset} is too old for {kind} (needs {min_opset}); convert the model first, "
                 "e.g. onnx.version_converter.convert_version(model, 17) (onnxprune.quantize does)"
             )
         common.TopologicalSortPass()(model)
@@ -68,8 +69,12 @@ class QuantizePass(Pass):
         self.emitted = None
         if not the_plan.compute:
             return PassResult(model, False, [])  # quantize() turns this into an error
-        needed = [v.name for v in activation_values(model, self.config, the_plan)]
-        ranges = self.ranges if self.ranges is not None else self.calibrator(model, needed)
+        needed = [named(v) for v in activation_values(model, self.config, the_plan)]
+        if self.ranges is not None:
+            ranges = self.ranges
+        else:
+            assert self.calibrator is not None  # __init__ takes exactly one of them
+            ranges = self.calibrator(model, needed)
         _check_ranges(ranges, needed)
         with profiling.phase("emit"):
             self.emitted = Emitter(model, self.config, ranges).run(the_plan)

@@ -25,7 +25,7 @@ import math
 
 import onnx_ir as ir
 
-from onnxprune.graphutils import attr, const_array
+from onnxprune.graphutils import attr, const_array, named
 from onnxprune.passes.quantize.config import QuantConfig
 
 FLOAT = ir.DataType.FLOAT
@@ -147,11 +147,11 @@ def plan(model: ir.Model, config: QuantConfig) -> Plan:
         if node.domain != "" or node.op_type not in COMPUTE:
             continue
         if config.excludes(node.name or "", node.op_type):
-            result.declined[node.name or node.outputs[0].name] = "excluded"
+            result.declined[node.name or named(node.outputs[0])] = "excluded"
             continue
         reason = _decline_reason(node)
         if reason:
-            result.declined[node.name or node.outputs[0].name] = reason
+            result.declined[node.name or named(node.outputs[0])] = reason
         else:
             result.compute.append(node)
     quantized = {id(v) for n in result.compute for v in (*n.outputs, *n.inputs) if v is not None}
