@@ -13,16 +13,19 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import DataError, UnsupportedError, UsageError
-from onnxprune.graphutils import add_initializer, attr, const_array, release_mapping
+from onnxprune.graphutils import add_initializer, attr, const_array, named, release_mapping
+from onnxprune.passes._rewrite import present_input
 from onnxprune.passes.quantize import qparams as qp
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.rules import (
     COMPUTE,
+    OpRule,
     Plan,
     activation_bounds,
     foldable_activations,
@@ -51,7 +54,7 @@ def range_of(value: ir.Value, ranges: Mapping[str, object]) -> tuple[float, floa
     array = const_array(value)
     if array is not None:
         return float(array.min(initial=0.0)), float(array.max(initial=0.0))
-    entry = ranges.get(value.name)
+    entry: Any = ranges.get(named(value))  # a range object (.min/.max) or a (min, max) pair
     skipped = getattr(ranges, "skipped", {}).get(value.name)
     if entry is None and skipped:
         raise DataError(f"no calibration range for tensor '{value.name}': {skipped}")
@@ -143,14 +146,15 @@ class Emitter:
             bounds = activation_bounds(act)
             if bounds is None:
                 continue
-            output, result = act.inputs[0], act.outputs[0]
+            output, result = present_input(act, 0), act.outputs[0]
             lo, hi = range_of(result, self.ranges)
             params = qp.activation_qparams(lo, hi, self.config.activation_dtype, self.config.symmetric)
             if not absorbable(params, bounds) and folds_for_sure(act, self.config):
-                params = sure_fold_params(hi, bounds, self.config.activation_dtype)
-                if params is None:
+                sure = sure_fold_params(hi, bounds, self.config.activation_dtype)
+                if sure is None:
                     raise UnsupportedError(f"{act.op_type} '{act.name or result.name}' cannot fold into an int8 "
                                            f"range (bounds {bounds}): exclude it with --exclude")
+                params = sure
             if not absorbable(params, bounds):
                 continue
             name = result.name
@@ -160,18 +164,19 @@ class Emitter:
             self.params[id(output)] = params
             self.done.absorbed += 1
             producer = output.producer()
+            assert producer is not None  # foldable_activations: the output of a quantized node
             self.done.changes.append(f"{act.name or name}: {act.op_type} folded into the int8 range of {producer.name}")
 
     def assign_params(self, the_plan: Plan) -> None:
         """Scale/zero point of every quantized tensor; data-movement outputs share their input's."""
         for node in self.graph:  # topological order: a shared input is assigned before use
             if node in self._shared:
-                source = self._activation_params(node.inputs[0])
+                source = self._activation_params(present_input(node, 0))
                 for output in node.outputs:
                     self.params[id(output)] = source
             elif node in self._compute:
                 for index in the_plan.quantized_inputs(node):
-                    self._activation_params(node.inputs[index])
+                    self._activation_params(present_input(node, index))
                 for output in the_plan.quantized_outputs(node):
                     self._activation_params(output)
 
@@ -203,7 +208,7 @@ class Emitter:
             if value is None:
                 continue
             self.done.activations += 1
-            base = value.name
+            base = named(value)
             scale, zero = self._scale_zero(params, base)
             qtype = IR_TYPES[params.zero_point.dtype]
             array = const_array(value)
@@ -232,7 +237,9 @@ class Emitter:
 
     def emit_weights(self, node: ir.Node, input_params: qp.QParams) -> str:
         rule = COMPUTE[node.op_type]
-        weight_value = node.inputs[rule.weight]
+        assert rule.weight is not None  # run() calls this for ops with a weight only
+        weight_index = rule.weight
+        weight_value = present_input(node, weight_index)
         weight = np.asarray(const_array(weight_value), dtype=np.float32)  # the mapped data, no copy
         axis = weight_axis(node, weight.ndim) if self.config.per_channel and weight.ndim > 1 else None
         wparams = qp.weight_qparams(weight, axis, self.config.weight_qmax)
@@ -244,12 +251,12 @@ class Emitter:
         del weight  # a view of the float data: it would keep the mapping open
         scale = self._initializer(f"{base}_scale", wparams.scale)
         zero = self._initializer(f"{base}_zero_point", wparams.zero_point)
-        node.replace_input_with(rule.weight, self._dequantize(
+        node.replace_input_with(weight_index, self._dequantize(
             stored, scale, zero, self._name(f"{base}_dequantized"), weight_value.shape, wparams.axis))
         self._release(weight_value)
         self.done.weights += 1
         kind = f"per-channel ({wparams.scale.size} scales)" if axis is not None else "per-tensor"
-        if bias is None:
+        if bias_value is None or bias is None or rule.bias is None:  # (the three are None together)
             return f"{node.name}: {node.op_type} in INT8, {kind} int8 weights"
         bparams = qp.bias_qparams(input_params.scale, wparams)
         if node.op_type == "ConvTranspose" and wparams.axis is not None:  # scales repeat per group
@@ -273,21 +280,24 @@ class Emitter:
             release_mapping(value.const_value)
         if (value.is_initializer() and not value.uses() and not value.is_graph_output()
                 and not value.is_graph_input()):
-            self.graph.initializers.pop(value.name)
+            self.graph.initializers.pop(named(value))
             # The Value itself may outlive the graph: onnx-ir's graph inputs keep a counter of
             # every Value ever listed (shape inference lists initializers there for a while).
             value.const_value = None
 
-    def _bias(self, node: ir.Node, rule) -> tuple[ir.Value | None, np.ndarray | None]:
+    def _bias(self, node: ir.Node, rule: OpRule) -> tuple[ir.Value | None, np.ndarray | None]:
         """The bias as a vector over output channels, when it can be stored as int32."""
-        if rule.bias is None or len(node.inputs) <= rule.bias or node.inputs[rule.bias] is None:
+        value = node.inputs[rule.bias] if rule.bias is not None and len(node.inputs) > rule.bias else None
+        if value is None:
             return None, None
-        value = node.inputs[rule.bias]
-        bias = const_array(value).astype(np.float32)
+        array = const_array(value)
+        assert array is not None  # the plan quantizes nodes with a constant bias only
+        bias = array.astype(np.float32)
         if node.op_type == "Gemm":
             if attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0:
                 return None, None  # QGemm's int32 bias assumes alpha = beta = 1: keep C float
-            weight = const_array(node.inputs[rule.weight])
+            weight = const_array(node.inputs[rule.weight]) if rule.weight is not None else None
+            assert weight is not None  # the plan quantizes nodes with a constant weight only
             columns = weight.shape[0] if attr(node, "transB", 0) else weight.shape[1]
             if bias.size == 1:
                 bias = np.full(columns, bias.reshape(()), np.float32)
@@ -299,9 +309,12 @@ class Emitter:
 
     def _channel_bias(self, node: ir.Node, bias: np.ndarray, wparams: qp.QParams) -> np.ndarray:
         """|bias| reduced to the weight-scale layout (per tensor: the largest; grouped ConvTranspose: per column)."""
+        largest: np.ndarray
         if wparams.axis is None:
-            return np.abs(bias).max(initial=0.0).reshape(())
-        return np.abs(bias).reshape(-1, wparams.scale.size).max(axis=0)
+            largest = np.abs(bias).max(initial=0.0).reshape(())
+        else:
+            largest = np.abs(bias).reshape(-1, wparams.scale.size).max(axis=0)
+        return largest
 
     # -- driver ------------------------------------------------------------------------------
 

@@ -68,7 +68,7 @@ def activation_qparams(rmin: float, rmax: float, dtype: np.dtype, symmetric: boo
     return QParams(scale.reshape(()), np.array(zero, dtype=dtype))
 
 
-def quantize(values: np.ndarray, params: QParams, dtype: np.dtype) -> np.ndarray:
+def quantize(values: np.ndarray, params: QParams, dtype: np.dtype | type[np.integer]) -> np.ndarray:
     """round-half-to-even(values / scale) + zero point, saturated to ``dtype`` (as QuantizeLinear).
 
     The quotient is taken in float64, in blocks of rows of ``values``: a 256 MiB float32
