@@ -190,7 +190,7 @@ class Dataset:
     def labels(self) -> np.ndarray | None:
         """Labels aligned with the samples as ``batches`` yields them (None without labels)."""
         if self.classes is not None:
-            return np.array([p.label for p in self._parts], dtype=np.int64)[self._order]
+            return np.array([_label(p) for p in self._parts], dtype=np.int64)[self._order]
         return self.extra(self._labels_key) if self._labels_key else None
 
     def extra_names(self) -> list[str]:
@@ -240,7 +240,7 @@ def open_dataset(
     if synthetic:
         if source is not None:
             raise UsageError("synthetic=True makes random data; do not pass a data source as well")
-        if specs is None:
+        if model is None or specs is None:
             raise UsageError("synthetic data needs the model (its input shapes)")
         warnings.warn(
             "calibrating on synthetic random inputs: activation ranges will not match real data",
@@ -298,7 +298,7 @@ def _path_parts(path: Path, specs, preprocess) -> tuple[list[Part], list[str] | 
         return [_file_part(p, specs, preprocess) for p in images], None
     if class_dirs:
         classes = [d.name for d in class_dirs]
-        parts = [
+        parts: list[Part] = [
             _image_part(f, specs, preprocess, label)
             for label, d in enumerate(class_dirs)
             for f in sorted(d.iterdir())
@@ -364,12 +364,14 @@ def _match_inputs(part: Part, specs, labels: str | None) -> dict[str, str]:
     return {name: name for name in specs}
 
 
+def _label(part: Part) -> int | None:
+    assert isinstance(part, ImagePart)  # class folders hold images only
+    return part.label
+
+
 def _fixed_batch(specs: dict[str, InputSpec]) -> int | None:
-    sizes = {
-        s.shape[s.batch_axis] for s in specs.values()
-        if s.shape and s.batch_axis is not None and isinstance(s.shape[s.batch_axis], int)
-        and s.shape[s.batch_axis] > 0  # -1 (Paddle exports) is dynamic
-    }
+    batch_dims = (s.shape[s.batch_axis] for s in specs.values() if s.shape and s.batch_axis is not None)
+    sizes = {d for d in batch_dims if isinstance(d, int) and d > 0}  # -1 (Paddle exports) is dynamic
     if len(sizes) > 1:
         raise DataError(f"model inputs have different fixed batch sizes {sorted(sizes)}")
     return sizes.pop() if sizes else None

@@ -37,6 +37,11 @@ class Part:
     def dtype(self, key: str) -> np.dtype | None:
         raise NotImplementedError
 
+    def _stored_shape(self, key: str) -> tuple[int, ...]:
+        shape = self.raw_shape(key)
+        assert shape is not None, "parts whose shapes are known only when read bind themselves"
+        return shape
+
     def _read(self, key: str) -> np.ndarray:
         """The stored array (memory-mapped where possible)."""
         raise NotImplementedError
@@ -47,18 +52,18 @@ class Part:
         """Count samples; ``keys`` are the data keys of the model inputs with their ranks and
         batch axes (0 by default; None: a scalar input, fed as is to every sample)."""
         self.axes = {k: (axes or {}).get(k, 0) for k in keys}
-        shapes = {k: self.raw_shape(k) for k in keys}
-        batched = {k: s for k, s in shapes.items() if self.axes[k] is not None}
+        shapes = {k: self._stored_shape(k) for k in keys}
+        batched = {k: (s, axis) for k, s in shapes.items() if (axis := self.axes[k]) is not None}
         self.single = bool(batched) and all(
-            ranks.get(k) is not None and len(s) == ranks[k] - 1 for k, s in batched.items()
+            (rank := ranks.get(k)) is not None and len(s) == rank - 1 for k, (s, _) in batched.items()
         )
         counts = {}
-        for key, shape in batched.items():
-            if not self.single and len(shape) <= self.axes[key]:
-                where = "first axis" if self.axes[key] == 0 else f"axis {self.axes[key]} (the model's batch axis)"
+        for key, (shape, axis) in batched.items():
+            if not self.single and len(shape) <= axis:
+                where = "first axis" if axis == 0 else f"axis {axis} (the model's batch axis)"
                 what = "a scalar" if not shape else f"of shape {list(shape)}"
                 raise DataError(f"{self.name}: '{key}' is {what}, expected samples along the {where}")
-            counts[key] = 1 if self.single else shape[self.axes[key]]
+            counts[key] = 1 if self.single else shape[axis]
         if len(set(counts.values())) > 1:
             listed = ", ".join(f"'{k}': {n}" for k, n in counts.items())
             raise DataError(f"{self.name}: inputs have different numbers of samples ({listed})")
@@ -232,7 +237,7 @@ class StoredArray:
         return result
 
     def _read_into(self, target: np.ndarray, position: int) -> None:
-        view = memoryview(target.reshape(-1).view(np.uint8))
+        view = memoryview(target.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # an ndarray is a buffer
         with open(self.path, "rb", buffering=0) as handle:
             handle.seek(position)
             done = 0
