@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from onnxprune import runtime
 from onnxprune.calibration.tensors import FLOAT_TYPES
+from onnxprune.graphutils import named
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.providers import Endpoint, run_session, with_cpu_fallback
 from onnxprune.parity.tolerances import Tolerances
@@ -75,7 +77,7 @@ def _dequantized(value: ir.Value) -> ir.Value:
 
 
 def _unique_named(graph: ir.Graph) -> dict[str, ir.Node]:
-    count: dict[str, int] = {}
+    count: dict[str | None, int] = {}
     for node in graph:
         count[node.name] = count.get(node.name, 0) + 1
     return {node.name: node for node in graph if node.name and count[node.name] == 1}
@@ -101,6 +103,8 @@ def consumer_aliases(reference: ir.Model, candidate: ir.Model) -> dict[str, str 
             continue
         for ref_in, cand_in in zip(node.inputs, twin.inputs):  # a fold may append a bias: zip
             if ref_in is None or cand_in is None or not _is_activation(ref_in) or cand_in.producer() is None:
+                continue
+            if ref_in.name is None:  # (loaded graphs name every value)
                 continue
             if aliases.setdefault(ref_in.name, cand_in.name) != cand_in.name:
                 aliases[ref_in.name] = None
@@ -131,11 +135,11 @@ def match_tensors(reference: ir.Model, candidate: ir.Model) -> tuple[list[Match]
                 twin = cand.get(value.name)
                 twin = None if twin is not None and twin.name in claimed else twin
                 resolved = _dequantized(twin) if twin is not None else None
-            if resolved is None or resolved.dtype not in FLOAT_TYPES:
+            if twin is None or resolved is None or resolved.dtype not in FLOAT_TYPES:  # (resolved: from twin)
                 unmatched += 1
                 continue
             producer = twin.producer()
-            matches.append(Match(value.name, resolved.name, node.name or "", node.op_type,
+            matches.append(Match(value.name, named(resolved), node.name or "", node.op_type,
                                  producer.name or producer.op_type if producer else ""))
     return matches, unmatched
 
@@ -165,6 +169,7 @@ class Channels:
     def surviving(self, length: int) -> np.ndarray:
         if self.kept is not None:
             return self.kept
+        assert self.removed is not None  # a Channels has kept or removed indices
         return np.setdiff1d(np.arange(length), self.removed)
 
 
@@ -205,13 +210,14 @@ class _Pair:
                         and np.take(ref, self._kept, axis).shape == cand.shape:
                     self.status = "surviving-channels"
         if self.status == "surviving-channels":
+            assert self._kept is not None and self.channels is not None  # set with that status
             ref = np.take(ref, self._kept, self.channels.axis)
         if ref.shape == cand.shape and self.status != "shape-differs":
             self.stats.update(ref, cand)
 
     def row(self, tolerances: Tolerances) -> dict:
         m = self.match
-        row = {"name": m.name, "node": m.node, "op_type": m.op_type, "candidate_node": m.candidate_node,
+        row: dict[str, Any] = {"name": m.name, "node": m.node, "op_type": m.op_type, "candidate_node": m.candidate_node,
                "candidate_tensor": m.candidate, "status": self.status or "not-run",
                "reference_shape": self.shapes[0] if self.shapes else None,
                "candidate_shape": self.shapes[1] if self.shapes else None}
@@ -226,14 +232,15 @@ class _Pair:
 
 def first_failures(reference: ir.Model, failed: Mapping[str, bool]) -> list[str]:
     """Failing tensors with no failing tensor upstream (through unmatched ones too)."""
-    bad: dict[str, bool] = {}  # tensor -> it or something upstream failed
+    bad: dict[str | None, bool] = {}  # tensor -> it or something upstream failed
     first = []
     for node in reference.graph:
         upstream = any(bad.get(v.name, False) for v in node.inputs if v is not None)
         for value in node.outputs:
-            if failed.get(value.name) and not upstream:
+            failing = value.name is not None and failed.get(value.name, False)
+            if value.name is not None and failing and not upstream:
                 first.append(value.name)
-            bad[value.name] = upstream or failed.get(value.name, False)
+            bad[value.name] = upstream or failing
     return first
 
 
