@@ -105,10 +105,12 @@ class Verifier:
 
     def prepare(self, model: ir.Model) -> None:
         if self.feeds is None:
-            self.feeds, self.note = probe.feeds(model, seeds=range(2))
+            probed, self.note = probe.feeds(model, seeds=range(2))
+            self.feeds = list(probed)
+        feeds = self.feeds
         with runtime.session(model) as sess:
             names = [o.name for o in sess.get_outputs()]
-            self._reference = [dict(zip(names, runtime.run_session(sess, names, f))) for f in self.feeds]
+            self._reference = [dict(zip(names, runtime.run_session(sess, names, f))) for f in feeds]
         self._scale = {name: max([1e-12] + [_finite_max_abs(r[name]) for r in self._reference]) for name in names}
         self.tolerances = Tolerances(
             atol=0.0, rtol=0.0, preset="verify",

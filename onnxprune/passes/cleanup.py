@@ -56,7 +56,7 @@ def _seed_ml_shapes(model: ir.Model) -> bool:
         source, out = node.inputs[0], node.outputs[0]
         if source is not None and source.shape is not None and out.shape is None:
             out.shape = ir.Shape(source.shape)
-            out.dtype = _ML_SAME_SHAPE[node.op_type] or source.dtype
+            out.dtype = _ML_SAME_SHAPE[node.op_type] or source.dtype  # type: ignore[assignment]  # None: left unknown
             seeded = True
     return seeded
 
