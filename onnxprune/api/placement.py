@@ -107,7 +107,7 @@ def profile(model: ir.Model, feeds: Mapping[str, np.ndarray], provider: str, run
             durations[name[: -len("_kernel_time")]].append(event.get("dur", 0))
     # the fastest of the runs after the warm-up: on a shared machine, load only ever adds time
     micros = {name: float(min(d[1:] or d)) for name, d in durations.items()}
-    classes, float_kernels = _charge(graph, micros, {n.name for n in model.graph})
+    classes, float_kernels = _charge(graph, micros, {n.name for n in model.graph if n.name is not None})
     return Profile(classes, float(min(walls) * 1000), float_kernels)
 
 
@@ -147,7 +147,7 @@ def _charge(
     def added(n) -> bool:  # by ONNX Runtime's layout transformer, around NHWC integer kernels
         return n.op_type == "Transpose" and n.name not in originals
 
-    classes = collections.Counter()
+    classes: collections.defaultdict[str, float] = collections.defaultdict(float)
     float_kernels = set()
     for n in graph.node:
         classes[kernel_class(n) or overhead_class(n)] += micros.get(n.name, 0.0)
@@ -156,6 +156,12 @@ def _charge(
         if kernel and fed_by_dq and n.op_type in _CLASS.values():
             float_kernels.add(_GENERATED.sub("", n.name))
     return dict(classes), float_kernels
+
+
+def named_node(node: ir.Node) -> str:
+    """A node's name: every node has one once loaded (io.as_model names the unnamed)."""
+    assert node.name is not None, f"an unnamed {node.op_type} node"
+    return node.name
 
 
 def decide(quantized: Sequence[ir.Node], fp32: Profile, int8: Profile) -> Decision:
@@ -167,7 +173,7 @@ def decide(quantized: Sequence[ir.Node], fp32: Profile, int8: Profile) -> Decisi
             exclude[node.name] = "no INT8 kernel on the target provider (runs float between Q/DQ)"
         elif key in int8.classes and int8.classes[key] >= fp32.classes.get(key, 0.0):
             ms = f"{int8.classes[key] / 1000:.2f} vs {fp32.classes.get(key, 0.0) / 1000:.2f} ms"
-            exclude[node.name] = f"{key} is not faster in INT8 on the target provider ({ms})"
+            exclude[named_node(node)] = f"{key} is not faster in INT8 on the target provider ({ms})"
     return Decision(exclude, int8.classes, fp32.classes)
 
 
@@ -204,6 +210,7 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
         tried: set[str] = set()
         count = 0
         while count < trials:
+            assert best.quantize_pass.plan is not None  # set by the pass's run
             nodes = best.quantize_pass.plan.nodes
             if count == 0:
                 more = decide(nodes, fp32, best.measured).exclude
@@ -215,7 +222,7 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
                     break
                 worst = max(left, key=lambda k: best.measured.classes.get(k, 0.0) - fp32.classes.get(k, 0.0))
                 tried.add(worst)
-                more = {n.name: f"{worst} nodes in INT8 made the model slower on the target provider"
+                more = {named_node(n): f"{worst} nodes in INT8 made the model slower on the target provider"
                         for n in nodes if node_class(n) == worst}  # fmt: skip
             count += 1
             if not more:
