@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -26,7 +27,8 @@ from onnxprune.passes.prune.importance import CRITERIA, Criterion, get_criterion
 from onnxprune.passes.prune.moments import batchnorm_channel_means
 from onnxprune.passes.prune.options import DEFAULT_ROUND_TO, PruneOptions, check_ratio
 from onnxprune.passes.prune.planner import CostModel, make_candidates, match_groups, plan_at, search_ratio
-from onnxprune.passes.prune.reconstruct import LayerFit, prune_and_refit
+from onnxprune.passes.prune.reconstruct import prune_and_refit
+from onnxprune.passes.prune.refit import LayerFit
 from onnxprune.passes.prune.report import GroupReport, PruneReport, control_flow_note
 from onnxprune.passes.prune.rewrite import apply_plan
 from onnxprune.passes.prune.selection import ConsumerEnergy
@@ -34,7 +36,7 @@ from onnxprune.passes.prune.selection import ConsumerEnergy
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
 
-def _members(group) -> list[str]:
+def _members(group: Group) -> list[str]:
     """The layers whose output channels form ``group``, in graph order, each once."""
     return list(dict.fromkeys(s.node.name for s in group.by_role(Role.PRODUCER) if s.node.name))
 
@@ -160,7 +162,9 @@ class PrunePass(Pass):
     def _matched(model: ir.Model, groups: list[Group], patterns: Sequence[str], what: str) -> set[int]:
         return set().union(*match_groups(model, groups, patterns, what).values()) if patterns else set()
 
-    def _rounding_notes(self, report: PruneReport, ratio: float | None, target, own: set[int]) -> list[str]:
+    def _rounding_notes(
+        self, report: PruneReport, ratio: float | None, target: dict[str, Any] | None, own: set[int]
+    ) -> list[str]:
         """--round-to can undo a small ratio (nothing removed) or overshoot one: say so (over
         the groups the ratio ranks: not declined, excluded or with their own --group-ratio)."""
         ranked = [g for g in report.groups if g.status in ("pruned", "kept") and g.id not in own]
@@ -177,7 +181,9 @@ class PrunePass(Pass):
                     f"rounds each group's kept count to a multiple of {round_to} (--round-to 1 for exact counts)"]
         return []
 
-    def _rows(self, groups, excluded, scores, plan) -> list[GroupReport]:
+    def _rows(
+        self, groups: list[Group], excluded: set[int], scores: dict[int, np.ndarray], plan: PrunePlan
+    ) -> list[GroupReport]:
         rows = []
         for g in groups:
             if not g.prunable:
@@ -205,7 +211,9 @@ class PrunePass(Pass):
             row.removed = plan.removed(g).tolist() if g.id in plan.keep else []
         return rows
 
-    def _channel_means(self, model, groups, plan) -> tuple[dict[int, np.ndarray] | None, str | None]:
+    def _channel_means(
+        self, model: ir.Model, groups: Sequence[Group], plan: PrunePlan
+    ) -> tuple[dict[int, np.ndarray] | None, str | None]:
         """Each pruned group's channel means at its consumers, folded into their biases for the
         removed channels: from calibration data when given, else estimated from BatchNorm."""
         if not self.options.compensate:
@@ -219,9 +227,12 @@ class PrunePass(Pass):
         means = {g.id: m for g in pruned if (m := batchnorm_channel_means(g, hooked_slots(g))) is not None}
         return (means, "BatchNorm statistics (data-free)") if means else (None, None)
 
-    def _refit(self, model, groups, plan) -> tuple[list[str], list[LayerFit], str | None]:
+    def _refit(
+        self, model: ir.Model, groups: list[Group], plan: PrunePlan
+    ) -> tuple[list[str], list[LayerFit], str | None]:
         """apply_plan with least-squares refits; means only for the groups still read by a
         layer that is not refit (a refit's bias is its own mean compensation)."""
+        assert self.calibration is not None  # __init__ turns reconstruct on only with data
         changes, fits = prune_and_refit(
             model, groups, plan, self.calibration,
             channel_means=lambda part: self._channel_means(model, groups, part)[0],
