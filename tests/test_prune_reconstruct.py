@@ -273,13 +273,13 @@ def test_a_bad_plan_is_refused_before_any_weight_changes():
 # --- a refit that never hurts: held-out samples decide -----------------------------------------
 
 
-def independent_channels(constant_weights: bool = False):
+def independent_channels(constant_weights: bool = False, rng: np.random.Generator = RNG):
     """fc1 rotates 40 inputs (independent channels, the last ones smallest: l1 removes them),
     fc2 reads them: a removed channel is noise the kept ones cannot predict, so a refit on few
     rows only fits that noise."""
     g = Tiny({"x": ["N", 40]})
-    w1 = np.linalg.qr(RNG.standard_normal((40, 40)))[0] * np.linspace(2, 0.5, 40)[:, None]
-    w2 = RNG.standard_normal((4, 40))
+    w1 = np.linalg.qr(rng.standard_normal((40, 40)))[0] * np.linspace(2, 0.5, 40)[:, None]
+    w2 = rng.standard_normal((4, 40))
     add = g.const if constant_weights else g.init
     y = g.op("Gemm", ["x", add("w1", w1.astype(np.float32))], name="fc1", transB=1)
     y = g.op("Gemm", [y, add("w2", w2.astype(np.float32))], name="fc2", transB=1)
@@ -287,9 +287,13 @@ def independent_channels(constant_weights: bool = False):
 
 
 def test_a_refit_that_overfits_is_refused_on_held_out_samples():
-    proto = independent_channels()
-    calib = [RNG.standard_normal((48, 40)).astype(np.float32)]  # 36 fitted rows for 30 inputs
-    feeds = {"x": RNG.standard_normal((256, 40)).astype(np.float32)}
+    # Its own generator: the shared RNG's state depends on which tests ran before in the same
+    # xdist worker, and 5 of 30 draws break an assertion (the held-out rows pick the refit, or
+    # the refit ends a little worse on the test rows): the failures came and went with the order.
+    rng = np.random.default_rng(0)
+    proto = independent_channels(rng=rng)
+    calib = [rng.standard_normal((48, 40)).astype(np.float32)]  # 36 fitted rows for 30 inputs
+    feeds = {"x": rng.standard_normal((256, 40)).astype(np.float32)}
     reference = next(iter(runtime.run(fresh(proto), feeds).values()))
     errors, fits = {}, {}
     for refit in (True, False):
