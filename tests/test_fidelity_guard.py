@@ -50,7 +50,7 @@ def test_without_the_guard_the_classifier_is_destroyed(offset_classifier, tmp_pa
 def test_the_guard_keeps_the_culprit_float_and_says_why(offset_classifier, tmp_path):
     model, calib = offset_classifier
     result = onnxprune.quantize(model, tmp_path / "q.onnx", calib=calib, samples=64, clean=False)
-    assert "offset" in result.fidelity["kept_float"] and "top-1" in result.fidelity["kept_float"]["offset"]
+    assert "offset" in result.fidelity["kept_float"] and "agreement" in result.fidelity["kept_float"]["offset"]
     assert result.fidelity["before"]["top1"]["p"] < 0.5 <= 0.9 <= result.fidelity["after"]["top1"]["p"]
     assert top1(model, tmp_path / "q.onnx", np.load(calib)["x"][64:]) >= 0.9
     assert result.nodes_int8 >= 1  # the MatMul stays INT8
@@ -70,7 +70,7 @@ def test_strict_fails_naming_the_culprits(offset_classifier, tmp_path):
 
 def test_fidelity_is_measured_per_sample():
     a = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
-    assert fidelity_guard.Fidelity({"p": 0.99}, {"p": 0.5}).problem().startswith("output 'p' top-1")
+    assert fidelity_guard.Fidelity({"p": 0.99}, {"p": 0.5}).problem().startswith("output 'p' agreement")
     assert fidelity_guard.Fidelity({"p": 0.5}, {}).problem().startswith("output 'p' cosine")
     assert fidelity_guard.Fidelity({"p": 0.99}, {"p": 1.0}).problem() is None
     held = fidelity_guard.held_out([{"x": a}, {"x": a + 1}], skip=2, count=2)
@@ -115,11 +115,16 @@ def test_the_search_never_returns_a_worse_model(monkeypatch):
 def test_sequence_outputs_are_judged_per_position():
     """A CTC-like [N, T, C] output: argmax agreement per position (what a greedy decoder reads)."""
     ref = np.zeros((2, 4, 3), np.float32)
-    ref[..., 1] = 1.0
+    ref[..., 1] = 1.0  # softmax rows
     cand = ref.copy()
-    cand[0, 0, 2] = 2.0  # one position of eight flips; the cosine hardly moves
+    cand[0, 0] = [0.0, 0.4, 0.6]  # one position of eight flips; the cosine hardly moves
     assert fidelity_metric.agreement(ref, cand) == 7 / 8
     assert fidelity_metric.agreement(ref[:, 0, :1], cand[:, 0, :1]) is None  # one class: no argmax
+    scores = np.full((2, 4, 3), 0.01, np.float32)  # sigmoid scores per anchor, not a distribution
+    assert fidelity_metric.agreement(scores, scores[..., ::-1]) is None
+    maps = np.array([[0.9, 0.8, 0.1, 0.0]], np.float32)  # scores: judged by decisions above 0.5
+    assert fidelity_metric.decisions(maps, np.array([[0.9, 0.4, 0.6, 0.0]], np.float32)) == 1 / 3
+    assert fidelity_metric.decisions(maps * 0, maps * 0) == 1.0
     assert fidelity_metric.Target.of(0.9) == fidelity_metric.Target(0.9, 0.9)
     assert fidelity_metric.Target.of(None) == fidelity_metric.Target()
 

@@ -2,8 +2,13 @@
 
 * every float output: the mean per-sample cosine similarity (maps, embeddings, boxes);
 * classifier-like outputs [N, classes]: top-1 agreement per sample;
-* sequence outputs [N, T, classes] (CTC text recognizers, taggers): argmax agreement per
-  position, the quantity a greedy decoder reads (a line's text is its positions' argmaxes).
+* sequence outputs [N, T, classes] whose rows are probability distributions (softmax: CTC
+  text recognizers, taggers): argmax agreement per position, what a greedy decoder reads. Not
+  for per-anchor detection scores (sigmoids, independent per class): the argmax of an anchor
+  whose every score is ~0 is noise, and a detector is judged by its thresholded scores.
+* probability-like outputs (every value in [0, 1]: sigmoid scores, probability maps) that are
+  not judged by argmax: the IoU of the entries above 0.5, a sigmoid's decision threshold (the
+  cosine of mostly-zero score maps says little about the detections).
 
 A :class:`Target` says what is good enough; :func:`measure` returns a :class:`Fidelity` that
 names the first output below it. Separate from the guard so that the search (``fidelity_guard``)
@@ -45,7 +50,7 @@ class Target:
 @dataclasses.dataclass
 class Fidelity:
     cosine: dict[str, float]
-    top1: dict[str, float]  # argmax agreement: per sample for [N, C], per position for [N, T, C]
+    top1: dict[str, float]  # argmax agreement ([N, C], softmax [N, T, C]) or decision IoU (scores in [0, 1])
     target: Target = dataclasses.field(default_factory=Target)
 
     def problem(self) -> str | None:
@@ -54,7 +59,7 @@ class Fidelity:
                 return f"output '{name}' cosine {c:.3f} < {self.target.cosine}"
         for name, t in self.top1.items():
             if t < self.target.agreement:
-                return f"output '{name}' top-1 agreement {t:.1%} < {self.target.agreement:.0%}"
+                return f"output '{name}' agreement {t:.1%} < {self.target.agreement:.0%}"
         return None
 
     def score(self) -> float:
@@ -68,10 +73,19 @@ class Fidelity:
 
 
 def agreement(r: np.ndarray, c: np.ndarray) -> float | None:
-    """Argmax agreement of a classifier ([N, C]) or sequence ([N, T, C]) output, else None."""
-    if r.ndim in (2, 3) and r.shape[-1] > 1 and r.shape == c.shape:
-        return float(np.mean(r.argmax(-1) == c.argmax(-1)))
-    return None
+    """Argmax agreement of a classifier ([N, C]) or softmax sequence ([N, T, C]) output, else None."""
+    if r.shape != c.shape or r.ndim not in (2, 3) or r.shape[-1] < 2:
+        return None
+    if r.ndim == 3 and not (r.min() >= 0 and np.allclose(r.sum(-1), 1.0, atol=1e-3)):
+        return None  # not a distribution per position (detection scores, raw features)
+    return float(np.mean(r.argmax(-1) == c.argmax(-1)))
+
+
+def decisions(r: np.ndarray, c: np.ndarray, threshold: float = 0.5) -> float:
+    """IoU of the entries above ``threshold`` (1.0 when neither has any)."""
+    a, b = r > threshold, c > threshold
+    union = np.count_nonzero(a | b)
+    return 1.0 if union == 0 else float(np.count_nonzero(a & b) / union)
 
 
 def cosine(r: np.ndarray, c: np.ndarray) -> float:
@@ -94,6 +108,8 @@ def measure(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.nda
             continue
         cosines[name] = cosine(r, c)
         agree = agreement(r, c)
+        if agree is None and r.size and r.min() >= 0 and r.max() <= 1:
+            agree = decisions(r, c)
         if agree is not None:
             top1[name] = agree
     return Fidelity(cosines, top1, target or Target())

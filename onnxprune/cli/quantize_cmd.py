@@ -141,7 +141,7 @@ def _fidelity_line(fidelity: dict) -> str:
     def shown(f):
         worst = min(f["cosine"].values(), default=1.0)
         top1 = min(f["top1"].values(), default=None)
-        return f"cosine {worst:.3f}" + (f", top-1 {top1:.1%}" if top1 is not None else "")
+        return f"cosine {worst:.3f}" + (f", agreement {top1:.1%}" if top1 is not None else "")
     kept = fidelity["kept_float"]
     after, target = fidelity["after"], fidelity.get("target", {"cosine": 0.9, "agreement": 0.9})
     short = (min(after["cosine"].values(), default=1.0) < target["cosine"]
