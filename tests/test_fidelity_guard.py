@@ -54,6 +54,7 @@ def test_the_guard_keeps_the_culprit_float_and_says_why(offset_classifier, tmp_p
     assert result.fidelity["before"]["top1"]["p"] < 0.5 <= 0.9 <= result.fidelity["after"]["top1"]["p"]
     assert top1(model, tmp_path / "q.onnx", np.load(calib)["x"][64:]) >= 0.9
     assert result.nodes_int8 >= 1  # the MatMul stays INT8
+    assert result.declined["offset"].startswith("fidelity guard: ")  # why, not just "excluded"
     assert "kept_float" in str(result.to_dict()["fidelity"])
     shown = CliRunner().invoke(cli, ["-q", "quantize", str(model), "-o", str(tmp_path / "q2.onnx"),
                                      "--calib", str(calib), "--samples", "64", "--no-clean", "--no-latency"])

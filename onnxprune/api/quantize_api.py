@@ -202,7 +202,7 @@ def quantize(
         biases=emitted.biases,
         absorbed=emitted.absorbed,
         nodes_int8=emitted.nodes,
-        declined={**quantize_pass.plan.declined, **(placed.excluded if placed else {})},
+        declined={**quantize_pass.plan.declined, **_guard_reasons(guarded), **(placed.excluded if placed else {})},
         size_before=size_before,
         size_after=weights_nbytes(result.model),
         latency_before_ms=latency_before,
@@ -215,6 +215,11 @@ def quantize(
         recovery=recovered,
         placement=placed.to_dict() if placed else None,
     )
+
+
+def _guard_reasons(guarded: fidelity_guard.GuardResult | None) -> dict[str, str]:
+    """Nodes the guard kept float, with its reason (the pass only knows they were excluded)."""
+    return {name: f"fidelity guard: {why}" for name, why in (guarded.kept_float if guarded else {}).items()}
 
 
 def _copy(model: ir.Model) -> ir.Model | None:
