@@ -2,11 +2,13 @@
 
 ``distill(student, teacher, calib)`` runs the original (``teacher``) with ONNX Runtime on
 unlabelled calibration data, converts the pruned model (``student``) to PyTorch
-(:mod:`.torch_bridge`, the ``distill`` extra), and trains its weights with Adam to match the
+(:mod:`.torch_bridge`, the ``distill`` extra), and trains its weights with Adam (steps relative
+to each tensor's scale, :func:`_adam`) to match the
 teacher's outputs: the mean squared error of each output divided by that output's variance
 under the teacher (so that outputs on different scales weigh alike). A held-out share of the
-samples is never trained on: the epoch with the lowest held-out loss is kept, training stops
-when it has not improved for ``patience`` epochs (or after ``epochs`` / ``seconds``), and the
+samples is never trained on: the epoch with the lowest held-out loss is kept; an epoch that
+does not lower it is undone and the learning rate halved; training stops after ``patience``
+such epochs in a row (or after ``epochs`` / ``seconds``), and the
 weights are written back into the ONNX graph by name only if the held-out loss went down.
 A last ONNX Runtime run checks that the written model computes what torch trained.
 """
@@ -76,7 +78,7 @@ def distill(
     *,
     epochs: int = 30,
     seconds: float = 60.0,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     batch_size: int = 16,
     holdout: float = 0.2,
     patience: int = 4,
@@ -143,7 +145,7 @@ def distill(
     if mismatch > 1e-2:
         result.status, result.reason = "declined", f"onnx2torch's conversion differs from ONNX Runtime ({mismatch:.2g})"
         return result
-    optimizer = torch.optim.Adam(graph.parameters(), lr=lr)
+    optimizer = _adam(graph.parameters(), lr)
     best = result.loss_before = heldout_loss()
     best_state, stale = graph.state(), 0
     for epoch in range(1, epochs + 1):
@@ -158,8 +160,11 @@ def distill(
         current = heldout_loss()
         if current < best:
             best, best_state, stale, result.best_epoch = current, graph.state(), 0, epoch
-        else:
+        else:  # overshot: back to the best weights, with half the step (a fresh Adam state)
             stale += 1
+            graph.restore(best_state)
+            lr /= 2
+            optimizer = _adam(graph.parameters(), lr)
         if stale >= patience or time.perf_counter() - start > seconds:
             break
     result.loss_after = best
@@ -181,6 +186,16 @@ def distill(
     result.status = "trained"
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _adam(parameters: list, lr: float):
+    """Adam with steps relative to each tensor's size: ``lr`` times its root mean square. Adam's
+    step is about ``lr`` per weight whatever the weight's scale, so one absolute rate is too
+    large for a tensor of small weights and too small for one of large weights (cf. LARS/LAMB)."""
+    import torch
+
+    groups = [{"params": [p], "lr": lr * max(float(p.detach().pow(2).mean().sqrt()), 1e-8)} for p in parameters]
+    return torch.optim.Adam(groups)
 
 
 def _with_outputs(model: ir.Model, names: list[str]) -> ir.Model:
