@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,17 @@ def test_every_field_is_a_flag_of_prune_with_the_same_default():
         value = CONVERT.get(field.name, lambda v: v)(ctx.params[name])
         assert value == PruneOptions.default(field.name), field.name
     assert PruneOptions.default("round_to") == DEFAULT_ROUND_TO
+
+
+def test_compress_shares_the_defaults_of_the_flags_it_has():
+    compress_cmd = importlib.import_module("onnxprune.cli.compress_cmd").compress_cmd
+    ctx = compress_cmd.make_context("compress", [str(MODEL), "-o", "x.onnx"], resilient_parsing=True)
+    # Not --criterion: compress ranks by l1 unless told (prune: the data-driven one with --calib).
+    shared = {"ratio", "target_macs", "target_params", "round_to"}
+    assert shared <= set(ctx.params)
+    for name in shared:
+        assert ctx.params[name] == PruneOptions.default(name), name
+    assert tuple(ctx.params["exclude"]) == PruneOptions.default("exclude")
 
 
 def _options_of(monkeypatch, args: list[str]) -> PruneOptions:
@@ -97,6 +109,8 @@ def test_prune_takes_keywords_or_options_alike():
     given = onnxprune.prune(MODEL, options=options, latency_runs=0)
     assert keywords.report.to_dict() == given.report.to_dict()
     assert keywords.report.criterion == "l2"
+    recorded = json.loads(json.dumps(keywords.to_dict()))["options"]  # the report says what was asked
+    assert recorded == {**dataclasses.asdict(options), "exclude": []}
     replaced = onnxprune.prune(MODEL, options=options, ratio=0.5, latency_runs=0)  # a keyword replaces a field
     assert replaced.report.ratio == 0.5 and replaced.report.criterion == "l2"
     with pytest.raises(TypeError, match="unexpected keyword argument 'rato'"):

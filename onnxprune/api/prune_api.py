@@ -51,11 +51,13 @@ class PruneResult:
     dry_run: bool = False
     fold: PipelineResult | None = None
     distill: Any = None  # a DistillResult when distillation was asked for
+    options: PruneOptions | None = None  # what was asked (with sensitivity: the allocated group ratios)
 
     def to_dict(self) -> dict:
         return {
             "output": str(self.output) if self.output else None,
             "dry_run": self.dry_run,
+            "options": self.options.to_dict() if self.options else None,
             **self.report.to_dict(),
             "before": self.before,
             "after": self.after,
@@ -162,7 +164,7 @@ def prune(
         verifier(loaded, prune_pass.name)
     if dry_run:
         after = {"macs": report.macs[1], "parameters": report.params[1], "estimated": True}
-        return PruneResult(loaded, report, before, after, dry_run=True)
+        return PruneResult(loaded, report, before, after, dry_run=True, options=options)
     folded = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if fold else None
     pruned = folded.model if folded else loaded
     distilled = None
@@ -180,7 +182,7 @@ def prune(
         latency.update(after=runtime.latency_ms(pruned, feeds, runs=latency_runs, threads=threads),
                        threads=threads, runs=latency_runs)
     saved = save_model(pruned, output, input_path=path) if output is not None else None
-    return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled)
+    return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled, options)
 
 
 def _options(options: PruneOptions | None, fields: dict[str, Any]) -> PruneOptions:
