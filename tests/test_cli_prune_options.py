@@ -46,8 +46,7 @@ def test_every_field_is_a_flag_of_prune_with_the_same_default():
 def test_compress_shares_the_defaults_of_the_flags_it_has():
     compress_cmd = importlib.import_module("onnxprune.cli.compress_cmd").compress_cmd
     ctx = compress_cmd.make_context("compress", [str(MODEL), "-o", "x.onnx"], resilient_parsing=True)
-    # Not --criterion: compress ranks by l1 unless told (prune: the data-driven one with --calib).
-    shared = {"ratio", "target_macs", "target_params", "round_to"}
+    shared = {"criterion", "ratio", "target_macs", "target_params", "round_to"}
     assert shared <= set(ctx.params)
     for name in shared:
         assert ctx.params[name] == PruneOptions.default(name), name
