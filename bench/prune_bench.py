@@ -147,7 +147,7 @@ def work_activation(src: str, _: str, samples: float) -> dict:
             yield runtime.random_inputs(model, batch=min(32, samples - start), seed=start)
 
     t0 = time.perf_counter()
-    stats = collect_channel_stats(model, groups, batches())
+    stats = collect_channel_stats(model, groups, batches(), runner=runtime.OrtRunner())
     return {"collect_s": time.perf_counter() - t0, "groups": len(stats)}
 
 

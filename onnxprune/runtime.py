@@ -248,3 +248,27 @@ def latency_ms(
             run_session(sess, None, feeds)
             times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
+
+
+class _RunnerSession:
+    """An InferenceSession behind :class:`onnxprune.passes.prune.runner.Session`."""
+
+    def __init__(self, sess: ort.InferenceSession) -> None:
+        self._sess = sess
+
+    def run(self, names: Sequence[str], feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return run_session(self._sess, names, feeds)
+
+
+class OrtRunner:
+    """The :class:`~onnxprune.passes.prune.runner.ModelRunner` that data-driven pruning gets from
+    the stage API: ONNX Runtime on the CPU provider."""
+
+    def input_names(self, model: ir.Model) -> set[str]:
+        return set(input_specs(model))
+
+    @contextlib.contextmanager
+    def session(self, model: ir.Model) -> Iterator[_RunnerSession]:
+        with session(model) as sess:
+            yield _RunnerSession(sess)
+

@@ -19,6 +19,7 @@ from onnxprune.passes.prune.importance import (
     get_criterion,
     normalize,
 )
+from onnxprune.runtime import OrtRunner
 
 
 def toy_model(seed: int = 0) -> ir.Model:
@@ -153,7 +154,7 @@ def test_streamed_activation_statistics_equal_one_shot_numpy():
     rng = np.random.default_rng(1)
     data = rng.standard_normal((7, 3, 8, 8)).astype(np.float32)
     batches = [{"x": data[i : i + 3]} for i in range(0, 7, 3)]  # uneven last batch
-    stats = collect_channel_stats(model, groups, batches)
+    stats = collect_channel_stats(model, groups, batches, runner=OrtRunner())
     ref = reference_activations(model, {"x": data}, ["r1", "flat"])
     r1 = ref["r1"].transpose(1, 0, 2, 3).reshape(4, -1).astype(np.float64)
     np.testing.assert_allclose(stats[0].mean_abs, np.abs(r1).mean(1), rtol=1e-5)
@@ -176,7 +177,7 @@ def test_activation_criteria_rank_by_mean_abs_and_by_nonzero_share():
     per_channel = r1.transpose(1, 0, 2, 3).reshape(4, -1)
     expected = {"activation": np.abs(per_channel).mean(1), "apoz": (per_channel != 0).mean(1)}
     for name, oracle in expected.items():
-        crit = get_criterion(name, data=lambda: [{"x": data}])
+        crit = get_criterion(name, data=lambda: [{"x": data}], runner=OrtRunner())
         crit.prepare(model, groups)
         scores = np.asarray(crit(groups[0]), dtype=np.float64)
         np.testing.assert_allclose(scores, oracle, rtol=1e-5, atol=1e-7)
@@ -191,9 +192,9 @@ def test_activation_criterion_without_data_or_with_bad_data_is_a_clear_error():
     with pytest.raises(UsageError, match="calibration data"):
         Activation(None).prepare(model, groups)
     with pytest.raises(DataError, match="does not run"):
-        collect_channel_stats(model, groups, [{"x": np.zeros((1, 3, 5, 5), np.float32)}])
+        collect_channel_stats(model, groups, [{"x": np.zeros((1, 3, 5, 5), np.float32)}], runner=OrtRunner())
     with pytest.raises(DataError, match="empty"):
-        collect_channel_stats(model, groups, [])
+        collect_channel_stats(model, groups, [], runner=OrtRunner())
     assert [o.name for o in model.graph.outputs] == ["y"]
 
 
@@ -240,7 +241,7 @@ def test_batchnorm_moments_track_calibration_means_on_the_trained_digits_model()
     model = load_model(digits / "digits.onnx")
     groups = [g for g in analyze(model) if g.prunable]
     data = np.load(digits / "calib.npz")["input"]
-    measured = collect_channel_stats(model, groups, [{"input": data}])
+    measured = collect_channel_stats(model, groups, [{"input": data}], runner=OrtRunner())
     for g in groups:
         estimate = batchnorm_channel_means(g, hooked_slots(g))
         assert estimate is not None

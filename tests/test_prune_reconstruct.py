@@ -24,6 +24,7 @@ from onnxprune.errors import UsageError
 from onnxprune.graphutils import const_array
 from onnxprune.passes.prune import PruneOptions, PrunePass
 from onnxprune.passes.prune.lstsq import FLUSH_ROWS, NormalEquations, conv_rows
+from onnxprune.runtime import OrtRunner
 from onnxprune.validate import check_model
 from tiny import Tiny, fresh, max_error
 
@@ -79,7 +80,7 @@ def pruned_error(proto, shape, reconstruct: bool, refit_inputs: str = "original"
     calib = [RNG.standard_normal((64, *shape)).astype(np.float32) for _ in range(16)]
     model = fresh(proto)
     options = PruneOptions("l1", 1 / 3, round_to=1, reconstruct=reconstruct, refit_inputs=refit_inputs)
-    result = PrunePass(options, calibration=batches_of(calib))(model)
+    result = PrunePass(options, calibration=batches_of(calib), runner=OrtRunner())(model)
     assert result.modified and result.plan.keep[0].tolist() == [0, 1]  # the dependent channel went
     check_model(model)
     feeds = {"x": RNG.standard_normal((16, *shape)).astype(np.float32)}
@@ -108,7 +109,7 @@ def test_grouped_consumers_keep_the_mean_compensation_and_say_so():
     proto = g.proto(y)
     model = fresh(proto)
     calib = [RNG.standard_normal((4, 4, 5, 5)).astype(np.float32)]
-    result = PrunePass(PruneOptions("l1", 0.5, round_to=1), calibration=batches_of(calib))(model)
+    result = PrunePass(PruneOptions("l1", 0.5, round_to=1), calibration=batches_of(calib), runner=OrtRunner())(model)
     check_model(model)
     (fit,) = result.report.reconstruction
     assert fit.status == "skipped" and "grouped Conv" in fit.note
@@ -120,7 +121,7 @@ def test_too_few_rows_keep_the_sliced_weights_with_a_recentred_bias():
     proto, shape = gemm_chain()
     model = fresh(proto)
     calib = [RNG.standard_normal((2, *shape)).astype(np.float32)]  # 2 rows for 2 inputs + bias
-    result = PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(calib))(model)
+    result = PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(calib), runner=OrtRunner())(model)
     check_model(model)
     (fit,) = result.report.reconstruction
     assert fit.status == "recentred" and "2 rows for 2 inputs" in fit.note
@@ -132,7 +133,7 @@ def test_nothing_pruned_nothing_refit():
     proto, shape = conv_chain()
     model = fresh(proto)
     calib = [RNG.standard_normal((2, *shape)).astype(np.float32)]
-    result = PrunePass(PruneOptions("l1", 0.0), calibration=batches_of(calib))(model)
+    result = PrunePass(PruneOptions("l1", 0.0), calibration=batches_of(calib), runner=OrtRunner())(model)
     assert not result.modified and not result.report.reconstruction
 
 
@@ -140,9 +141,10 @@ def test_reconstruction_needs_calibration_data():
     with pytest.raises(UsageError, match="calibration"):
         PrunePass(PruneOptions("l1", 0.3, reconstruct=True))
     with pytest.raises(UsageError, match="--refit-inputs"):
-        PrunePass(PruneOptions("l1", 0.3, refit_inputs="both"), calibration=batches_of([]))
+        PrunePass(PruneOptions("l1", 0.3, refit_inputs="both"), calibration=batches_of([]), runner=OrtRunner())
     options = PruneOptions("l1", 0.3)
-    assert not PrunePass(options).reconstruct and PrunePass(options, calibration=batches_of([])).reconstruct
+    assert not PrunePass(options).reconstruct
+    assert PrunePass(options, calibration=batches_of([]), runner=OrtRunner()).reconstruct
 
 
 # --- the statistics ---------------------------------------------------------------------------
@@ -188,7 +190,7 @@ def test_refit_statistics_do_not_depend_on_the_batching():
     weights = []
     for parts in ([calib], [calib[:8], calib[8:]]):
         model = fresh(proto)
-        PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(parts))(model)
+        PrunePass(PruneOptions("l1", 1 / 3, round_to=1), calibration=batches_of(parts), runner=OrtRunner())(model)
         weights.append(const_array(model.graph.initializers["w2"]))
     np.testing.assert_allclose(weights[0], weights[1], rtol=1e-5, atol=1e-6)
 
@@ -265,7 +267,7 @@ def test_a_bad_plan_is_refused_before_any_weight_changes():
     before = {name: const_array(v).copy() for name, v in model.graph.initializers.items()}
     with pytest.raises(UsageError, match="sorted"):
         prune_and_refit(model, groups, PrunePlan({0: np.array([1, 0])}),
-                        batches_of([RNG.standard_normal((2, *shape)).astype(np.float32)]))
+                        batches_of([RNG.standard_normal((2, *shape)).astype(np.float32)]), runner=OrtRunner())
     after = {name: const_array(v) for name, v in model.graph.initializers.items()}
     assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
 
@@ -299,7 +301,7 @@ def test_a_refit_that_overfits_is_refused_on_held_out_samples():
     for refit in (True, False):
         model = fresh(proto)
         options = PruneOptions("l1", 0.25, round_to=1, reconstruct=refit)
-        result = PrunePass(options, calibration=batches_of(calib))(model)
+        result = PrunePass(options, calibration=batches_of(calib), runner=OrtRunner())(model)
         errors[refit] = max_error(reference, next(iter(runtime.run(model, feeds).values())))
         fits[refit] = result.report.reconstruction
     (fit,) = fits[True]
@@ -341,3 +343,9 @@ def test_normal_equations_absorb_like_one_stream_and_the_ridge_pulls_to_the_prio
     prior = RNG.standard_normal((5, 2))
     strong = whole.solve_path([1e9], prior)[0][0]
     np.testing.assert_allclose(strong, prior, rtol=1e-5, atol=1e-6)
+
+
+def test_calibration_data_without_a_runner_is_a_usage_error():
+    """The pass runs no model itself: data-driven work names the runner it needs."""
+    with pytest.raises(UsageError, match="runner"):
+        PrunePass(PruneOptions("l1", 0.3), calibration=batches_of([]))

@@ -29,7 +29,7 @@ def removed_by(proto, criterion: str, ratio: float) -> tuple[list[int], float]:
     calib = [RNG.standard_normal((256, 3)).astype(np.float32)]
     model = fresh(proto)
     result = PrunePass(PruneOptions(criterion, ratio, round_to=1, reconstruct=False),
-                       calibration=lambda: ({"x": c} for c in calib))(model)
+                       calibration=lambda: ({"x": c} for c in calib), runner=runtime.OrtRunner())(model)
     feeds = {"x": RNG.standard_normal((64, 3)).astype(np.float32)}
     reference = next(iter(runtime.run(fresh(proto), feeds).values()))
     error = max_error(reference, next(iter(runtime.run(model, feeds).values())))

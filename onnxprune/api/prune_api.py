@@ -149,7 +149,8 @@ def prune(
         from onnxprune.api.taylor import Taylor
 
         gradients = Taylor(dataset, batch_size, dataset.labels)
-    prune_pass = PrunePass(options, calibration=batches, criterion=gradients, progress=progress)
+    prune_pass = PrunePass(options, calibration=batches, criterion=gradients, progress=progress,
+                           runner=runtime.OrtRunner())
     before = {k: v for k, v in stats.summarize(loaded).items() if k in SUMMARY_KEYS}
     timing = latency_runs > 0 and not dry_run
     feeds = (_first_sample(batches) or runtime.random_inputs(loaded)) if timing else None

@@ -1,4 +1,4 @@
-"""Per-channel activation statistics, streamed through ONNX Runtime.
+"""Per-channel activation statistics, streamed through a model runner (:mod:`.runner`).
 
 The tensors a group's consumers read (its ACTIVATION slots) are exposed as extra outputs of
 the model and reduced batch by batch to running per-channel sums: memory is O(channels), not
@@ -19,11 +19,11 @@ import numpy as np
 import onnx_ir as ir
 from tqdm import tqdm
 
-from onnxprune import runtime
 from onnxprune.errors import DataError
 from onnxprune.graphutils import named
 from onnxprune.passes.cleanup import ShapeInference
 from onnxprune.passes.prune.group import Group, Role, Slot
+from onnxprune.passes.prune.runner import ModelRunner
 
 
 def to_channels(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +38,7 @@ def to_channels(values: np.ndarray, slot: Slot, size: int, reduce: str = "sum") 
     return channels, blocks.mean(axis=1) if reduce == "mean" else blocks.sum(axis=1)
 
 
-# Bytes of extra outputs fetched per ONNX Runtime call; more tensors are fetched in several
+# Bytes of extra outputs fetched per run call; more tensors are fetched in several
 # calls per batch, so that a big model on a big batch does not hold all its activations at once.
 FETCH_BUDGET = 256 * 1024 * 1024
 
@@ -92,9 +92,10 @@ def collect_channel_stats(
     groups: Sequence[Group],
     batches: Iterable[Mapping[str, np.ndarray]],
     *,
+    runner: ModelRunner,
     progress: bool = False,
 ) -> dict[int, ChannelStats]:
-    """Run ONNX Runtime over ``batches`` exposing the groups' activations as extra outputs.
+    """Run the model (``runner``) over ``batches`` exposing the groups' activations as extra outputs.
 
     Only running per-channel sums are kept, so memory does not grow with the number of
     samples. The model's outputs are restored afterwards.
@@ -108,9 +109,9 @@ def collect_channel_stats(
             running.setdefault(named(slot.value), _Running(slot.axis))
     if not values:
         return {}
-    inputs = set(runtime.input_specs(model))
+    inputs = runner.input_names(model)
     samples = 0
-    with exposed(model, list(values.values())), runtime.session(model) as sess:
+    with exposed(model, list(values.values())), runner.session(model) as sess:
         for feeds in tqdm(batches, desc="activations", unit="batch", disable=not progress, leave=False):
             feeds = {k: v for k, v in feeds.items() if k in inputs}
             batch = len(next(iter(feeds.values()))) if feeds else 1
@@ -118,7 +119,7 @@ def collect_channel_stats(
                 names = [named(v) for v in chunk]
                 try:
                     arrays = sess.run(names, feeds)
-                except Exception as exc:  # ORT's own error types
+                except Exception as exc:  # the runner's (ONNX Runtime's) own error types
                     raise DataError(f"calibration batch does not run: {str(exc).splitlines()[0]}") from None
                 for name, array in zip(names, arrays):
                     running[name].update(array)

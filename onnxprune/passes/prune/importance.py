@@ -24,6 +24,7 @@ from onnxprune.errors import UsageError
 from onnxprune.graphutils import attr, const_array
 from onnxprune.passes.prune.activations import ChannelStats, collect_channel_stats, hooked_slots, to_channels
 from onnxprune.passes.prune.group import Group, Role, Slot
+from onnxprune.passes.prune.runner import ModelRunner, required
 
 WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm")
 
@@ -186,8 +187,10 @@ class Activation(Criterion):
         data: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
         statistic: str = "mean_abs",
         progress: bool = False,
+        runner: ModelRunner | None = None,
     ) -> None:
         super().__init__()
+        self.runner = runner
         if statistic not in ("mean_abs", "nonzero"):
             raise UsageError(f"unknown activation statistic '{statistic}' (mean_abs, nonzero)")
         self.data = data
@@ -199,7 +202,8 @@ class Activation(Criterion):
     def prepare(self, model: ir.Model, groups: Sequence[Group]) -> None:
         if self.data is None:
             raise UsageError(f"criterion '{self.name}' needs calibration data (--calib)")
-        self.stats = collect_channel_stats(model, groups, self.data(), progress=self.progress)
+        self.stats = collect_channel_stats(model, groups, self.data(), progress=self.progress,
+                                           runner=required(self.runner, f"criterion '{self.name}'"))
 
     def __call__(self, group: Group) -> np.ndarray:
         stats = self.stats.get(group.id)
@@ -225,8 +229,10 @@ def get_criterion(
     name: str,
     data: Callable[[], Iterable[Mapping[str, np.ndarray]]] | None = None,
     progress: bool = False,
+    runner: ModelRunner | None = None,
 ) -> Criterion:
-    """The criterion called ``name``; ``data`` yields calibration batches (data-driven ones)."""
+    """The criterion called ``name``; ``data`` yields calibration batches and ``runner`` runs
+    the model on them (data-driven ones)."""
     if name == "l1":
         return Magnitude(1)
     if name == "l2":
@@ -234,9 +240,9 @@ def get_criterion(
     if name == "bn":
         return BatchNormScale()
     if name == "activation":
-        return Activation(data, "mean_abs", progress)
+        return Activation(data, "mean_abs", progress, runner)
     if name == "apoz":
-        return Activation(data, "nonzero", progress)
+        return Activation(data, "nonzero", progress, runner)
     if name == "taylor":  # gradients come from the API layer (onnxprune.api.taylor), not a pass
         raise UsageError("criterion 'taylor' is computed by onnxprune.prune(): it gives PrunePass a Taylor criterion")
     raise UsageError(f"unknown criterion '{name}' (available: {', '.join(CRITERIA)})")

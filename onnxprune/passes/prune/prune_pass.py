@@ -31,6 +31,7 @@ from onnxprune.passes.prune.reconstruct import prune_and_refit
 from onnxprune.passes.prune.refit import LayerFit
 from onnxprune.passes.prune.report import GroupReport, PruneReport, control_flow_note
 from onnxprune.passes.prune.rewrite import apply_plan
+from onnxprune.passes.prune.runner import ModelRunner, required
 from onnxprune.passes.prune.selection import ConsumerEnergy
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
@@ -47,12 +48,12 @@ class PrunePassResult(PassResult):
     plan: PrunePlan | None = None
 
 
-def _criterion(name: str, data: Batches | None, progress: bool) -> Criterion:
+def _criterion(name: str, data: Batches | None, progress: bool, runner: ModelRunner | None) -> Criterion:
     """:func:`get_criterion`, plus the consumer-aware ones (:mod:`.selection` builds on
     :mod:`.importance`, so they are looked up here, not there)."""
     if name in ("energy", "thinet"):
-        return ConsumerEnergy(data, name == "thinet", progress)
-    return get_criterion(name, data, progress)
+        return ConsumerEnergy(data, name == "thinet", progress, runner)
+    return get_criterion(name, data, progress, runner)
 
 
 class PrunePass(Pass):
@@ -65,6 +66,8 @@ class PrunePass(Pass):
     with it: :mod:`.reconstruct`; ``refit_inputs="pruned"`` reads each layer's inputs from the
     pruned model, upstream error included, one pass per depth of refitted layers).
     ``criterion``: a :class:`~.importance.Criterion` of one's own, instead of the named one.
+    ``runner`` runs the model on the calibration data (:mod:`.runner`; the pass itself stays
+    pure IR): needed with ``calibration``, e.g. ``onnxprune.runtime.OrtRunner()``.
 
     In a pipeline, run ``eliminate-identity`` and ``fold-constants`` before it (as ``prune()``
     does): parameters hidden behind Identity/Constant nodes make the analysis decline groups.
@@ -80,16 +83,19 @@ class PrunePass(Pass):
         calibration: Batches | None = None,
         criterion: Criterion | None = None,
         progress: bool = False,
+        runner: ModelRunner | None = None,
     ) -> None:
         super().__init__()
         self.options = options
+        if calibration is not None:
+            required(runner, "pruning with calibration data")
         name = options.criterion_for(calibration is not None)
-        self.criterion = criterion if criterion is not None else _criterion(name, calibration, progress)
+        self.criterion = criterion if criterion is not None else _criterion(name, calibration, progress, runner)
         if self.criterion.needs_data and calibration is None:
             raise UsageError(f"criterion '{self.criterion.name}' needs calibration data (--calib)")
         if options.reconstruct and calibration is None:
             raise UsageError("reconstruction refits layers on calibration data: give it (--calib)")
-        self.calibration, self.progress = calibration, progress
+        self.calibration, self.progress, self.runner = calibration, progress, runner
         self.reconstruct = calibration is not None if options.reconstruct is None else options.reconstruct
 
     def call(self, model: ir.Model) -> PrunePassResult:
@@ -222,7 +228,8 @@ class PrunePass(Pass):
         if self.calibration is not None:
             stats = getattr(self.criterion, "stats", None)  # already collected by a data-driven criterion
             if not stats or any(g.id not in stats for g in pruned):
-                stats = collect_channel_stats(model, pruned, self.calibration(), progress=self.progress)
+                stats = collect_channel_stats(model, pruned, self.calibration(), progress=self.progress,
+                                              runner=required(self.runner, "mean compensation"))
             return {g.id: stats[g.id].mean for g in pruned}, "calibration means"
         means = {g.id: m for g in pruned if (m := batchnorm_channel_means(g, hooked_slots(g))) is not None}
         return (means, "BatchNorm statistics (data-free)") if means else (None, None)
@@ -234,7 +241,7 @@ class PrunePass(Pass):
         layer that is not refit (a refit's bias is its own mean compensation)."""
         assert self.calibration is not None  # __init__ turns reconstruct on only with data
         changes, fits = prune_and_refit(
-            model, groups, plan, self.calibration,
+            model, groups, plan, self.calibration, runner=required(self.runner, "reconstruction"),
             channel_means=lambda part: self._channel_means(model, groups, part)[0],
             sequential=self.options.refit_inputs == "pruned", progress=self.progress,
         )

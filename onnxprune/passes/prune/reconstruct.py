@@ -37,10 +37,8 @@ from typing import Protocol
 
 import numpy as np
 import onnx_ir as ir
-import onnxruntime as ort
 from tqdm import tqdm
 
-from onnxprune import runtime
 from onnxprune.errors import DataError
 from onnxprune.graphutils import named
 from onnxprune.passes.prune.activations import FETCH_BUDGET, batch_nbytes, budget_chunks, exposed
@@ -49,6 +47,7 @@ from onnxprune.passes.prune.group import Group, PrunePlan, Role
 from onnxprune.passes.prune.lstsq import NormalEquations
 from onnxprune.passes.prune.refit import RIDGE, LayerFit, Target, find_targets  # noqa: F401  (RIDGE: re-exported)
 from onnxprune.passes.prune.rewrite import apply_plan, checked_removals
+from onnxprune.passes.prune.runner import ModelRunner, Session
 
 # Bytes of normal equations held at once: more layers than fit are accumulated in more passes.
 STATS_BUDGET = 1 << 30
@@ -62,6 +61,7 @@ def prune_and_refit(
     plan: PrunePlan,
     batches: Batches,
     *,
+    runner: ModelRunner,
     channel_means: Callable[[PrunePlan], Mapping[int, np.ndarray] | None] | None = None,
     sequential: bool = False,
     ridge: float | None = None,
@@ -83,7 +83,7 @@ def prune_and_refit(
     }
     means = channel_means(PrunePlan(needed)) if channel_means is not None and needed else None
     if targets and not sequential:  # statistics of the original, before anything changes
-        _accumulate(targets, batches, model, ridge, progress=progress and "reconstruct")
+        _accumulate(targets, batches, model, ridge, runner=runner, progress=progress and "reconstruct")
     reference = ir.serde.deserialize_model(ir.to_proto(model)) if targets and sequential else None
     if reference is not None:  # the original's outputs, read from a copy
         copied = list(reference.graph)
@@ -98,10 +98,11 @@ def prune_and_refit(
             _write(t, model.graph)
     else:
         levels = _levels(model.graph, targets)
-        with exposed(reference, [t.y_value for t in targets]), runtime.session(reference) as original:
+        with exposed(reference, [t.y_value for t in targets]), runner.session(reference) as original:
             for i, level in enumerate(levels):
                 label = f"reconstruct {i + 1}/{len(levels)}"
-                _accumulate(level, batches, model, ridge, reference=original, progress=progress and label)
+                _accumulate(level, batches, model, ridge, runner=runner, reference=original,
+                            progress=progress and label)
                 for t in level:  # before the next level reads its inputs
                     _write(t, model.graph)
     fits = [_report(t) for t in targets] + skipped
@@ -149,9 +150,9 @@ def _levels(graph: ir.Graph, targets: list[Target]) -> list[list[Target]]:
 
 def _accumulate(
     targets: list[Target], batches: Batches, model: ir.Model, ridge: float | None, *,
-    reference: ort.InferenceSession | None = None, progress: str | bool = False,
+    runner: ModelRunner, reference: Session | None = None, progress: str | bool = False,
 ) -> None:
-    """Stream the calibration data through ONNX Runtime into each target's normal equations,
+    """Stream the calibration data through the runner into each target's normal equations,
     then solve them: inputs from ``model``, outputs from ``model`` too (the original) or from
     a ``reference`` session of the original (``model`` is then the pruned one, whose inputs
     already lack the removed channels). Targets are taken in passes of at most STATS_BUDGET
@@ -161,20 +162,20 @@ def _accumulate(
         for t in group:
             t.equations = NormalEquations(*t.sliced.shape)
             t.heldout = NormalEquations(*t.sliced.shape)
-        _stream(group, batches, model, reference, progress)
+        _stream(group, batches, model, reference, progress, runner)
         for t in group:
             t.solve(ridge)
 
 
 def _stream(
-    targets: Sequence[Streamed], batches: Batches, model: ir.Model, reference: ort.InferenceSession | None,
-    progress: str | bool,
+    targets: Sequence[Streamed], batches: Batches, model: ir.Model, reference: Session | None,
+    progress: str | bool, runner: ModelRunner,
 ) -> None:
     """One pass over the calibration batches (``progress``: the bar's label, or False)."""
-    inputs = set(runtime.input_specs(model))
+    inputs = runner.input_names(model)
     outputs = [t.x_value for t in targets] + ([t.y_value for t in targets] if reference is None else [])
     rows = 0
-    with exposed(model, outputs), runtime.session(model) as sess:
+    with exposed(model, outputs), runner.session(model) as sess:
         for feeds in tqdm(batches(), desc=progress or "", unit="batch", disable=not progress, leave=False,
                           total=getattr(batches, "total", None)):  # set by the stage API when known
             feeds = {k: v for k, v in feeds.items() if k in inputs}
@@ -185,12 +186,12 @@ def _stream(
                 y_names = [named(t.y_value) for t in chunk]
                 if reference is None:
                     names = list(dict.fromkeys(x_names + y_names))
-                    xs = ys = dict(zip(names, runtime.run_session(sess, names, feeds)))
+                    xs = ys = dict(zip(names, sess.run(names, feeds)))
                 else:
                     names = list(dict.fromkeys(x_names))
-                    xs = dict(zip(names, runtime.run_session(sess, names, feeds)))
+                    xs = dict(zip(names, sess.run(names, feeds)))
                     names = list(dict.fromkeys(y_names))
-                    ys = dict(zip(names, runtime.run_session(reference, names, feeds)))
+                    ys = dict(zip(names, reference.run(names, feeds)))
                 for t in chunk:
                     x, y = xs[named(t.x_value)], ys[named(t.y_value)]
                     t.update(x, y, pruned_input=reference is not None, first=rows)

@@ -44,6 +44,7 @@ from onnxprune.passes.prune.importance import Criterion
 from onnxprune.passes.prune.lstsq import conv_rows
 from onnxprune.passes.prune.reconstruct import _stream as stream
 from onnxprune.passes.prune.refit import Target, _unsupported
+from onnxprune.passes.prune.runner import ModelRunner, required
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
@@ -117,9 +118,10 @@ class ConsumerEnergy(Criterion):
 
     needs_data = True
 
-    def __init__(self, data: Batches | None, greedy: bool, progress: bool = False) -> None:
+    def __init__(self, data: Batches | None, greedy: bool, progress: bool = False,
+                 runner: ModelRunner | None = None) -> None:
         super().__init__()
-        self.data, self.greedy, self.progress = data, greedy, progress
+        self.data, self.greedy, self.progress, self.runner = data, greedy, progress, runner
         self.name = "thinet" if greedy else "energy"
         self.grams: dict[int, np.ndarray] = {}
         self.fallback: dict[int, np.ndarray] = {}
@@ -127,6 +129,7 @@ class ConsumerEnergy(Criterion):
     def prepare(self, model: ir.Model, groups: Sequence[Group]) -> None:
         if self.data is None:
             raise UsageError(f"criterion '{self.name}' needs calibration data (--calib)")
+        runner = required(self.runner, f"criterion '{self.name}'")
         self.grams.clear()
         self.fallback.clear()
         targets: dict[int, _Probe] = {}
@@ -142,7 +145,7 @@ class ConsumerEnergy(Criterion):
         order = {id(n): i for i, n in enumerate(model.graph)}
         listed = sorted(targets.values(), key=lambda t: order.get(id(t.layer), 0))
         if listed:
-            stream(listed, self.data, model, None, self.progress and f"scores ({self.name})")
+            stream(listed, self.data, model, None, self.progress and f"scores ({self.name})", runner)
         for group in groups:
             parts = reads.get(group.id)
             if not parts:
@@ -156,7 +159,7 @@ class ConsumerEnergy(Criterion):
             self.grams[group.id] = total
         rest = [g for g in groups if g.id not in self.grams]
         if rest:
-            stats = collect_channel_stats(model, rest, self.data(), progress=self.progress)
+            stats = collect_channel_stats(model, rest, self.data(), runner=runner, progress=self.progress)
             for g in rest:
                 self.fallback[g.id] = stats[g.id].mean_abs
 
