@@ -45,13 +45,20 @@ def require(what: str) -> None:
 
 def _onnx2torch():
     """Import onnx2torch. It imports torchvision at module level for two converters
-    (NonMaxSuppression, RoiAlign) only; where torchvision is absent (a CPU-only torch
-    without a matching torchvision), those two names are given placeholders that fail if
-    such a node is converted, and the rest of the converter works."""
-    if "onnx2torch" in sys.modules or importlib.util.find_spec("torchvision") is not None:
-        import onnx2torch
+    (NonMaxSuppression, RoiAlign) only; where torchvision is absent, or installed but built
+    for another torch (its import fails: "operator torchvision::nms does not exist"), those
+    two names are given placeholders that fail if such a node is converted, and the rest of
+    the converter works."""
+    if "onnx2torch" in sys.modules:
+        return sys.modules["onnx2torch"]
+    if importlib.util.find_spec("torchvision") is not None:
+        try:
+            import onnx2torch
 
-        return onnx2torch
+            return onnx2torch
+        except Exception:  # a torchvision that does not match the installed torch
+            for name in [m for m in sys.modules if m.split(".")[0] in ("torchvision", "onnx2torch")]:
+                del sys.modules[name]
     stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")
 
     def missing(*args, **kwargs):
