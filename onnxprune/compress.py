@@ -247,9 +247,12 @@ def compress(
                           provider_options=provider_options, executor=executor, **dict(quantize_options or {}))
         searched = _search(loaded, judge, calib_data, calib if quantize_model else None, at, extra, quantizing)
         options = at(searched["chosen"]) if searched["chosen"] is not None else None
-    if options is not None:
+    if options is not None:  # the prune guard compares on the held-out data (a search judged its choice itself)
+        held = open_dataset(eval_data, loaded, preprocess=preprocess) if isinstance(eval_data, (str, os.PathLike)) \
+            else eval_data
+        guarded = {"eval_data": held, "guard": not searching and extra.get("guard", True)}
         run("prune", lambda: prune(loaded, options=options, calib=calib_data, latency_runs=0, progress=progress,
-                                   **extra))
+                                   **{**extra, **guarded}))
     current = stages[-1].result.model
     if quantize_model:
         run("quantize", lambda: quantize(
@@ -289,7 +292,8 @@ def _search(model: ir.Model, judge: Judge, calib_data, quantize_calib, options_a
 
     def probe(keep: float) -> Probe:
         copy = ir.serde.deserialize_model(proto)
-        pruned = prune(copy, options=options_at(keep), calib=calib_data, latency_runs=0, **extra)
+        pruned = prune(copy, options=options_at(keep), calib=calib_data, latency_runs=0,
+                       **{**extra, "guard": False})  # the search judges every probe itself
         final = pruned.model
         if quantize_calib is not None:
             final = quantize(final, calib=quantize_calib, **quantizing).model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import glob
 import os
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import onnx_ir as ir
 
 from onnxprune import runtime, stats
+from onnxprune.api import prune_guard
+from onnxprune.api.prune_guard import GuardResult
 from onnxprune.calibration import Dataset, open_dataset
 from onnxprune.errors import UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
@@ -52,6 +55,7 @@ class PruneResult:
     fold: PipelineResult | None = None
     distill: Any = None  # a DistillResult when distillation was asked for
     options: PruneOptions | None = None  # what was asked (with sensitivity: the allocated group ratios)
+    fidelity: GuardResult | None = None  # the pruned model against the original (see prune_guard)
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +68,7 @@ class PruneResult:
             "latency_ms": self.latency_ms,
             "fold": self.fold.to_dict()["passes"] if self.fold else None,
             "distill": self.distill.to_dict() if self.distill is not None else None,
+            "fidelity": self.fidelity.to_dict() if self.fidelity else None,
         }
 
 
@@ -82,6 +87,9 @@ def prune(
     latency_runs: int = 10,
     threads: int = 1,
     progress: bool = False,
+    eval_data=None,
+    guard: bool = True,
+    strict: bool = False,
     **option_fields: Any,
 ) -> PruneResult:
     """Remove whole channels from ``model`` (in place) and save it to ``output`` if given.
@@ -111,8 +119,14 @@ def prune(
     weights to match the original's outputs on ``calib`` for at most ``distill_epochs`` epochs
     / ``distill_time`` seconds (:func:`~onnxprune.api.distill_api.distill`, held-out early stop),
     also matching ``distill_hints`` intermediate tensors whose channels were kept.
+    ``guard``: run the result beside the original (on ``eval_data``, else calibration samples,
+    else random inputs: a weaker check) and, when its outputs are destroyed (cosine < 0.9,
+    top-1 agreement < 90 %), keep the culprit groups whole (:mod:`.prune_guard`); ``strict``
+    raises :class:`~onnxprune.errors.ParityError` naming them instead.
     """
     options = _options(options, option_fields)
+    data_args = {"calib": calib, "calib_labels": calib_labels, "calib_limit": calib_limit, "batch_size": batch_size,
+                 "preprocess": preprocess, "fold": fold}  # for the guard's re-prunes
     if sensitivity is not None and options.target_macs is None and options.target_params is None:
         raise UsageError("sensitivity curves allocate a target: give target_macs or target_params")
     dry_run = options.dry_run
@@ -135,6 +149,7 @@ def prune(
         batches = functools.partial(dataset.batches, batch_size)
         batches.total = -(-len(dataset) // (dataset.fixed_batch or batch_size))  # for progress bars
         data_notes = list(dataset.notes)
+    original = loaded.clone() if guard and not dry_run else None  # shares the weights; pruning replaces them
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     teacher = loaded.clone() if options.distill and not dry_run else None  # stages replace tensors, never write
     if sensitivity is not None:
@@ -178,12 +193,59 @@ def prune(
                             hints=options.distill_hints)
         if distilled.status != "trained":
             report.notes.append(f"distillation {distilled.status}: {distilled.reason}")
+    guarded = None
+    if original is not None and result.modified:
+        acts = sensitivity is None and not options.distill  # else it warns only (those re-prunes cost too much)
+        redone, guarded = _guard(original, pruned, report, options, data_args, batches, eval_data, strict, acts)
+        if redone is not None:  # culprit groups kept whole: that prune's model, report and fold
+            pruned, report, folded = redone.model, redone.report, redone.fold
     after = {k: v for k, v in stats.summarize(pruned).items() if k in SUMMARY_KEYS}
     if latency is not None:
         latency.update(after=runtime.latency_ms(pruned, feeds, runs=latency_runs, threads=threads),
                        threads=threads, runs=latency_runs)
     saved = save_model(pruned, output, input_path=path) if output is not None else None
-    return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled, options)
+    return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled, options, guarded)
+
+
+def _guard(original: ir.Model, pruned: ir.Model, report: PruneReport, options: PruneOptions, data_args: dict,
+           batches, eval_data, strict: bool, acts: bool) -> tuple[PruneResult | None, GuardResult]:
+    """The fidelity guard (:mod:`.prune_guard`): which samples, the original's outputs, and the
+    re-prune of a fresh copy with some groups kept whole (ratio 0)."""
+    if eval_data is not None:
+        dataset = eval_data if isinstance(eval_data, Dataset) else \
+            open_dataset(eval_data, original, preprocess=data_args["preprocess"])
+        feeds = _take(dataset.batches(data_args["batch_size"]), prune_guard.EVAL_SAMPLES)
+        source = "held-out evaluation data"
+    elif batches is not None:
+        feeds, source = _take(batches(), prune_guard.SAMPLES), "calibration data, which the pruning saw"
+    else:
+        feeds, source = [runtime.random_inputs(original, batch=2, seed=s) for s in range(4)], "random inputs"
+    ref = prune_guard.run_all(original, feeds)
+    redone: list[PruneResult] = []
+
+    def reprune(whole: list[str]):
+        ratios = {**dict(options.group_ratios or {}), **{glob.escape(name): 0.0 for name in whole}}
+        # a target's searched ratio stays: the other groups keep their plan (the target is not sought again)
+        again = prune(original.clone(), None, options=options.replace(
+            group_ratios=ratios, ratio=report.ratio, target_macs=None, target_params=None),
+            latency_runs=0, guard=False, **data_args)
+        redone.append(again)
+        return again.model, again.report
+
+    acts = acts and source != "random inputs"  # noise only warns
+    kept, _, found = prune_guard.guard(ref, pruned, report, feeds, source, reprune if acts else None, strict=strict)
+    return next((r for r in redone if r.model is kept), None), found
+
+
+def _take(batches, count: int) -> list[dict]:
+    """Whole batches until ``count`` samples (along each input's first axis)."""
+    taken, seen = [], 0
+    for feeds in batches:
+        taken.append(feeds)
+        seen += len(next(iter(feeds.values()))) if feeds else 0
+        if seen >= count:
+            break
+    return taken
 
 
 def _options(options: PruneOptions | None, fields: dict[str, Any]) -> PruneOptions:

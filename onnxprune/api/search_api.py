@@ -156,7 +156,8 @@ def prune_within(
 
     def probe(keep: float) -> Probe:
         copy = ir.serde.deserialize_model(proto)
-        result = prune(copy, target_macs=keep, calib=calib, batch_size=batch_size, latency_runs=0, **prune_options)
+        result = prune(copy, target_macs=keep, calib=calib, batch_size=batch_size, latency_runs=0, guard=False,
+                       **prune_options)  # the search measures every probe itself
         measured = judge(result.model)
         macs = result.before["macs"], result.after["macs"]
         p = Probe(keep, 1 - macs[1] / macs[0] if macs[0] else 0.0, measured["fidelity"], measured["accuracy"],

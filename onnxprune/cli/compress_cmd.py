@@ -60,6 +60,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--distill-time", type=float, default=PruneOptions.default("distill_time"), show_default=True, help="Most seconds of --distill (per pruned model).")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this.")
 @click.option("--exclude", multiple=True, help="Node names or globs not to prune (repeatable or comma list).")
+@click.option("--strict", is_flag=True, help="Pruning that destroys the outputs (cosine < 0.9, top-1 < 90 %) fails (exit 1, culprit groups named) instead of keeping them whole.")
 @click.option("--quantize/--no-quantize", "quantize_model", default=True, show_default=True, help="Static INT8 (QDQ) quantization.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="Calibration method.")
 @click.option("--samples", type=int, help="Calibrate on at most this many samples.")
@@ -75,7 +76,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @executor_options
 @click.pass_context
 def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio, target_macs, target_params, criterion,
-                 distill, distill_epochs, distill_time, round_to, exclude, quantize_model, method, samples,
+                 distill, distill_epochs, distill_time, round_to, exclude, strict, quantize_model, method, samples,
                  max_accuracy_drop, min_fidelity, search, providers,
                  target_provider, provider_option, provider_options_file, latency_batch, report_path,
                  html_path, executor) -> None:
@@ -84,7 +85,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
     result = compress(
         model, output, calib=calib, eval_data=eval_data, labels=labels, ratio=ratio,
         target_macs=target_macs, target_params=target_params, criterion=criterion,
-        prune_options={"round_to": round_to, "exclude": split_lists(exclude),
+        prune_options={"round_to": round_to, "exclude": split_lists(exclude), "strict": strict,
                        **({"distill": True, "distill_epochs": distill_epochs, "distill_time": distill_time}
                           if distill else {})},
         quantize_model=quantize_model, method=method, samples=samples,
@@ -108,7 +109,9 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
             from onnxprune.cli.prune_cmd import format_distill
 
             echo(format_distill(distilled))
-    for stage in result.stages:  # calibration's workers (the check's are in its own table)
+    for stage in result.stages:  # prune's fidelity guard; calibration's workers (the check's are in its own table)
+        if stage.name == "prune" and stage.result.fidelity is not None:
+            echo("\nprune " + "\n".join(stage.result.fidelity.lines()))
         if stage.name == "quantize" and stage.result.calibration.get("execution"):
             echo("\ncalibration " + "\n".join(execution_lines(stage.result.calibration["execution"])))
     if result.latency_ms:

@@ -70,7 +70,9 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--sensitivity", "sensitivity_path", type=click.Path(exists=True, dir_okay=False), help="Curves from `onnxprune sensitivity -o`: with --target-macs/--target-params, each group gets its own ratio.")
 @click.option("--max-accuracy-drop", type=float, help="Search the strongest MAC reduction whose accuracy on --eval/--labels drops at most this (e.g. 0.01).")
 @click.option("--min-fidelity", type=float, help="Search the strongest MAC reduction keeping this top-1 agreement (cosine for other outputs) on --eval.")
-@click.option("--eval", "eval_data", type=click.Path(), help="Held-out data for --max-accuracy-drop/--min-fidelity.")
+@click.option("--eval", "eval_data", type=click.Path(), help="Held-out data: the fidelity guard compares on it (else on --calib samples), and --max-accuracy-drop/--min-fidelity measure it.")
+@click.option("--guard/--no-guard", default=True, show_default=True, help="Compare the result with the original; when its outputs are destroyed (cosine < 0.9, top-1 < 90 %), keep the culprit groups whole.")
+@click.option("--strict", is_flag=True, help="With the guard: fail (exit 1, culprits named, nothing written) instead of keeping groups whole.")
 @click.option("--labels", help="Label array in --eval (for --max-accuracy-drop).")
 @click.option("--dry-run", is_flag=True, default=PruneOptions.default("dry_run"), help="Print the plan and estimated savings; write nothing.")
 @click.option("--latency-runs", type=int, default=10, show_default=True, help="ONNX Runtime CPU timing runs before/after (0: skip).")
@@ -81,7 +83,7 @@ def _group_ratios(values: tuple[str, ...]) -> dict[str, float]:
 @click.pass_context
 def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, uniform, group_ratio, round_to,
               min_channels, exclude, calib, calib_limit, calib_labels, distill, distill_epochs, distill_time, distill_hints,
-              batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, sensitivity_path, max_accuracy_drop, min_fidelity, eval_data, labels, dry_run, latency_runs,
+              batch_size, preprocess, fold, compensate, reconstruct, refit_inputs, sensitivity_path, max_accuracy_drop, min_fidelity, eval_data, labels, guard, strict, dry_run, latency_runs,
               threads, all_groups, report_path, html_path) -> None:
     """Remove whole channels: a smaller, faster model on any runtime (not exact: check accuracy)."""
     if output is None and not dry_run:
@@ -106,13 +108,16 @@ def prune_cmd(ctx, model, output, ratio, target_macs, target_params, criterion, 
         model, None if dry_run else output, options=options, calib=calib, calib_labels=calib_labels,
         calib_limit=calib_limit,
         batch_size=batch_size, preprocess=preprocess, fold=fold, sensitivity=sensitivity_path,
-        latency_runs=latency_runs, threads=threads, progress=show_progress(ctx),
+        latency_runs=latency_runs, threads=threads, progress=show_progress(ctx), eval_data=eval_data, guard=guard,
+        strict=strict,
     )
     echo(format_groups(result.report, all_groups))
     if result.distill is not None:
         echo(format_distill(result.distill))
     echo("")
     echo(format_summary(result))
+    if result.fidelity is not None:
+        echo("\n" + "\n".join(result.fidelity.lines()))
     if dry_run:
         echo("\ndry run: nothing written")
     else:
