@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -79,7 +80,7 @@ def cells(name: str, row: dict) -> list[str]:
         return f"{next(iter(cell['fidelity'].values())):.2f}" if "fidelity" in cell else f"exit {cell['exit']}"
 
     found = kept.get("guard") or {}
-    problem = found.get("problem") or "none"
+    problem = re.sub(r"^output '[^']*' ", "", found.get("problem") or "none")  # the metric, not the name
     whole = found.get("kept_whole") or []
     metric = next(iter(free.get("fidelity", kept.get("fidelity", {"-": 0})))) if "fidelity" in free or "fidelity" in kept else "-"
     macs = lambda c: f"{1 - c['macs']:.0%}" if c.get("macs") is not None else "-"  # noqa: E731
