@@ -149,7 +149,6 @@ def prune(
         batches = functools.partial(dataset.batches, batch_size)
         batches.total = -(-len(dataset) // (dataset.fixed_batch or batch_size))  # for progress bars
         data_notes = list(dataset.notes)
-    original = loaded.clone() if guard and not dry_run else None  # shares the weights; pruning replaces them
     run_pipeline(loaded, PREPARE)  # exact: same outputs, so "before" is measured after it
     teacher = loaded.clone() if options.distill and not dry_run else None  # stages replace tensors, never write
     if sensitivity is not None:
@@ -173,6 +172,11 @@ def prune(
     verifier = None if dry_run else ShapeVerifier()  # a pruned model that fails it is a bug, never handed on
     if verifier is not None:
         verifier.prepare(loaded, _first_sample(batches, 2))
+    checked = None  # the guard's samples and the original's outputs, taken now: one model in memory at a time
+    if guard and not dry_run:
+        samples, source = _guard_feeds(loaded, batches, eval_data, data_args)
+        acts = source != "random inputs" and sensitivity is None and not options.distill  # else it only warns
+        checked = (samples, source, prune_guard.run_all(loaded, samples), loaded.clone() if acts else None)
     result = prune_pass(loaded)
     report = result.report
     report.notes += data_notes  # e.g. the image preprocessing used
@@ -194,9 +198,8 @@ def prune(
         if distilled.status != "trained":
             report.notes.append(f"distillation {distilled.status}: {distilled.reason}")
     guarded = None
-    if original is not None and result.modified:
-        acts = sensitivity is None and not options.distill  # else it warns only (those re-prunes cost too much)
-        redone, guarded = _guard(original, pruned, report, options, data_args, batches, eval_data, strict, acts)
+    if checked is not None and result.modified:
+        redone, guarded = _guard(*checked, pruned, report, options, data_args, strict)
         if redone is not None:  # culprit groups kept whole: that prune's model, report and fold
             pruned, report, folded = redone.model, redone.report, redone.fold
     after = {k: v for k, v in stats.summarize(pruned).items() if k in SUMMARY_KEYS}
@@ -207,20 +210,22 @@ def prune(
     return PruneResult(pruned, report, before, after, latency, saved, False, folded, distilled, options, guarded)
 
 
-def _guard(original: ir.Model, pruned: ir.Model, report: PruneReport, options: PruneOptions, data_args: dict,
-           batches, eval_data, strict: bool, acts: bool) -> tuple[PruneResult | None, GuardResult]:
-    """The fidelity guard (:mod:`.prune_guard`): which samples, the original's outputs, and the
-    re-prune of a fresh copy with some groups kept whole (ratio 0)."""
+def _guard_feeds(model: ir.Model, batches, eval_data, data_args: dict) -> tuple[list[dict], str]:
+    """The samples the guard compares on, and what they are."""
     if eval_data is not None:
         dataset = eval_data if isinstance(eval_data, Dataset) else \
-            open_dataset(eval_data, original, preprocess=data_args["preprocess"])
-        feeds = _take(dataset.batches(data_args["batch_size"]), prune_guard.EVAL_SAMPLES)
-        source = "held-out evaluation data"
-    elif batches is not None:
-        feeds, source = _take(batches(), prune_guard.SAMPLES), "calibration data, which the pruning saw"
-    else:
-        feeds, source = [runtime.random_inputs(original, batch=2, seed=s) for s in range(4)], "random inputs"
-    ref = prune_guard.run_all(original, feeds)
+            open_dataset(eval_data, model, preprocess=data_args["preprocess"])
+        return _take(dataset.batches(data_args["batch_size"]), prune_guard.EVAL_SAMPLES), "held-out evaluation data"
+    if batches is not None:
+        return _take(batches(), prune_guard.SAMPLES), "calibration data, which the pruning saw"
+    return [runtime.random_inputs(model, batch=2, seed=s) for s in range(4)], "random inputs"
+
+
+def _guard(feeds: list[dict], source: str, ref: dict, original: ir.Model | None, pruned: ir.Model,
+           report: PruneReport, options: PruneOptions, data_args: dict,
+           strict: bool) -> tuple[PruneResult | None, GuardResult]:
+    """The fidelity guard (:mod:`.prune_guard`) on the original's outputs ``ref``; ``original``
+    (None: warn only) is re-pruned, a fresh copy each time, with some groups kept whole (ratio 0)."""
     redone: list[PruneResult] = []
 
     def reprune(whole: list[str]):
@@ -232,8 +237,8 @@ def _guard(original: ir.Model, pruned: ir.Model, report: PruneReport, options: P
         redone.append(again)
         return again.model, again.report
 
-    acts = acts and source != "random inputs"  # noise only warns
-    kept, _, found = prune_guard.guard(ref, pruned, report, feeds, source, reprune if acts else None, strict=strict)
+    kept, _, found = prune_guard.guard(ref, pruned, report, feeds, source, reprune if original else None,
+                                       strict=strict)
     return next((r for r in redone if r.model is kept), None), found
 
 
