@@ -82,7 +82,8 @@ def cells(name: str, row: dict) -> list[str]:
     found = kept.get("guard") or {}
     problem = re.sub(r"^output '[^']*' ", "", found.get("problem") or "none")  # the metric, not the name
     whole = found.get("kept_whole") or []
-    metric = next(iter(free.get("fidelity", kept.get("fidelity", {"-": 0})))) if "fidelity" in free or "fidelity" in kept else "-"
+    measured = free.get("fidelity") or kept.get("fidelity") or {"-": 0}
+    metric = next(iter(measured))
     macs = lambda c: f"{1 - c['macs']:.0%}" if c.get("macs") is not None else "-"  # noqa: E731
     return [name, row["exporter"], f"{row['ratio']:g}", metric, fid(free), macs(free), problem,
             str(len(whole)), fid(kept), macs(kept), f"{free['seconds']:.0f} / {kept['seconds']:.0f} s"]

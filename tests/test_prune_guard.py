@@ -36,10 +36,11 @@ def test_guard_keeps_culprits_whole_and_the_outputs_come_back(tmp_path):
     common = ["prune", str(path), "--ratio", "0.8", "--calib", str(calib), "--latency-runs", "0"]
     free = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "free.onnx"), "--no-guard"])
     assert free.exit_code == 0 and "fidelity" not in free.output
-    guarded = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "kept.onnx"), "--report", str(tmp_path / "r.json")])
+    report_path = tmp_path / "r.json"
+    guarded = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "kept.onnx"), "--report", str(report_path)])
     assert guarded.exit_code == 0, guarded.output
     assert "warning: pruning destroys the outputs" in guarded.output and "fidelity guard: kept" in guarded.output
-    report = json.loads((tmp_path / "r.json").read_text())["fidelity"]
+    report = json.loads(report_path.read_text())["fidelity"]
     assert report["acted"] and report["kept_whole"] and report["problem"]
     assert report["source"].startswith("calibration data")
     # judged on the held-out half, which the guard never saw
@@ -53,7 +54,7 @@ def test_strict_fails_naming_the_culprits_and_writes_nothing(tmp_path):
     done = CliRunner().invoke(cli, ["prune", str(path), "-o", str(out), "--ratio", "0.8", "--calib", str(calib),
                                     "--latency-runs", "0", "--strict"])
     assert done.exit_code == 1, done.output
-    line = [l for l in done.output.splitlines() if l.startswith("error")]
+    line = [text for text in done.output.splitlines() if text.startswith("error")]
     assert len(line) == 1 and "destroys the outputs" in line[0] and "culprits" in line[0] and "p2o." in line[0]
     assert not out.exists()
 

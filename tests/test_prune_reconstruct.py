@@ -224,8 +224,8 @@ def accuracy(model: ir.Model) -> float:
 
 def test_refit_keeps_the_digits_accuracy_that_plain_pruning_loses():
     calib = DIGITS / "calib.npz"
-    plain = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, reconstruct=False, latency_runs=0,
-                  guard=False)  # the loss itself is measured here: no guard giving groups back
+    plain = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, reconstruct=False,
+                  latency_runs=0, guard=False)  # the loss itself is measured here: no guard giving groups back
     refit = prune(DIGITS / "digits.onnx", criterion="l1", target_macs=0.5, calib=calib, latency_runs=0,
                   guard=False)  # on with calib
     check_model(refit.model)

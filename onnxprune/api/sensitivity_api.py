@@ -125,7 +125,8 @@ def evaluate_unit(spec: SensitivitySpec, unit: Unit, model: ir.Model | None = No
     if unit.kind == "prune":
         result = prune(copy, criterion=spec.criterion, group_ratios={unit.name: unit.ratio},
                        round_to=spec.round_to, calib=spec.calib, batch_size=spec.batch_size,
-                       reconstruct=spec.reconstruct, fold=False, latency_runs=0, guard=False)  # the curve is the damage: measured, not undone
+                       reconstruct=spec.reconstruct, fold=False, latency_runs=0,
+                       guard=False)  # the curve is the damage: measured, not undone
         macs, params = result.report.macs, result.report.params
         row["macs_removed"] = (macs[0] - macs[1]) / macs[0] if macs[0] else 0.0
         row["params_removed"] = (params[0] - params[1]) / params[0] if params[0] else 0.0
