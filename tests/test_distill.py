@@ -113,7 +113,7 @@ def test_taylor_ranks_a_useless_channel_last(with_labels):
 def test_taylor_ranks_the_digits_model_better_than_l1(held_out):
     """Without the refit (the ranking alone, the removed channels' means folded into the next
     biases) at -30 % MACs: l1 keeps 94 % agreement, taylor on the labels 98 %."""
-    options = dict(calib=CALIB, target_macs=0.7, reconstruct=False, latency_runs=0)
+    options = dict(calib=CALIB, target_macs=0.7, reconstruct=False, latency_runs=0, guard=False)  # rankings compared
     taylor = prune(DIGITS / "digits.onnx", criterion="taylor", calib_labels="labels", **options)
     l1 = prune(DIGITS / "digits.onnx", criterion="l1", **options)
     assert taylor.report.criterion == "taylor"
