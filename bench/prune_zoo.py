@@ -21,19 +21,6 @@ from common import table, write_result
 INTEGER_OPS = ("QLinear", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantize")
 
 
-def ort_ops(model) -> collections.Counter:
-    import onnx
-    import onnx_ir as ir
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = f"{tmp}/optimized.onnx"
-        ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-
-
 def one(name: str) -> tuple[list[str], dict]:
     import onnxprune
     import zoo
@@ -55,7 +42,7 @@ def one(name: str) -> tuple[list[str], dict]:
     check_model(pruned)
     kept = {k: v.shape for k, v in runtime.run(pruned, feeds).items()} == shapes
     quantized = onnxprune.quantize(path, synthetic=True, samples=8).model
-    ops = ort_ops(quantized)
+    ops = runtime.optimized_op_counts(quantized)
     integer = sum(n for op, n in ops.items() if op.startswith(INTEGER_OPS))
     row = [name, str(len(groups)), str(len(prunable)),
            "; ".join(f"{r} ×{n}" if n > 1 else r for r, n in sorted(reasons.items())) or "-",

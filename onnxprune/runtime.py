@@ -7,6 +7,7 @@ external data otherwise (protobuf bytes cannot exceed 2 GiB).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import math
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -248,6 +250,20 @@ def latency_ms(
             run_session(sess, None, feeds)
             times.append(time.perf_counter() - start)
     return float(np.median(times) * 1000)
+
+
+def optimized_op_counts(model: ir.Model, provider: str = "CPUExecutionProvider") -> collections.Counter[str]:
+    """Op histogram of the graph ONNX Runtime runs on ``provider`` after its optimisations
+    (fused and integer kernels included), read from the optimised model it saves."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+
+        def save(options: ort.SessionOptions) -> None:
+            options.optimized_model_filepath = path
+
+        with session(model, [provider], configure=save):
+            pass
+        return collections.Counter(n.op_type for n in onnx.load(path).graph.node)
 
 
 class _RunnerSession:

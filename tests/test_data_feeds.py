@@ -120,13 +120,19 @@ def test_feed_of_the_wrong_shape_is_named():
         open_dataset(worse, model)
 
 
-def test_cli_quantize_and_check_read_a_folder_of_feeds(tmp_path):
+def vad_and_feed_folder(tmp_path, samples: int):
+    """The VAD-like model saved, and a folder of ``samples`` complete feeds (one .npz each)."""
     path = tmp_path / "vad.onnx"
     path.write_bytes(vad_like().SerializeToString())
     data = tmp_path / "feeds"
     data.mkdir()
-    for i, feed in enumerate(feeds(16)):
+    for i, feed in enumerate(feeds(samples)):
         np.savez(data / f"{i:03d}.npz", **feed)
+    return path, data
+
+
+def test_cli_quantize_and_check_read_a_folder_of_feeds(tmp_path):
+    path, data = vad_and_feed_folder(tmp_path, 16)
     runner = CliRunner()
     done = runner.invoke(cli, ["quantize", str(path), "-o", str(tmp_path / "q.onnx"), "--calib", str(data),
                                "--no-latency"])
@@ -140,12 +146,7 @@ def test_cli_quantize_and_check_read_a_folder_of_feeds(tmp_path):
 
 def test_cli_prune_reads_a_folder_of_feeds(tmp_path):
     """Its self-check and timing cut samples along each input's batch axis (a 0-d sr crashed them)."""
-    path = tmp_path / "vad.onnx"
-    path.write_bytes(vad_like().SerializeToString())
-    data = tmp_path / "feeds"
-    data.mkdir()
-    for i, feed in enumerate(feeds(8)):
-        np.savez(data / f"{i:03d}.npz", **feed)
+    path, data = vad_and_feed_folder(tmp_path, 8)
     done = CliRunner().invoke(cli, ["prune", str(path), "-o", str(tmp_path / "p.onnx"), "--ratio", "0.25",
                                     "--calib", str(data), "--latency-runs", "1"])
     assert done.exit_code in (0, 2), done.output  # 2: nothing prunable here is a fair answer; 3 was the crash

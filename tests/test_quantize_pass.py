@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import tempfile
 
 import numpy as np
 import onnx
@@ -42,16 +41,6 @@ def quantized(model: ir.Model, feeds: list[dict], config: QuantConfig | None = N
     return quantize_pass
 
 
-def fused_ops(model: ir.Model) -> collections.Counter:
-    """Op histogram of the graph ONNX Runtime's CPU EP actually runs (all optimizations on)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.optimized_model_filepath = f"{tmp}/optimized.onnx"
-        ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-        return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-
-
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -87,7 +76,7 @@ def test_residual_net_runs_in_int8_fused_by_the_cpu_ep():
     assert [o.name for o in model.graph.outputs] == [proto.graph.output[0].name]
     assert model.graph.outputs[0].producer().op_type == "Gemm"  # float logits out of QGemm: no clipping
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
-    fused = fused_ops(model)
+    fused = runtime.optimized_op_counts(model)
     assert fused["QLinearConv"] == 3 and fused["QLinearAdd"] == 1 and fused["QGemm"] == 1
     assert fused["Conv"] == 0 and fused["Add"] == 0 and fused["Gemm"] == 0  # nothing fell back to float
     x = feeds(1, seed=9)[0]
@@ -237,7 +226,7 @@ def test_excluded_nodes_and_op_types_stay_float():
     assert const_array(by_name["head"].inputs[1]) is not None  # the Gemm keeps its float weight
     add = next(n for n in model.graph if n.op_type == "Add")
     assert add.outputs[0].consumers()[0].op_type != "QuantizeLinear"
-    assert fused_ops(model)["QLinearConv"] == 3
+    assert runtime.optimized_op_counts(model)["QLinearConv"] == 3
 
 
 def test_a_tensor_missing_from_the_table_is_named():
@@ -276,7 +265,7 @@ def test_zoo_models_quantize_fuse_and_stay_close(zoo, name):
     result = run_pipeline(model, [*DEFAULT_PIPELINE, QuantizePass(config=QuantConfig(), calibrator=calibrator)])
     assert result.records[-1].name == "quantize" and result.records[-1].modified
     assert not any(n.op_type == "BatchNormalization" for n in seen[0].graph)  # calibrated after folding
-    fused = fused_ops(model)
+    fused = runtime.optimized_op_counts(model)
     if name == "transformer":
         assert fused["QLinearMatMul"] >= 4
     else:
