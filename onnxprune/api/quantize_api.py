@@ -241,23 +241,35 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
     records it)."""
     reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
     passes = {id(result.model): quantize_pass}
+    tables: dict[int, object] = {}
     base = {"model": corrected if corrected is not None else reference}  # what the tries start from
 
-    def requantize(kept: frozenset[str]) -> ir.Model | None:
+    clipped = _clipped(source.used) if source.table is None and source.method != "minmax" else []
+
+    def requantize(kept: frozenset[str], widened: frozenset[str] = frozenset()) -> ir.Model | None:
         model = _copy(base["model"])
         ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
+        if widened:  # the observed min/max for these tensors (the method had clipped them)
+            ranges = _widened(ranges, widened)
 
         def calibrator(m: ir.Model, needed: list[str]):
             missing = [n for n in needed if n not in ranges]
             if not missing or source.table is not None:
                 return ranges
-            return {**{n: ranges[n] for n in ranges}, **source.calibrate(m, missing)}  # only what is new
+            used, info = source.used, source.info
+            fresh = source.calibrate(m, missing)  # only what is new; the table stays whole
+            source.used, source.info = _merged(used, fresh), info
+            emitted_with[0] = _merged(ranges, fresh)
+            return emitted_with[0]
+
+        emitted_with = [ranges]
 
         made = QuantizePass(config=dataclasses.replace(config, exclude=config.exclude | kept), calibrator=calibrator)
         model = run_pipeline(model, [made]).model
         if made.emitted is None:
             return None  # nothing left in INT8: not a quantization
         passes[id(model)] = made  # the guard keeps the best of its tries: its pass has the counts
+        tables[id(model)] = emitted_with[0]  # and its ranges (for placement and --save-table)
         return model
 
     dataset = open_dataset(source.calib, reference, limit=(source.samples or 0) + fidelity_guard.HELD_OUT,
@@ -277,8 +289,43 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
         first = first if keep else plain
         quantize_pass = passes[id(first)]
     guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,
-                                   target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name})
+                                   target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name},
+                                   clipped=clipped)
+    if guarded.widened:
+        source.used = tables[id(guarded.model)]
     return guarded, passes[id(guarded.model)]
+
+
+def _clipped(table) -> list[tuple[str, str]]:
+    """Tensors whose calibrated range is narrower than the observed one, the most cut first."""
+    summary = getattr(table, "summary", None) or {}
+    found = []
+    for name, r in table.items():
+        seen = summary.get(name)
+        if not seen or seen["max"] - seen["min"] <= 0 or r.max - r.min >= (seen["max"] - seen["min"]) * (1 - 1e-6):
+            continue
+        why = (f"{table.method} range [{r.min:.4g}, {r.max:.4g}] cut the observed [{seen['min']:.4g}, "
+               f"{seen['max']:.4g}]")
+        found.append(((r.max - r.min) / (seen["max"] - seen["min"]), name, why))
+    return [(name, why) for _, name, why in sorted(found)]
+
+
+def _widened(ranges, names: set[str]):
+    """``ranges`` with the tensors ``names`` at their observed min/max (a table's summary)."""
+    summary = ranges.summary
+    wide = {n: (summary[n]["min"], summary[n]["max"]) if n in names and n in summary else tuple(r)
+            for n, r in ranges.items()}
+    return CalibrationTable(wide, method=ranges.method, samples=ranges.samples, options=ranges.options,
+                            summary=summary, skipped=ranges.skipped)
+
+
+def _merged(table, fresh):
+    """One table of two calibrations of the same data (the guard's re-emissions need a few more)."""
+    if not isinstance(table, CalibrationTable) or not isinstance(fresh, CalibrationTable):
+        return {**{n: table[n] for n in table}, **fresh}
+    return CalibrationTable({**table.as_dict(), **fresh.as_dict()}, method=table.method, samples=table.samples,
+                            options=table.options, summary={**table.summary, **fresh.summary},
+                            skipped={**table.skipped, **fresh.skipped})
 
 
 def _recent_enough(model: ir.Model, config: QuantConfig) -> tuple[ir.Model, QuantConfig, str | None]:

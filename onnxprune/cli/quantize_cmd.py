@@ -149,8 +149,16 @@ def _fidelity_line(fidelity: dict) -> str:
     if short:
         return (f"warning: the INT8 outputs still differ from float ({shown(after)} on held-out samples, target "
                 f"{target['cosine']}) after keeping {len(kept)} nodes float; check accuracy")
+    wide = fidelity.get("widened") or {}
+    if wide:  # clipped ranges given back (the nodes stay INT8)
+        names = ", ".join(list(wide)[:3]) + (f" (+{len(wide) - 3} more)" if len(wide) > 3 else "")
+        widened = f"; {len(wide)} ranges the calibration method cut given their observed min/max: {names}"
+    else:
+        widened = ""
     if not kept:
+        if wide:
+            return f"fidelity vs float (held-out samples): {shown(fidelity['before'])} -> {shown(after)}{widened}"
         return f"fidelity vs float (held-out samples): {shown(fidelity['after'])}"
     names = "; ".join(f"{n} ({why})" for n, why in list(kept.items())[:3]) + (f" (+{len(kept) - 3} more)" if len(kept) > 3 else "")
     return (f"fidelity vs float (held-out samples): {shown(fidelity['before'])} -> {shown(fidelity['after'])} "
-            f"after keeping {len(kept)} nodes float: {names}")
+            f"after keeping {len(kept)} nodes float: {names}{widened}")
