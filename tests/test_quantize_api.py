@@ -30,13 +30,15 @@ def accuracy(model, images: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == labels).mean())
 
 
-@pytest.mark.parametrize("method", ["minmax", "entropy"])
-def test_digits_keeps_held_out_accuracy_within_one_point(held_out, method):
+@pytest.mark.parametrize("method", ["minmax", "entropy", "mse"])
+def test_digits_keeps_held_out_accuracy_within_half_a_point(held_out, method):
+    """Issue 10's bound for INT8 alone: within 0.5 pt of fp32 on the 450 held-out images
+    (2 images; today none changes)."""
     images, labels = held_out
     reference = accuracy(DIGITS / "digits.onnx", images, labels)
     result = quantize(DIGITS / "digits.onnx", calib=DIGITS / "calib.npz", method=method)
     quantized = accuracy(result.model, images, labels)
-    assert quantized >= reference - 0.01, (method, reference, quantized)
+    assert quantized >= reference - 0.005, (method, reference, quantized)
     assert result.nodes_int8 >= 6 and not result.declined
     assert result.size_after < result.size_before / 3  # int8 weights
 

@@ -96,7 +96,7 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarr
         return GuardResult(quantized, first, first, {})
     deadline = time.monotonic() + SECONDS
     int8 = quantized_nodes(quantized) if int8 is None else int8
-    ranked = ranking(reference, quantized, {k: v[:LOCALISE] for k, v in feeds.items()}, progress, int8)
+    ranked: list[tuple[str, str]] = []
     best = _Try(quantized, first, {})
     tries = 0
 
@@ -132,10 +132,12 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarr
         return high
 
     widened: dict[str, str] = {}
-    if clipped:  # ranges first: the nodes stay INT8
-        if fewest(lambda k: attempt({}, dict(clipped[:k])), len(clipped)) is not None:
+    if clipped:  # ranges first, every node stays INT8: all of them back, then the fewest that do
+        if attempt({}, dict(clipped)):
+            fewest(lambda k: attempt({}, dict(clipped[:k])), len(clipped))
             return _done(best, first, tries, strict, problem)
-        widened = best.widened  # the widest that helped, if any: the float search builds on it
+        widened = best.widened  # if that helped, the float search builds on it
+    ranked[:] = ranking(reference, best.model, {k: v[:LOCALISE] for k, v in feeds.items()}, progress, int8)
     high = fewest(lambda k: attempt(prefix(k), widened), len(ranked))
     if high is None and time.monotonic() < deadline:  # last resort: only the matrix products in INT8
         attempt({n.name: f"not a matrix product ({problem})" for n in quantized.graph

@@ -100,6 +100,7 @@ def quantize(
     strict: bool = False,
     min_fidelity: float | None = None,
     bias_correction: bool = False,
+    equalize: bool = False,
     placement: bool = False,
     placement_batch: int = 8,
     provider: str = "CPUExecutionProvider",
@@ -126,6 +127,8 @@ def quantize(
     ``bias_correction``: add back into each Conv/Gemm bias the output mean its weight rounding
     removes, measured on the calibration data (:mod:`.recovery`); with the guard, kept only
     when held-out fidelity is at least that of the uncorrected model (the report says which).
+    ``equalize``: first move per-channel activation ranges into the weights of the layers that
+    read them, where that is exact in float (:mod:`onnxprune.passes.quantize.equalize`).
     ``placement`` then keeps float the nodes that INT8 would not make faster on ``provider``,
     measured on up to ``placement_batch`` samples (see :mod:`.placement`; skipped for models
     over 512 MB of weights). An ``ir.Model`` passed in is
@@ -141,6 +144,8 @@ def quantize(
         raise UsageError(f"unknown calibration method '{method}' (choose: {', '.join(METHODS)})")
     if bias_correction and (calib is None or synthetic):
         raise UsageError("bias correction measures channel means on calibration data: give --calib")
+    if equalize and (calib is None or synthetic):
+        raise UsageError("equalization measures channel ranges on calibration data: give --calib")
     if min_fidelity is not None and not 0 < min_fidelity <= 1:
         raise UsageError(f"min_fidelity is a cosine/agreement in (0, 1] (given {min_fidelity})")
     if batch_size < 1 or (samples is not None and samples < 1):
@@ -166,19 +171,25 @@ def quantize(
     rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
     float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
     cleaned = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if clean else None
+    equalized = _equalize(loaded, source) if equalize else None
+    plain_base = _copy(loaded) if equalized is not None and float_copy is not None else None
     corrected = _correct_biases(loaded, source, config) if bias_correction else None
     corrected_base = _copy(loaded) if corrected is not None and float_copy is not None else None
     placing = placement and size_before <= runtime.SESSION_BYTES_LIMIT
     before_pass = loaded.clone() if placing else None  # shares the weights: the pass replaces, never writes
     result = run_pipeline(loaded, [quantize_pass], progress=progress)
-    result.records[:0] = [*(cleaned.records if cleaned is not None else []), *(corrected.records if corrected else [])]
+    result.records[:0] = [*(cleaned.records if cleaned is not None else []),
+                          *(equalized.records if equalized else []), *(corrected.records if corrected else [])]
     if quantize_pass.emitted is None:
         raise UnsupportedError(nothing_to_quantize(result.model, quantize_pass.plan.declined))
     guarded = None
     recovered = {"bias_correction": {"nodes": len(corrected.records[-1].changes), "kept": True}} if corrected else None
+    if equalized is not None:
+        recovered = {**(recovered or {}), "equalize": {"regions": len(equalized.records[-1].changes)}}
     if float_copy is not None:
         guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
-                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered)
+                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered,
+                                        plain_base)
         result.model = guarded.model if guarded is not None else result.model
     placed = None
     if placing:  # on a batch the calibration's memory budget allows (large activations: a small one)
@@ -227,6 +238,13 @@ def _copy(model: ir.Model) -> ir.Model | None:
     return None if has_external_data(model) else ir.from_proto(ir.to_proto(model))
 
 
+def _equalize(model: ir.Model, source: _RangeSource) -> PipelineResult:
+    """Channel equalization of the float model about to be quantized (in place, exact in float)."""
+    data = open_dataset(source.calib, model, limit=source.samples, preprocess=source.preprocess)
+    batches = data.batches(recovery.batch_for(model, source.batch_size))
+    return run_pipeline(model, [recovery.EqualizeStep(batches)])
+
+
 def _correct_biases(model: ir.Model, source: _RangeSource, config: QuantConfig) -> PipelineResult:
     """Bias correction of the float model about to be quantized (in place; see :mod:`.recovery`)."""
     data = open_dataset(source.calib, model, limit=source.samples, preprocess=source.preprocess)
@@ -235,14 +253,15 @@ def _correct_biases(model: ir.Model, source: _RangeSource, config: QuantConfig) 
 
 
 def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress, target, corrected=None,
-           recovered=None):
+           recovered=None, plain=None):
     """The fidelity guard around one quantization (see :mod:`.fidelity_guard`); with a
     bias-corrected float model ``corrected``, first whether the correction helps (``recovered``
-    records it)."""
+    records it); ``plain``: the float model the tries start from without it (equalized)."""
     reference = run_pipeline(float_model, DEFAULT_PIPELINE).model if clean else float_model
     passes = {id(result.model): quantize_pass}
     tables: dict[int, object] = {}
-    base = {"model": corrected if corrected is not None else reference}  # what the tries start from
+    start = plain if plain is not None else reference
+    base = {"model": corrected if corrected is not None else start}  # what the tries start from
 
     clipped = _clipped(source.used) if source.table is None and source.method != "minmax" else []
 
@@ -279,13 +298,13 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
     feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
     first = result.model
     if corrected is not None and recovered is not None:  # a recovery step never silently hurts
-        base["model"] = reference
+        base["model"] = start
         plain = requantize(frozenset())
         with_it, without = (fidelity_guard.measure(reference, m, feeds, target) for m in (first, plain))
         keep = recovery.better(with_it, without)
         recovered["bias_correction"].update(kept=keep, fidelity_with=with_it.to_dict(),
                                             fidelity_without=without.to_dict())
-        base["model"] = corrected if keep else reference
+        base["model"] = corrected if keep else start
         first = first if keep else plain
         quantize_pass = passes[id(first)]
     guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,

@@ -22,11 +22,12 @@ from onnxprune.graphutils import add_initializer
 from onnxprune.passes.base import PassResult
 from onnxprune.passes.quantize.bias_correction import BiasCorrectionPass, correctable
 from onnxprune.passes.quantize.config import QuantConfig
+from onnxprune.passes.quantize.equalize import ChannelEqualizePass, regions
 
 
-def _probe(model: ir.Model, names: list[str]) -> tuple[ir.Model, dict[str, str]]:
+def _probe(model: ir.Model, names: list[str], reduce: str = "ReduceMean") -> tuple[ir.Model, dict[str, str]]:
     """A copy of ``model`` whose outputs are the per-channel means (axis 1, or the last axis of
-    a 2-D Gemm input) of the tensors ``names``."""
+    a 2-D Gemm input) of the tensors ``names`` (``reduce="ReduceMax"``: the maxima of |x|)."""
     probe = ir.from_proto(ir.to_proto(model))
     values = {v.name: v for v in probe.graph.inputs}
     values.update({v.name: v for node in probe.graph for v in node.outputs})
@@ -38,13 +39,17 @@ def _probe(model: ir.Model, names: list[str]) -> tuple[ir.Model, dict[str, str]]
         if value is None or rank is None or rank < 2:
             continue
         axes = [0] if rank == 2 else [0, *range(2, rank)]
+        if reduce == "ReduceMax":
+            magnitude = ir.node("Abs", [value], name=f"{name}_abs")
+            probe.graph.append(magnitude)
+            value = magnitude.outputs[0]
         node_inputs = [value]
         attributes: dict[str, int | list[int]] = {"keepdims": 0}
         if opset >= 18:
             node_inputs.append(add_initializer(probe.graph, f"{name}_mean_axes", np.array(axes, np.int64)))
         else:
             attributes["axes"] = axes
-        node = ir.node("ReduceMean", node_inputs, attributes=attributes, name=f"{name}_channel_mean")
+        node = ir.node(reduce, node_inputs, attributes=attributes, name=f"{name}_channel_mean")
         probe.graph.append(node)
         node.outputs[0].name = f"{name}__channel_mean"
         node.outputs[0].dtype = ir.DataType.FLOAT
@@ -72,6 +77,39 @@ def input_means(model: ir.Model, batches: Iterable[Mapping[str, np.ndarray]],
                 sums[name] = sums.get(name, 0.0) + np.asarray(mean, np.float64) * n
             count += n
     return {name: total / max(count, 1) for name, total in sums.items()}
+
+
+def channel_absmax(model: ir.Model, batches: Iterable[Mapping[str, np.ndarray]],
+                   names: list[str]) -> dict[str, np.ndarray]:
+    """Per-channel max |x|, over the batches, of the tensors ``names`` (for equalization)."""
+    if not names:
+        return {}
+    probe, outputs = _probe(model, names, "ReduceMax")
+    found: dict[str, np.ndarray] = {}
+    with runtime.session(probe) as sess:
+        for feeds in batches:
+            got = runtime.run_session(sess, list(outputs.values()), dict(feeds))
+            for name, peak in zip(outputs, got):
+                found[name] = np.maximum(found.get(name, 0.0), np.asarray(peak, np.float64))
+    return found
+
+
+def equalize(model: ir.Model, batches: Iterable[Mapping[str, np.ndarray]]) -> PassResult:
+    """Channel-equalize ``model`` in place (exact in float), ranges measured on ``batches``."""
+    return EqualizeStep(batches).call(model)
+
+
+class EqualizeStep(ChannelEqualizePass):
+    """The equalization pass with its ranges measured first, on the model it gets."""
+
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]]) -> None:
+        super().__init__({})
+        self.batches = batches
+
+    def call(self, model: ir.Model) -> PassResult:
+        names = sorted({n for region in regions(model) for n in region.members})
+        self.absmax = channel_absmax(model, self.batches, names)
+        return super().call(model)
 
 
 def correct(model: ir.Model, batches: Iterable[Mapping[str, np.ndarray]], config: QuantConfig) -> PassResult:

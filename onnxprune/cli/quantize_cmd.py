@@ -59,6 +59,7 @@ add --reduce-range.
 @click.option("--strict", is_flag=True, help="Fail (exit 1) naming the nodes that destroy the outputs, instead of keeping them float.")
 @click.option("--min-fidelity", type=float, help="Keep float the fewest nodes (ranked by the error they add) that hold this cosine / argmax agreement with float on held-out calibration samples [default: 0.9, which catches destruction, not loss].")
 @click.option("--bias-correction", is_flag=True, help="Add back into each Conv/Gemm bias the output mean its int8 weight rounding removes (measured on --calib); kept only if held-out fidelity does not drop.")
+@click.option("--equalize", is_flag=True, help="Move per-channel activation ranges into the weights of the layers reading them, where exact in float (measured on --calib).")
 @click.option("--no-latency", is_flag=True, help="Skip timing ONNX Runtime before and after.")
 @click.option("--placement/--no-placement", default=True, show_default=True,
               help="Measure float vs INT8 kernels on ONNX Runtime; keep float what INT8 does not make faster.")
@@ -70,7 +71,7 @@ add --reduce-range.
 @click.pass_context
 def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, percentile, samples, batch_size,
                  preprocess, per_channel, symmetric, activation_type, reduce_range, exclude, save_table,
-                 no_clean, strict, min_fidelity, bias_correction, no_latency, placement, target_provider, provider_option, provider_options_file,
+                 no_clean, strict, min_fidelity, bias_correction, equalize, no_latency, placement, target_provider, provider_option, provider_options_file,
                  report_path, html_path, executor) -> None:
     """Static INT8 quantization (QDQ format), calibrated on sample data."""
     check_side_outputs(model, output, report_path, save_table, html_path)
@@ -79,7 +80,7 @@ def quantize_cmd(ctx, model, output, calib, table_path, synthetic, method, perce
         percentile=percentile, preprocess=preprocess, synthetic=synthetic, activation_type=activation_type,
         symmetric=symmetric, per_channel=per_channel, reduce_range=reduce_range,
         exclude=split_lists(exclude), clean=not no_clean,
-        save_table=save_table, strict=strict, min_fidelity=min_fidelity, bias_correction=bias_correction, latency=not no_latency, placement=placement,
+        save_table=save_table, strict=strict, min_fidelity=min_fidelity, bias_correction=bias_correction, equalize=equalize, latency=not no_latency, placement=placement,
         target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
         progress=show_progress(ctx), executor=executor,
     )
@@ -116,7 +117,9 @@ def summary(result) -> str:
         shown = list(result.declined.items())[:5]
         lines.append("left float: " + "; ".join(f"{node} ({why})" for node, why in shown)
                      + (f" (+{len(result.declined) - 5} more)" if len(result.declined) > 5 else ""))
-    if result.recovery:
+    if result.recovery and "equalize" in result.recovery:
+        lines.append(f"equalization: {result.recovery['equalize']['regions']} channel groups equalized (exact in float)")
+    if result.recovery and "bias_correction" in result.recovery:
         lines.append(_recovery_line(result.recovery["bias_correction"]))
     if result.fidelity:
         lines.append(_fidelity_line(result.fidelity))
