@@ -89,7 +89,8 @@ def latency(path: Path, held: rm.Data) -> float | None:
 
 def ort_quantize(path: Path, data, out: Path) -> None:
     """ONNX Runtime's quantize_static, the scheme ours uses: QDQ, per-channel int8 weights, uint8
-    activations, MinMax, fed one sample at a time."""
+    activations, MinMax, fed one sample at a time; a model below opset 13 (per-channel QDQ) is
+    converted first, as ``onnxprune quantize`` does (ORT would write a model it cannot load)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -107,6 +108,13 @@ def ort_quantize(path: Path, data, out: Path) -> None:
         def get_next(self):
             return next(self.left, None)
 
+    import onnx.version_converter
+
+    proto = onnx.load(str(path))
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13) < 13:
+        proto = onnx.version_converter.convert_version(proto, 13)
+        path = out.with_suffix(".opset13.onnx")
+        onnx.save(proto, str(path))
     quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax)
@@ -133,6 +141,7 @@ def bench_model(name: str, model: rm.Model, path: Path, variants: list[str], ent
                 continue
             try:
                 ort_quantize(path, data, out)
+                rm.session(out)
             except Exception as error:  # noqa: BLE001 - its failure is a result
                 entry["int8"][label] = {"error": f"{type(error).__name__}: {str(error)[:100]}"}
                 continue

