@@ -99,6 +99,7 @@ class Task:
     metric: str
     score: Callable[[np.ndarray, np.ndarray], float]  # (reference outputs, outputs) -> fidelity
     labels: np.ndarray | None = None  # held-out ground truth (classifier)
+    more: np.ndarray | None = None  # further calibration samples (rendered after the held-out ones)
 
 
 def fix_shapes(source: Path, target: Path, dims: list[int | str]) -> Path:
@@ -148,8 +149,10 @@ def _line_batch(rng: np.random.Generator, width: int, turn: bool, n: int) -> tup
     return _rec_norm(np.stack(lines)), turned.astype(np.int64)
 
 
-def load_tasks(models: Path, cache: Path, calib: int = 64, heldout: int = 128, names=None) -> list[Task]:
-    """The three OCR tasks (those whose model file is under ``models``)."""
+def load_tasks(models: Path, cache: Path, calib: int = 64, heldout: int = 128, names=None,
+               more: int = 0) -> list[Task]:
+    """The three OCR tasks (those whose model file is under ``models``); ``more`` further
+    calibration samples are drawn after the held-out ones (so those stay the same samples)."""
     found = {p.name: p for p in Path(models).rglob("*.onnx")}
     tasks = []
     specs = [
@@ -170,8 +173,9 @@ def load_tasks(models: Path, cache: Path, calib: int = 64, heldout: int = 128, n
             score = _rec_score if name == "ocr-rec" else _top1_score
         calib_x, _ = make(calib)
         held_x, labels = make(heldout)
+        more_x = make(more)[0] if more else None
         input_name = onnx.load(model, load_external_data=False).graph.input[0].name
-        tasks.append(Task(name, model, input_name, calib_x, held_x, metric, score, labels))
+        tasks.append(Task(name, model, input_name, calib_x, held_x, metric, score, labels, more_x))
     return tasks
 
 

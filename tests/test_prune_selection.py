@@ -77,3 +77,27 @@ def test_digits_keep_their_accuracy_at_half_the_macs(criterion):
     assert 1 - result.after["macs"] / result.before["macs"] >= 0.48
     out = next(iter(runtime.run(result.model, {"input": held["input"]}).values()))
     assert float(np.mean(out.argmax(1) == held["labels"])) >= 0.9833
+
+
+def test_a_conv_transpose_consumer_is_read_as_a_linear_layer():
+    """A decoder's ConvTranspose (2×2, stride 2) reads the group: channel 0 is the largest
+    activation but the ConvTranspose ignores it. energy and thinet see that (they once scored
+    such groups by mean |activation|, which removes a channel that matters)."""
+    g = Tiny({"x": ["N", 3, 4, 4]})
+    w1 = np.array([[10, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]], np.float32).reshape(4, 3, 1, 1)
+    y = g.op("Conv", ["x", g.init("w1", w1)], name="conv")
+    w2 = RNG.standard_normal((4, 2, 2, 2)).astype(np.float32)
+    w2[0] = 0
+    y = g.op("ConvTranspose", [y, g.init("w2", w2)], name="up", kernel_shape=[2, 2], strides=[2, 2])
+    proto = g.proto(y)
+    calib = [RNG.standard_normal((32, 3, 4, 4)).astype(np.float32)]
+    feeds = {"x": RNG.standard_normal((16, 3, 4, 4)).astype(np.float32)}
+    reference = next(iter(runtime.run(fresh(proto), feeds).values()))
+    for criterion, exact in (("energy", True), ("thinet", True), ("activation", False)):
+        model = fresh(proto)
+        result = PrunePass(PruneOptions(criterion, 0.25, round_to=1, reconstruct=False),
+                           calibration=lambda: ({"x": c} for c in calib), runner=runtime.OrtRunner())(model)
+        assert (0 not in result.plan.keep[0].tolist()) == exact, criterion
+        error = max_error(reference, next(iter(runtime.run(model, feeds).values())))
+        assert (error < 1e-5) == exact, (criterion, error)
+        assert not any("mean |activation|" in note for note in result.report.notes), criterion

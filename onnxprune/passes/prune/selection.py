@@ -37,6 +37,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune.errors import UsageError
+from onnxprune.graphutils import attr
 from onnxprune.passes.prune.activations import collect_channel_stats
 from onnxprune.passes.prune.fold import consumer_layer
 from onnxprune.passes.prune.group import Group, Role, Slot
@@ -44,6 +45,7 @@ from onnxprune.passes.prune.importance import Criterion
 from onnxprune.passes.prune.lstsq import conv_rows
 from onnxprune.passes.prune.reconstruct import _stream as stream
 from onnxprune.passes.prune.refit import Target, _unsupported
+from onnxprune.passes.prune.rules import constant, is_const
 from onnxprune.passes.prune.runner import ModelRunner, required
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
@@ -92,6 +94,48 @@ class _Probe:
         return self.gram / self.spread if self.spread > 0 else self.gram / max(self.rows, 1)
 
 
+class _TransposedProbe:
+    """``Σ z zᵀ`` for a ConvTranspose consumer (no im2col form: :mod:`.refit` cannot refit it).
+    Each input pixel ``x_p`` writes the block ``M x_p`` (``M`` [O·kernel, C]) of the output;
+    with strides of the kernel's size (a decoder's 2×2/2 upsampling) the blocks do not overlap
+    and ``E(T)`` is exact, else the overlaps' cross terms are left out."""
+
+    def __init__(self, layer: ir.Node, weight: np.ndarray, seed: int) -> None:
+        x_value = layer.inputs[0]
+        assert x_value is not None, f"ConvTranspose '{layer.name}' has no input"  # a consumer reads it
+        self.layer, self.x_value, self.y_value = layer, x_value, layer.outputs[0]
+        self.matrix = weight.reshape(weight.shape[0], -1).T.astype(np.float64)  # [O·k, C]
+        self.k = math.prod(weight.shape[2:])
+        self.units = weight.shape[0]
+        self.gram = np.zeros((self.units, self.units))
+        self.rows, self.spread = 0, 0.0
+        self.rng = np.random.default_rng(seed)
+
+    def update(self, x: np.ndarray, y: np.ndarray, pruned_input: bool = False, first: int = 0) -> None:
+        rows = np.moveaxis(x, 1, -1).reshape(-1, x.shape[1])
+        if len(rows) > ROWS:
+            rows = rows[self.rng.choice(len(rows), ROWS, replace=False)]
+        rows = rows.astype(np.float64)
+        rows -= rows.mean(axis=0)
+        z = rows * self.matrix[self.rng.integers(0, self.matrix.shape[0], len(rows))]
+        self.gram += z.T @ z * self.matrix.shape[0]
+        outs = np.moveaxis(y, 1, -1).reshape(-1, y.shape[1]).astype(np.float64)
+        self.spread += float(np.var(outs, axis=0).sum()) * self.k * len(rows)  # a block: k output pixels
+        self.rows += len(rows)
+
+    def result(self) -> np.ndarray:
+        return self.gram / self.spread if self.spread > 0 else self.gram / max(self.rows, 1)
+
+
+def _transposed(layer: ir.Node | None, seed: int) -> _TransposedProbe | None:
+    """A probe for an ungrouped ConvTranspose with a constant weight, else None."""
+    if layer is None or layer.op_type != "ConvTranspose" or attr(layer, "group", 1) != 1:
+        return None
+    weight = layer.inputs[1] if len(layer.inputs) > 1 else None
+    array = constant(weight) if weight is not None and is_const(weight) else None
+    return _TransposedProbe(layer, array, seed) if array is not None and array.ndim >= 3 else None
+
+
 def greedy_scores(gram: np.ndarray) -> np.ndarray:
     """ThiNet's greedy removal on ``E(T) = 1ᵀ G_TT 1``: each channel's added energy, made
     non-decreasing along the removal order (ties broken by that order)."""
@@ -132,15 +176,19 @@ class ConsumerEnergy(Criterion):
         runner = required(self.runner, f"criterion '{self.name}'")
         self.grams.clear()
         self.fallback.clear()
-        targets: dict[int, _Probe] = {}
-        reads: dict[int, list[tuple[Slot, _Probe]]] = {}
+        targets: dict[int, _Probe | _TransposedProbe] = {}
+        reads: dict[int, list[tuple[Slot, _Probe | _TransposedProbe]]] = {}
         for group in groups:
             for slot in group.by_role(Role.CONSUMER):
                 layer = consumer_layer(slot)
-                if slot.groups != 1 or _unsupported(layer) is not None:
+                if slot.groups != 1:
                     continue
                 if id(layer) not in targets:
-                    targets[id(layer)] = _Probe(layer, seed=len(targets))
+                    probe = _transposed(layer, len(targets)) if _unsupported(layer) is not None else \
+                        _Probe(layer, seed=len(targets))
+                    if probe is None:
+                        continue
+                    targets[id(layer)] = probe
                 reads.setdefault(group.id, []).append((slot, targets[id(layer)]))
         order = {id(n): i for i, n in enumerate(model.graph)}
         listed = sorted(targets.values(), key=lambda t: order.get(id(t.layer), 0))
