@@ -180,7 +180,8 @@ def main() -> None:
     settings = SETTINGS if not args.settings else [SETTINGS[int(i)] for i in args.settings.split(",") if i != "none"]
     tasks = []
     if args.models is not None:
-        tasks += realtasks.load_tasks(args.models, realtasks.CACHE, args.calib, args.heldout, names, args.more)
+        more = args.more if any(data == "more" for _, _, data in settings) else 0  # rendered only when used
+        tasks += realtasks.load_tasks(args.models, realtasks.CACHE, args.calib, args.heldout, names, more)
     if "digits" in names:
         tasks.append(digits_task())
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
