@@ -233,19 +233,22 @@ def write_data(samples: Data, folder: Path) -> Path:
 CHUNK, CONTEXT, RATE = 512, 64, 16000
 
 
-def session(path: Path | str):
+def session(path: Path | str, optimized: bool = True):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run(model: Model, path: Path | str, samples: Data, batch: int = 8) -> list[np.ndarray]:
+def run(model: Model, path: Path | str, samples: Data, batch: int = 8, optimized: bool = True) -> list[np.ndarray]:
     """Every output of ``path`` over the samples (for VAD: speech probability per chunk, run
-    sequentially with the state carried, as the model is used)."""
-    sess = session(path)
+    sequentially with the state carried, as the model is used); ``optimized=False`` runs it
+    without ONNX Runtime's graph optimizations (its own float32 rewrites)."""
+    sess = session(path, optimized)
     if model.task == "vad":
         return [np.concatenate([_vad_probs(sess, clip) for clip in samples.clips])]
     names = [o.name for o in sess.get_outputs()]

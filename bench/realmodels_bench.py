@@ -30,9 +30,13 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realmodels as rm  # noqa: E402
+from onnxprune.pipeline import Verifier  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "realmodels.json"
+# optimize is exact when it moves the outputs by at most 1e-5 (max abs error / max |reference|)
+# or by no more than FLOOR_FACTOR x the original's own float32 spread (the Verifier's rule)
+EXACT, FLOOR_FACTOR = 1e-5, Verifier.FLOOR_FACTOR
 COMMANDS = ("inspect", "optimize", "optimize --verify", "prune", "quantize", "check", "compress")
 
 
@@ -81,6 +85,19 @@ def weights(path: Path) -> int:
     return total
 
 
+def max_rel_error(ref: list[np.ndarray], cand: list[np.ndarray]) -> float:
+    """max|cand - ref| / max|ref| over the float outputs."""
+    rel = [float(np.abs(r.astype(np.float64) - c).max() / max(np.abs(r).max(), 1e-12)) for r, c in zip(ref, cand)
+           if r.dtype.kind == "f"]
+    return max(rel) if rel else 0.0
+
+
+def noise_floor(model: rm.Model, path: Path, ref: list[np.ndarray], held: rm.Data) -> float:
+    """The original's own float32 spread: its outputs without ONNX Runtime's graph optimizations
+    (which fuse Conv+BN and reorder arithmetic themselves) against ``ref`` (with them)."""
+    return max_rel_error(ref, rm.run(model, path, held, optimized=False))
+
+
 def judge(model: rm.Model, written: Path, ref: list[np.ndarray], held: rm.Data) -> dict:
     """Validity (ORT loads and runs it, same output shapes) and task fidelity of a written model."""
     try:
@@ -93,10 +110,7 @@ def judge(model: rm.Model, written: Path, ref: list[np.ndarray], held: rm.Data) 
         result["invalid_reason"] = f"output shapes {[c.shape for c in cand]} != original {[r.shape for r in ref]}"
         return result
     result["fidelity"] = rm.fidelity(model, ref, cand, held)
-    if model.task not in ("vad", "layout"):
-        rel = [float(np.abs(r.astype(np.float64) - c).max() / max(np.abs(r).max(), 1e-12)) for r, c in zip(ref, cand)
-               if r.dtype.kind == "f"]
-        result["max_rel_error"] = max(rel) if rel else 0.0
+    result["max_rel_error"] = max_rel_error(ref, cand)
     return result
 
 
@@ -133,6 +147,9 @@ def bench_model(name: str, model: rm.Model, path: Path, commands, work: Path, ti
             cell.update(judge(model, out, ref, held_data))
             if command.startswith("optimize"):
                 cell["weights_before"], cell["weights_after"] = weights(path), weights(out)
+                if "max_rel_error" in cell:
+                    cell["noise_floor"] = noise_floor(model, path, ref, held_data)
+                    cell["exact"] = cell["max_rel_error"] <= max(EXACT, FLOOR_FACTOR * cell["noise_floor"])
         entry["commands"][command] = cell
         print(f"  {name:18s} {command:18s} {_cell(cell)}  ({cell['seconds']} s)", flush=True)
     return entry
@@ -152,25 +169,36 @@ def render(results: dict) -> str:
     rows = []
     for name, entry in results["models"].items():
         cells = [_cell(entry["commands"][c]) if c in entry["commands"] else "-" for c in commands]
-        opt = entry["commands"].get("optimize", {})
-        grow = f"{opt['weights_after'] / opt['weights_before']:.2f}x" if opt.get("weights_before") else "-"
-        rows.append([name, entry["exporter"], str(entry["opset"]), *cells, grow])
+        rows.append([name, entry["exporter"], str(entry["opset"]), *cells, *_optimize_cells(entry)])
     legend = ("cell: exit code, 'ok' = written model runs in ONNX Runtime with the original's output shapes "
-              "('BAD' = not), then the task fidelity vs the original; last column: optimize weights after/before")
-    return rm_table(["model", "exporter", "opset", *commands, "opt weights"], rows) + "\n" + legend
+              "('BAD' = not), then the task fidelity vs the original; last columns: optimize weights after/before, "
+              "optimize max error vs the original (and the original's own float32 spread)")
+    return rm_table(["model", "exporter", "opset", *commands, "opt weights", "opt error (own)"], rows) + "\n" + legend
 
 
 def markdown(results: dict) -> str:
     """The command x model table as Markdown, for the README (``--readme``)."""
     commands = [c for c in COMMANDS if any(c in m["commands"] for m in results["models"].values())]
-    lines = ["| model | exporter | opset | " + " | ".join(f"`{c}`" for c in commands) + " | optimize weights |",
-             "|---" * (len(commands) + 4) + "|"]
+    lines = ["| model | exporter | opset | " + " | ".join(f"`{c}`" for c in commands)
+             + " | optimize weights | optimize error (own fp32 spread) |",
+             "|---" * (len(commands) + 5) + "|"]
     for name, entry in results["models"].items():
         cells = [_cell(entry["commands"][c]) if c in entry["commands"] else "-" for c in commands]
-        opt = entry["commands"].get("optimize", {})
-        grow = f"{opt['weights_after'] / opt['weights_before']:.2f}x" if opt.get("weights_before") else "-"
-        lines.append(f"| {name} | {entry['exporter']} | {entry['opset']} | " + " | ".join(cells) + f" | {grow} |")
+        lines.append(f"| {name} | {entry['exporter']} | {entry['opset']} | "
+                     + " | ".join([*cells, *_optimize_cells(entry)]) + " |")
     return "\n".join(lines)
+
+
+def _optimize_cells(entry: dict) -> list[str]:
+    """Weights after/before and max relative error (with the original's own float32 spread) of optimize."""
+    opt = entry["commands"].get("optimize", {})
+    grow = f"{opt['weights_after'] / opt['weights_before']:.2f}x" if opt.get("weights_before") else "-"
+    if "max_rel_error" not in opt:
+        return [grow, "-"]
+    error = f"{opt['max_rel_error']:.1e}" if opt["max_rel_error"] else "0"
+    if "noise_floor" in opt:
+        error += f" ({opt['noise_floor']:.1e})" if opt["noise_floor"] else " (0)"
+    return [grow, error]
 
 
 def update_readme(results: dict, readme: Path = ROOT / "README.md") -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
+import onnxruntime as ort
 from tqdm import tqdm
 
 from onnxprune import probe, profiling, runtime
@@ -89,7 +90,19 @@ class Verifier:
     ``tolerance`` bounds max|candidate - reference| / max|reference| per output: the
     parity checker's statistics (onnxprune.parity) with a per-output ``atol`` of
     ``tolerance * max|reference|`` on every element.
+
+    Exact rewrites (folding BN or a scale into a Conv) reorder float32 arithmetic, and some
+    models amplify that rounding far beyond 1e-5: PP-OCRv4's detector run by ONNX Runtime
+    with and without its own graph optimizations (which fuse Conv+BN the same way, in
+    float32) differs by 3e-5 on real pages and by 4 % on random inputs, whose sigmoid
+    outputs sit deep in the tail; a float64 evaluation of it is as far from either. So
+    each output's bound is ``max(tolerance, FLOOR_FACTOR * floor)``, ``floor`` being that
+    spread of the original itself on the same feeds (``noise_floor`` in the record): a
+    pass is exact when it moves the outputs no more than float32 evaluation of the
+    model already does.
     """
+
+    FLOOR_FACTOR = 2.0  # the spread is one sample of the rounding noise; another rewrite draws another
 
     def __init__(
         self,
@@ -102,6 +115,7 @@ class Verifier:
         self._scale: dict[str, float] = {}
         self.tolerances: Tolerances | None = None
         self.note: str | None = None  # how the random inputs' open dims were decided, if probed
+        self.noise_floor: dict[str, float] = {}  # per output: the original's own float32 spread (see above)
 
     def prepare(self, model: ir.Model) -> None:
         if self.feeds is None:
@@ -112,10 +126,34 @@ class Verifier:
             names = [o.name for o in sess.get_outputs()]
             self._reference = [dict(zip(names, runtime.run_session(sess, names, f))) for f in feeds]
         self._scale = {name: max([1e-12] + [_finite_max_abs(r[name]) for r in self._reference]) for name in names}
+        self.noise_floor = self._spread(model, names)
         self.tolerances = Tolerances(
             atol=0.0, rtol=0.0, preset="verify",
-            per_output_atol={name: self.tolerance * scale for name, scale in self._scale.items()},
+            per_output_atol={name: self.bound(name) * scale for name, scale in self._scale.items()},
         )
+
+    def bound(self, name: str) -> float:
+        """The normalized error output ``name`` may show: the tolerance or the model's own float32 noise."""
+        return max(self.tolerance, self.FLOOR_FACTOR * self.noise_floor.get(name, 0.0))
+
+    def _spread(self, model: ir.Model, names: list[str]) -> dict[str, float]:
+        """Per output, max|unoptimized - reference| / max|reference| of the original: how far
+        ONNX Runtime's own exact rewrites move it (0 where they change nothing or it fails)."""
+        spread = dict.fromkeys(names, 0.0)
+        assert self.feeds is not None
+        try:
+            with runtime.session(model, optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL) as sess:
+                for feeds, reference in zip(self.feeds, self._reference):
+                    for name, out in zip(names, runtime.run_session(sess, names, feeds)):
+                        ref = reference[name]
+                        if out.shape != ref.shape or out.dtype.kind != "f":
+                            continue
+                        diff = np.abs(out.astype(np.float64) - ref)
+                        spread[name] = max(spread[name], float(np.max(diff, where=np.isfinite(diff), initial=0.0))
+                                           / self._scale[name])
+        except OnnxPruneError:
+            pass  # no floor: the plain tolerance applies
+        return spread
 
     def __call__(self, model: ir.Model, pass_name: str) -> dict:
         try:
@@ -145,12 +183,16 @@ class Verifier:
         }
         for name, summary in summaries.items():
             if tolerances.judge(name, summary):
+                floor = self.noise_floor.get(name, 0.0)
+                allowed = f"tolerance {self.tolerance:g}" + (
+                    f", or {self.FLOOR_FACTOR:g}x the original's own float32 spread {floor:.3g}" if floor else "")
                 raise ParityError(
                     f"pass '{pass_name}' broke parity: output '{name}' differs by {worst[name]:.3g} "
-                    f"(max abs error / max |reference|; tolerance {self.tolerance:g})"
+                    f"(max abs error / max |reference|; {allowed})"
                 )
         return {
             "max_normalized_error": worst,
+            "noise_floor": dict(self.noise_floor),
             "sqnr_db": {n: s["sqnr_db"] if math.isfinite(s["sqnr_db"]) else None for n, s in summaries.items()},
         }
 

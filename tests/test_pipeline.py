@@ -104,3 +104,60 @@ def test_without_verify_a_broken_pass_goes_unnoticed():
 def test_unknown_pass_name():
     with pytest.raises(UsageError, match="unknown pass 'fold-everything'"):
         run_pipeline(conv_bn_model(), ["fold-batchnorm", "fold-everything"])
+
+
+class SplitBatchNorm(Pass):
+    """Test only: BN as Sub(mean) -> Mul(s) -> Add(beta) in float32, an exact rewrite that ONNX
+    Runtime does not fuse back into the Conv (it fuses Conv+BN itself, so the reference is fused)."""
+
+    name = "split-batchnorm"
+
+    def __init__(self, skew: float = 0.0) -> None:
+        super().__init__()
+        self.skew = skew  # > 0: a wrong rewrite (beta shifted by skew)
+
+    def call(self, model: ir.Model) -> PassResult:
+        bn = next(n for n in model.graph if n.op_type == "BatchNormalization")
+        gamma, beta, mean, var = (v.const_value.numpy().astype(np.float64) for v in bn.inputs[1:])
+        s = (gamma / np.sqrt(var + 1e-5)).reshape(-1, 1, 1)
+        x, out = bn.inputs[0], bn.outputs[0]
+        consts = [ir.Value(name=f"c{i}", const_value=ir.tensor(a.reshape(-1, 1, 1).astype(np.float32), name=f"c{i}"))
+                  for i, a in enumerate((mean, s, beta + self.skew))]
+        for value in consts:
+            model.graph.register_initializer(value)
+        sub = ir.node("Sub", [x, consts[0]])
+        mul = ir.node("Mul", [sub.outputs[0], consts[1]])
+        add = ir.node("Add", [mul.outputs[0], consts[2]])
+        model.graph.insert_before(bn, [sub, mul, add])
+        ir.convenience.replace_all_uses_with(out, add.outputs[0])
+        model.graph.remove(bn, safe=True)
+        return PassResult(model, True, ["BN split"])
+
+
+def cancelling_conv_bn() -> ir.Model:
+    """Conv with a bias of 1e4 and a BN removing it again: in float32 the unfused graph rounds
+    the Conv's output at 1e4, ~1e-4 of the small result (as PP-OCRv4's detector head does)."""
+    g = Tiny({"x": [1, 3, 8, 8]})
+    y = g.op("Conv", ["x", g.init("w", rand(4, 3, 3, 3)), g.init("b", np.full(4, 1e4, np.float32))], pads=[1] * 4)
+    params = [np.ones(4, np.float32), np.zeros(4, np.float32), np.full(4, 1e4, np.float32), np.ones(4, np.float32)]
+    bn = g.op("BatchNormalization", [y, *(g.init(f"bn.{i}", a) for i, a in enumerate(params))], name="bn")
+    return fresh(g.proto(g.op("Identity", [bn])))
+
+
+def test_verify_judges_against_the_models_own_float32_spread():
+    # the reference (ORT fuses Conv+BN) and the split BN differ by ORT's own rounding, no more
+    verifier = Verifier()
+    result = run_pipeline(cancelling_conv_bn(), [SplitBatchNorm()], verify=verifier)
+    (name, floor), = verifier.noise_floor.items()
+    error = result.records[0].parity["max_normalized_error"][name]
+    assert 1e-5 < error <= 2 * floor  # over the plain tolerance, within the model's own spread
+    assert result.records[0].parity["noise_floor"][name] == floor
+    # a wrong rewrite (beta off by 1 % of the output's range) still fails, naming the spread
+    with pytest.raises(ParityError, match="or 2x the original's own float32 spread"):
+        run_pipeline(cancelling_conv_bn(), [SplitBatchNorm(skew=0.05)], verify=Verifier())
+
+
+def test_verify_has_no_spread_to_spend_on_an_exact_model():
+    verifier = Verifier()
+    run_pipeline(conv_bn_model(), ["fold-batchnorm"], verify=verifier)
+    assert max(verifier.noise_floor.values()) < 1e-6

@@ -31,7 +31,7 @@ def _pass_help() -> str:
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the optimized model.")
 @click.option("--passes", help=f"Comma-separated pass names (default: {','.join(DEFAULT_PIPELINE)}).")
 @click.option("--verify", is_flag=True, help="After each pass: ONNX checker, ONNX Runtime load, output parity.")
-@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Parity tolerance for --verify (max abs error / max |reference|).")
+@click.option("--tolerance", type=float, default=1e-5, show_default=True, help="Parity tolerance for --verify (max abs error / max |reference|); an output the original itself moves more between ONNX Runtime optimization levels (float32 rounding) may move 2x that much.")
 @json_option("--report")
 @click.pass_context
 def optimize_cmd(ctx, model, output, passes, verify, tolerance, report_path) -> None:
