@@ -17,11 +17,12 @@ import onnx_ir as ir
 
 from onnxprune import profiling, runtime, stats
 from onnxprune import providers as eps
-from onnxprune.api import optimize, prune, quantize
+from onnxprune.api import compress_fidelity, optimize, prune, quantize
+from onnxprune.api.fidelity_metric import Fidelity, Target
 from onnxprune.api.search_api import Judge, Probe, check_budget, search_keep
 from onnxprune.calibration import open_dataset
 from onnxprune.distributed import resolve_executor
-from onnxprune.errors import UsageError
+from onnxprune.errors import ParityError, UsageError
 from onnxprune.io import ModelLike, as_model, check_output_path, save_model
 from onnxprune.parity import CheckResult, Tolerances, check
 from onnxprune.parity.compare import prepare_check_data
@@ -47,7 +48,7 @@ class StageRecord:
 
 @dataclasses.dataclass
 class CompressResult:
-    """Truthy when the final parity check holds."""
+    """Truthy when the final parity check holds and the final fidelity meets its target."""
 
     __repr__ = short_repr  # a line, not the whole graph
 
@@ -58,9 +59,25 @@ class CompressResult:
     latency_ms: dict | None = None  # ONNX Runtime CPU median {"before", "after", "batch", "threads"}
     output: Path | None = None
     search: dict | None = None  # the accuracy-driven search: budget, baseline, every probe, chosen
+    fidelity: Fidelity | None = None  # the guards' measure of the final model on --eval (None: exact or searched)
+    retries: list[dict] = dataclasses.field(default_factory=list)  # quantize rerun with a stricter guard
 
     def __bool__(self) -> bool:
-        return bool(self.check)
+        return bool(self.check) and self.fidelity_problem() is None
+
+    def fidelity_problem(self) -> str | None:
+        return self.fidelity.problem() if self.fidelity is not None else None
+
+    def raise_on_failure(self) -> CompressResult:
+        """ParityError (exit 1) when the final check or the fidelity target fails."""
+        self.check.raise_on_failure()
+        problem = self.fidelity_problem()
+        if problem is not None:
+            quantized = next((s.result for s in self.stages if s.name == "quantize"), None)
+            kept = len((getattr(quantized, "fidelity", None) or {}).get("kept_float", {}))
+            raise ParityError(f"the compressed model misses the fidelity target even after its guards acted: "
+                              f"{problem} (the quantize guard kept {kept} nodes float)")
+        return self
 
     @property
     def after(self) -> dict:
@@ -82,18 +99,20 @@ class CompressResult:
             ],
             "search": self.search,
             "check": self.check.to_dict(),
+            "fidelity": None if self.fidelity is None else {
+                **self.fidelity.to_dict(), "target": dataclasses.asdict(self.fidelity.target),
+                "problem": self.fidelity_problem(), "retries": self.retries},
         }
 
 
-def _tolerances(pruned: bool, quantized: bool) -> Tolerances | str:
-    """Exact when only exact stages ran; the int8 preset after quantization alone. Pruning
-    without retraining changes the outputs by design, so then only what users judge a
-    classifier by counts: top-1 agreement >= 95 % and the accuracy drop on labels."""
+def _tolerances(pruned: bool, quantized: bool, max_accuracy_drop: float | None = None) -> Tolerances | str:
+    """Exact when only exact stages ran. After pruning or quantization, the fidelity is judged
+    by the guards' measure and target (:mod:`onnxprune.api.compress_fidelity`), so the check
+    holds only what the user asked for by name (``max_accuracy_drop`` on labels) and reports
+    the rest (cosine, SQNR, top-1 agreement) without failing on it."""
     if not (pruned or quantized):
         return "exact"
-    if not pruned:
-        return "int8"
-    return "pruned"
+    return Tolerances(atol=None, rtol=0.0, max_accuracy_drop=max_accuracy_drop, preset="fidelity")
 
 
 def _computes_in_half(model: ir.Model) -> bool:
@@ -147,6 +166,7 @@ def compress(
     preprocess=None,
     progress: bool = False,
     executor=None,
+    strict: bool = False,
 ) -> CompressResult:
     """Run :data:`STAGES` on ``model`` and save the result to ``output`` (if given).
 
@@ -173,6 +193,12 @@ def compress(
     model on ``eval_data`` (:func:`~onnxprune.api.search_api.search_keep`); the stages then
     run at the strongest share that held, or without pruning when none did. The final check
     then judges exactly that budget. With ``eval_data``, every stage reports its metric.
+
+    Without a search, a pruned or quantized model is judged as its stages' guards judge
+    (:mod:`onnxprune.api.compress_fidelity`: cosine and argmax agreement/decision IoU >= 0.9,
+    or ``quantize_options['min_fidelity']``); below it, quantize reruns with a stricter guard.
+    ``strict``: the guards fail (exit 1, culprits named) instead of keeping nodes float or
+    channel groups whole, and no rerun.
     """
     target = eps.require(target_provider) if target_provider else None
     if target is not None:
@@ -207,7 +233,7 @@ def compress(
     reference = loaded.clone()
     # Every input is checked before any work (README promise): names, shapes, dtypes, NaN/Inf
     # of both data sets streamed once, labels read, and the criteria able to be evaluated.
-    tolerances = _tolerances(pruning, quantize_model) if not searching else \
+    tolerances = _tolerances(pruning, quantize_model, max_accuracy_drop) if not searching else \
         _budget_tolerances(loaded, max_accuracy_drop, min_fidelity)
     criteria = {"max_accuracy_drop": max_accuracy_drop}
     calib_data = None
@@ -254,12 +280,28 @@ def compress(
         run("prune", lambda: prune(loaded, options=options, calib=calib_data, latency_runs=0, progress=progress,
                                    **{**extra, **guarded}))
     current = stages[-1].result.model
+    quantizing = {"calib": calib, "method": method, "samples": samples, "preprocess": preprocess, "progress": progress,
+                  "target_provider": target, "provider_options": provider_options, "executor": executor,
+                  **({"strict": True} if strict else {}), **dict(quantize_options or {})}
+    unquantized = current.clone() if quantize_model and not strict and not searching else None
     if quantize_model:
-        run("quantize", lambda: quantize(
-            current, calib=calib, method=method, samples=samples, preprocess=preprocess, progress=progress,
-            target_provider=target, provider_options=provider_options, executor=executor,
-            **dict(quantize_options or {})))
+        run("quantize", lambda: quantize(current, **quantizing))
         current = stages[-1].result.model
+    fidelity, retries = None, []
+    if (pruning or quantize_model) and not searching:
+        aim = Target.of(quantizing.get("min_fidelity"))
+        fidelity = compress_fidelity.measure_batches(reference, current, feed, feed.batch_size, aim)
+
+        def requantize(guard_target: float) -> tuple[object, Fidelity]:
+            assert unquantized is not None
+            redone = quantize(unquantized.clone(), **{**quantizing, "min_fidelity": guard_target})
+            return redone, compress_fidelity.measure_batches(reference, redone.model, feed, feed.batch_size, aim)
+
+        better, fidelity, retries = compress_fidelity.hold(fidelity, requantize if unquantized else None, aim)
+        if better is not None:
+            stages[-1] = dataclasses.replace(stages[-1], result=better, summary=stats.size_summary(better.model),
+                                             metric=judge(better.model) if judge is not None else None)
+            current = better.model
 
     with profiling.phase("self-check"):
         result = check(reference, current, feed, providers=providers, provider_options=provider_options,
@@ -273,13 +315,13 @@ def compress(
                    "after": runtime.latency_ms(current, feeds, **where),
                    "batch": latency_batch, "threads": 1, "provider": target or eps.CPU}
     saved = save_model(current, output, input_path=path) if output is not None else None
-    return CompressResult(current, before, stages, result, latency, saved, searched)
+    return CompressResult(current, before, stages, result, latency, saved, searched, fidelity, retries)
 
 
 def _budget_tolerances(model: ir.Model, max_accuracy_drop: float | None, min_fidelity: float | None) -> Tolerances:
     """The final check of a searched model judges the budget the search held, nothing else."""
     if max_accuracy_drop is not None:
-        return Tolerances(atol=None, rtol=0.0, max_accuracy_drop=max_accuracy_drop)
+        return Tolerances(atol=None, rtol=0.0, max_accuracy_drop=max_accuracy_drop, preset="fidelity")
     key = "min_top1" if may_classify(model) else "min_cosine"
     return Tolerances(atol=None, rtol=0.0, **{key: min_fidelity})
 

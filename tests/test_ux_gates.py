@@ -126,7 +126,8 @@ def test_compress_report_carries_the_check_results(tmp_path):
     data = json.loads(report.read_text())
     assert data["schema_version"] == 1 and data["passed"] is True
     check_report = data["check"]
-    assert check_report["tolerances"]["preset"] == "int8" and check_report["failures"] == []
+    assert check_report["tolerances"]["preset"] == "fidelity" and check_report["failures"] == []
+    assert data["fidelity"]["problem"] is None and data["fidelity"]["target"] == {"cosine": 0.9, "agreement": 0.9}
     logits = check_report["comparisons"][0]["outputs"]["logits"]
     assert logits["accuracy_reference"] > 0.98 and logits["cosine"] > 0.99
 

@@ -100,7 +100,11 @@ def cosine(r: np.ndarray, c: np.ndarray) -> float:
 def measure(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
             target: Target | None = None) -> Fidelity:
     """Compare every float output of the two models on ``feeds``."""
-    ref, cand = run(reference, feeds), run(candidate, feeds)
+    return compare(run(reference, feeds), run(candidate, feeds), target)
+
+
+def compare(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], target: Target | None = None) -> Fidelity:
+    """The fidelity of outputs ``cand`` to ``ref`` (arrays by output name, samples first)."""
     cosines, top1 = {}, {}
     for name, r in ref.items():
         c = cand.get(name)

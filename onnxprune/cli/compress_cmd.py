@@ -38,8 +38,10 @@ Examples:
 Stages, in order: """ + " -> ".join(STAGES) + """. Pruning runs when --ratio, --target-macs
 or --target-params is given, or searched for a budget (--max-accuracy-drop or --min-fidelity
 without them, judged after quantization on --eval); quantization unless --no-quantize. For every option of a stage,
-run it on its own (onnxprune prune / quantize / check). Exit codes: 0 parity holds, 1 the
-final check failed (the output is still written, for inspection), 2 bad input or usage.
+run it on its own (onnxprune prune / quantize / check). The result is judged as the stages'
+guards judge (cosine and argmax agreement >= 0.9 on --eval); below it, quantization reruns with a
+stricter guard. Exit codes: 0 it holds, 1 it does not even so, a --max-accuracy-drop is exceeded, or
+--strict and a guard found culprits (the output is still written, for inspection), 2 bad input or usage.
 """
 
 
@@ -60,7 +62,7 @@ final check failed (the output is still written, for inspection), 2 bad input or
 @click.option("--distill-time", type=float, default=PruneOptions.default("distill_time"), show_default=True, help="Most seconds of --distill (per pruned model).")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True, help="Kept channel counts are multiples of this.")
 @click.option("--exclude", multiple=True, help="Node names or globs not to prune (repeatable or comma list).")
-@click.option("--strict", is_flag=True, help="Pruning that destroys the outputs (cosine < 0.9, top-1 < 90 %) fails (exit 1, culprit groups named) instead of keeping them whole.")
+@click.option("--strict", is_flag=True, help="Pruning or quantization that destroys the outputs (cosine < 0.9, top-1 < 90 %) fails (exit 1, culprits named) instead of keeping channel groups whole / nodes float.")
 @click.option("--quantize/--no-quantize", "quantize_model", default=True, show_default=True, help="Static INT8 (QDQ) quantization.")
 @click.option("--method", type=click.Choice(METHODS), default="minmax", show_default=True, help="Calibration method.")
 @click.option("--samples", type=int, help="Calibrate on at most this many samples.")
@@ -93,7 +95,7 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
         providers=split_list(providers) or None,
         target_provider=target_provider, provider_options=provider_options(provider_option, provider_options_file),
         latency_batch=latency_batch or None, preprocess=preprocess, progress=show_progress(ctx),
-        executor=executor,
+        executor=executor, strict=strict,
     )
     if result.search is not None:
         echo(format_search(result.search) + "\n")
@@ -118,11 +120,27 @@ def compress_cmd(ctx, model, output, calib, eval_data, labels, preprocess, ratio
         lat = result.latency_ms
         echo(f"\nlatency (ONNX Runtime {label(lat['provider'])}, 1 thread, batch {lat['batch']}): "
                    f"{lat['before']:.2f} ms -> {lat['after']:.2f} ms ({change(lat['before'], lat['after'])})")
+    if result.fidelity is not None:
+        echo("\n" + format_fidelity(result))
     echo("\n" + str(result.check))
     echo(f"\nwrote {result.output}")
     write_report(report_path, with_profile(result.to_dict()))
     write_html_report(html_path, result.to_dict(), "compress")
-    result.check.raise_on_failure()
+    result.raise_on_failure()
+
+
+def format_fidelity(result) -> str:
+    """The final model against the original by the guards' measure, and whether it holds."""
+    f, target = result.fidelity, result.fidelity.target
+    shown = [f"'{n}' cosine {c:.4f}" + (f", agreement {f.top1[n]:.1%}" if n in f.top1 else "")
+             for n, c in f.cosine.items()]
+    more = f" (+{len(shown) - 4} more outputs)" if len(shown) > 4 else ""
+    problem = result.fidelity_problem()
+    lines = [f"fidelity to the original (the guards' measure, target cosine >= {target.cosine:g}, agreement >= "
+             f"{target.agreement:g}): " + "; ".join(shown[:4]) + more + (f": FAILS, {problem}" if problem else ": holds")]
+    lines += [f"  quantize rerun with its guard at {t['guard_target']:.3f}: " + ("holds" if t["holds"] else "still below")
+              for t in result.retries]
+    return "\n".join(lines)
 
 
 def _metric(m: dict | None) -> str:
