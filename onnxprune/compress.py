@@ -48,7 +48,8 @@ class StageRecord:
 
 @dataclasses.dataclass
 class CompressResult:
-    """Truthy when the final parity check holds and the final fidelity meets its target."""
+    """Truthy when the final parity check holds and, with ``strict``, the final fidelity meets its target
+    (without, a miss the guards could not mend is a warning, as ``quantize`` alone reports it)."""
 
     __repr__ = short_repr  # a line, not the whole graph
 
@@ -61,9 +62,10 @@ class CompressResult:
     search: dict | None = None  # the accuracy-driven search: budget, baseline, every probe, chosen
     fidelity: Fidelity | None = None  # the guards' measure of the final model on --eval (None: exact or searched)
     retries: list[dict] = dataclasses.field(default_factory=list)  # quantize rerun with a stricter guard
+    strict: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.check) and self.fidelity_problem() is None
+        return bool(self.check) and (self.fidelity_problem() is None or not self.strict)
 
     def fidelity_problem(self) -> str | None:
         return self.fidelity.problem() if self.fidelity is not None else None
@@ -72,7 +74,7 @@ class CompressResult:
         """ParityError (exit 1) when the final check or the fidelity target fails."""
         self.check.raise_on_failure()
         problem = self.fidelity_problem()
-        if problem is not None:
+        if problem is not None and self.strict:
             quantized = next((s.result for s in self.stages if s.name == "quantize"), None)
             kept = len((getattr(quantized, "fidelity", None) or {}).get("kept_float", {}))
             raise ParityError(f"the compressed model misses the fidelity target even after its guards acted: "
@@ -101,7 +103,7 @@ class CompressResult:
             "check": self.check.to_dict(),
             "fidelity": None if self.fidelity is None else {
                 **self.fidelity.to_dict(), "target": dataclasses.asdict(self.fidelity.target),
-                "problem": self.fidelity_problem(), "retries": self.retries},
+                "problem": self.fidelity_problem(), "retries": self.retries, "strict": self.strict},
         }
 
 
@@ -315,7 +317,7 @@ def compress(
                    "after": runtime.latency_ms(current, feeds, **where),
                    "batch": latency_batch, "threads": 1, "provider": target or eps.CPU}
     saved = save_model(current, output, input_path=path) if output is not None else None
-    return CompressResult(current, before, stages, result, latency, saved, searched, fidelity, retries)
+    return CompressResult(current, before, stages, result, latency, saved, searched, fidelity, retries, strict)
 
 
 def _budget_tolerances(model: ir.Model, max_accuracy_drop: float | None, min_fidelity: float | None) -> Tolerances:

@@ -1,8 +1,8 @@
 """compress and its stages' guards hold one contract (issue 9): the final model is judged by the
 guards' measure and target (cosine, argmax agreement >= 0.9), not by a stricter preset the
 guards never aimed at (cosine 0.99, top-1 98 %: PP-OCR and VAD models failed with the task
-intact); below the target quantize reruns with a stricter guard; only then, a budget the user
-named, or --strict, is exit 1."""
+intact); below the target quantize reruns with a stricter guard, and a miss even so is a warning;
+exit 1 only for a budget the user named or with --strict."""
 
 from __future__ import annotations
 
@@ -46,11 +46,14 @@ def test_compress_passes_what_its_guard_made_good(offset_classifier):
     assert result.check.tolerances.min_top1 is None and result.to_dict()["fidelity"]["problem"] is None
 
 
-def test_below_target_quantize_reruns_then_fails_saying_so(offset_classifier, tmp_path):
+def test_below_target_quantize_reruns_then_warns_or_with_strict_fails(offset_classifier, tmp_path):
     model, calib, held = offset_classifier
     result = compress(model, calib=calib, eval_data=held, samples=64, quantize_options={"guard": False})
-    assert result.fidelity.top1["p"] < 0.9 and not result
+    assert result.fidelity.top1["p"] < 0.9 and result.fidelity_problem()
     assert [round(t["guard_target"], 3) for t in result.retries] == [0.95, 0.975]  # no guard: nothing helps
+    assert result and result.raise_on_failure() is result  # a warning, as quantize alone reports it
+    result = compress(model, calib=calib, eval_data=held, samples=64, quantize_options={"guard": False}, strict=True)
+    assert not result and not result.retries
     with pytest.raises(ParityError, match="misses the fidelity target even after its guards acted: output 'p'"):
         result.raise_on_failure()
 

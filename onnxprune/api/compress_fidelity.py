@@ -41,8 +41,14 @@ def measure_batches(reference: ir.Model, candidate: ir.Model, batches: Batches, 
             for store, sess in ((refs, r_sess), (cands, c_sess)):
                 for name, out in zip(names, runtime.run_session(sess, names, feeds)):
                     store[name].append(np.asarray(out))
-    stack = lambda parts: {n: np.concatenate(v) for n, v in parts.items() if v and v[0].ndim}  # noqa: E731
-    return compare(stack(refs), stack(cands), target)
+    return compare(_stack(refs), _stack(cands), target)
+
+
+def _stack(parts: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:
+    """Each output's batches along axis 0; those of another shape beyond it (a last, smaller
+    batch of a state whose batch axis is not the first) are left out, as held-out data does."""
+    return {n: np.concatenate([a for a in v if a.shape[1:] == v[0].shape[1:]])
+            for n, v in parts.items() if v and v[0].ndim}
 
 
 def tighter(target: Target, attempt: int) -> float:

@@ -40,8 +40,9 @@ or --target-params is given, or searched for a budget (--max-accuracy-drop or --
 without them, judged after quantization on --eval); quantization unless --no-quantize. For every option of a stage,
 run it on its own (onnxprune prune / quantize / check). The result is judged as the stages'
 guards judge (cosine and argmax agreement >= 0.9 on --eval); below it, quantization reruns with a
-stricter guard. Exit codes: 0 it holds, 1 it does not even so, a --max-accuracy-drop is exceeded, or
---strict and a guard found culprits (the output is still written, for inspection), 2 bad input or usage.
+stricter guard, and a miss even so is a warning. Exit codes: 0 done, 1 a --max-accuracy-drop is
+exceeded, or --strict and a guard found culprits or the target is missed (the output is still
+written, for inspection), 2 bad input or usage.
 """
 
 
@@ -136,8 +137,10 @@ def format_fidelity(result) -> str:
              for n, c in f.cosine.items()]
     more = f" (+{len(shown) - 4} more outputs)" if len(shown) > 4 else ""
     problem = result.fidelity_problem()
+    verdict = ": holds" if problem is None else f": FAILS, {problem}" if result.strict else \
+        f"\nwarning: {problem} even after the guards acted (the model is written; --strict fails instead)"
     lines = [f"fidelity to the original (the guards' measure, target cosine >= {target.cosine:g}, agreement >= "
-             f"{target.agreement:g}): " + "; ".join(shown[:4]) + more + (f": FAILS, {problem}" if problem else ": holds")]
+             f"{target.agreement:g}): " + "; ".join(shown[:4]) + more + verdict]
     lines += [f"  quantize rerun with its guard at {t['guard_target']:.3f}: " + ("holds" if t["holds"] else "still below")
               for t in result.retries]
     return "\n".join(lines)
