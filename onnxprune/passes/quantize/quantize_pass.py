@@ -108,7 +108,27 @@ def nothing_to_quantize(model: ir.Model, declined: Mapping[str, str]) -> str:
             f"(e.g. '{node}': {reason})"
         )
     ops = sorted({n.op_type for n in model.graph})
+    inside = _compute_in_subgraphs(model)
+    if inside:
+        owner, count = max(inside.items(), key=lambda kv: kv[1])
+        return (
+            f"nothing to quantize in the main graph: its compute ({count} {'/'.join(list(COMPUTE)[:4])}/... nodes) is "
+            f"inside the branches/body of {owner}, and quantize works on the main graph only (control-flow "
+            f"bodies stay float; ops of the main graph: {', '.join(ops[:12])}{'...' if len(ops) > 12 else ''})"
+        )
     return (
         f"nothing to quantize: no {'/'.join(COMPUTE)} node in the main graph "
         f"(ops: {', '.join(ops[:12])}{'...' if len(ops) > 12 else ''})"
     )
+
+
+def _compute_in_subgraphs(model: ir.Model) -> dict[str, int]:
+    """Per control-flow node of the main graph ("If 'name'"), the compute nodes in its subgraphs."""
+    found: dict[str, int] = {}
+    for node in model.graph:
+        graphs = [g for a in node.attributes.values() if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+                  for g in (a.value if a.type == ir.AttributeType.GRAPHS else [a.value])]
+        count = sum(1 for g in graphs for n in ir.traversal.RecursiveGraphIterator(g) if n.op_type in COMPUTE)
+        if count:
+            found[f"{node.op_type} '{node.name}'"] = count
+    return found
