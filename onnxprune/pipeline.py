@@ -18,6 +18,7 @@ from tqdm import tqdm
 from onnxprune import probe, profiling, runtime
 from onnxprune.errors import InvalidModelError, OnnxPruneError, ParityError, first_line
 from onnxprune.graphutils import node_count, param_count
+from onnxprune.io import weights_nbytes
 from onnxprune.parity.metrics import OutputStats
 from onnxprune.parity.tolerances import Tolerances
 from onnxprune.passes import get_pass
@@ -141,6 +142,8 @@ class Verifier:
         ONNX Runtime's own exact rewrites move it (0 where they change nothing or it fails)."""
         spread = dict.fromkeys(names, 0.0)
         assert self.feeds is not None
+        if weights_nbytes(model) > runtime.SESSION_BYTES_LIMIT:
+            return spread  # a second session would cost what large models have no room for (peak <= 1.5x)
         try:
             with runtime.session(model, optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL) as sess:
                 for feeds, reference in zip(self.feeds, self._reference):
