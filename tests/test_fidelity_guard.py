@@ -107,6 +107,27 @@ def test_the_search_keeps_the_fewest_ranked_nodes_that_reach_the_target(monkeypa
     assert result.before.problem() is not None and result.after.problem() is None and result.tries == 4
 
 
+def test_kept_nodes_that_save_most_time_are_given_back_to_int8_when_the_target_holds(monkeypatch):
+    """The target needs n1 and n3 float; the prefix search keeps n1..n3, n2 (a large MatMul,
+    say) with them. With per-node savings, the kept nodes that save time are tried back in
+    INT8, most first (n2, n3, n1): only n2 stays there; n4 saves nothing and is not tried."""
+    ranked = [(f"n{i}", "measured") for i in range(1, 5)]
+    monkeypatch.setattr(fidelity_guard, "ranking", lambda *args, **kwargs: ranked)
+    tried = []
+
+    def requantize(kept):
+        tried.append(set(kept))
+        return _noisy(0.0 if {"n1", "n3"} <= kept else 5.0)
+
+    x = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    savings = {"n1": 1.0, "n2": 900.0, "n3": 5.0, "n4": -3.0}
+    result = fidelity_guard.guard(_noisy(0.0), _noisy(5.0), {"x": x}, requantize, int8=set(), savings=lambda: savings)
+    assert set(result.kept_float) == {"n1", "n3"} and result.after.problem() is None
+    assert tried[-3:] == [{"n1", "n3"}, {"n1"}, {"n3"}]  # n2 back, then n3 and n1 tried (each fails)
+    plain = fidelity_guard.guard(_noisy(0.0), _noisy(5.0), {"x": x}, requantize, int8=set())
+    assert set(plain.kept_float) == {"n1", "n2", "n3"}  # without savings: the count-only search
+
+
 def test_the_search_never_returns_a_worse_model(monkeypatch):
     """No prefix helps (each try is worse): the first quantization is kept, nothing float."""
     monkeypatch.setattr(fidelity_guard, "ranking", lambda *args, **kwargs: [("n1", "measured"), ("n2", "measured")])

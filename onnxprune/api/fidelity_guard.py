@@ -45,6 +45,7 @@ LOCALISE = 4  # samples of the layer-wise run that ranks the nodes
 SECONDS = 180  # the search stops trying after this long (a re-emission and a comparison per try)
 LOCAL_DROP = 0.05  # cosine lost by one node beyond its inputs' that makes it a culprit
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+GIVE_BACK = 3  # kept nodes tried back in INT8 for speed, the most time saved first
 
 # node names kept float (and, with ``clipped``, tensor names that get their observed min/max)
 # -> quantized model (None: nothing left in INT8)
@@ -83,12 +84,19 @@ class _Try:
 
 def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarray], requantize: Requantize,
           *, strict: bool = False, progress: bool = False, target: Target | None = None,
-          int8: set[str] | None = None, clipped: Sequence[tuple[str, str]] = ()) -> GuardResult:
+          int8: set[str] | None = None, clipped: Sequence[tuple[str, str]] = (),
+          savings: Callable[[], Mapping[str, float]] | None = None) -> GuardResult:
     """``reference``: the float model as the quantizer saw it (names match); ``feeds``:
     held-out samples; ``int8``: the nodes ``quantized`` runs in INT8 (default: those reading
     a DequantizeLinear); ``clipped``: (tensor, why) whose range the calibration method cut,
-    most first, which ``requantize(kept, widened)`` can give back (see the module docstring).
-    Returns the model to keep (``quantized`` when it is fine)."""
+    most first, which ``requantize(kept, widened)`` can give back (see the module docstring);
+    ``savings``: measures the time INT8 saves per node on the target provider (see
+    :mod:`.kernel_profile`; called only when nodes are kept float). Returns the model to keep
+    (``quantized`` when it is fine).
+
+    The prefix search counts nodes, not time: a node that adds little error but saves much
+    (a large MatMul) can end up in it. So with ``savings``, the few kept nodes that save most
+    are then tried back in INT8, one at a time, each kept there when the target still holds."""
     first = measure(reference, quantized, feeds, target)
     problem = first.problem()
     if problem is None:
@@ -142,6 +150,12 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarr
     if high is None and time.monotonic() < deadline:  # last resort: only the matrix products in INT8
         attempt({n.name: f"not a matrix product ({problem})" for n in quantized.graph
                  if n.name in int8 and n.op_type not in MATRIX_OPS}, widened)
+    if savings and not strict and best.kept and best.fidelity.problem() is None:  # speed: the dearest back
+        saved = savings()
+        dear = sorted((n for n in best.kept if saved.get(n, 0.0) > 0), key=lambda n: -saved[n])[:GIVE_BACK]
+        for name in dear:
+            if time.monotonic() < deadline and name in best.kept:
+                attempt({k: why for k, why in best.kept.items() if k != name}, best.widened)
     return _done(best, first, tries, strict, problem)
 
 

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from onnxprune import profiling, runtime, stats
 from onnxprune import providers as eps
 from onnxprune.api import fidelity_guard, opset_upgrade, recovery
+from onnxprune.api.kernel_profile import profiles
 from onnxprune.api.placement import place
 from onnxprune.calibration import METHODS, CalibrationTable, calibrate, open_dataset
 from onnxprune.calibration.collect import activation_batch
@@ -130,9 +131,9 @@ def quantize(
     ``equalize``: first move per-channel activation ranges into the weights of the layers that
     read them, where that is exact in float (:mod:`onnxprune.passes.quantize.equalize`).
     ``placement`` then keeps float the nodes that INT8 would not make faster on ``provider``,
-    measured on up to ``placement_batch`` samples (see :mod:`.placement`; skipped for models
-    over 512 MB of weights). An ``ir.Model`` passed in is
-    changed in place (the result's ``model`` is the quantized one: the guard and placement may
+    measured on up to ``placement_batch`` samples (fewer where calibration's memory budget
+    says so; see :mod:`.placement`; skipped for models over 512 MB of weights). An
+    ``ir.Model`` passed in is changed in place (the result's ``model`` is the quantized one: the guard and placement may
     re-emit on a copy).
     ``executor``: calibrate on several workers (a number of local processes, 'ray:ADDRESS' or
     an onnxprune.distributed Executor); the table is the same bit for bit.
@@ -186,16 +187,19 @@ def quantize(
     recovered = {"bias_correction": {"nodes": len(corrected.records[-1].changes), "kept": True}} if corrected else None
     if equalized is not None:
         recovered = {**(recovered or {}), "equalize": {"regions": len(equalized.records[-1].changes)}}
-    if float_copy is not None:
-        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
-                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered,
-                                        plain_base)
-        result.model = guarded.model if guarded is not None else result.model
-    placed = None
+    feeds_for: dict[str, np.ndarray] = {}
     if placing:  # on a batch the calibration's memory budget allows (large activations: a small one)
         batch = min(placement_batch, activation_batch(before_pass))
         feeds_for = _latency_feeds(before_pass, calib, preprocess, batch)
-        placed = place(before_pass, result.model, quantize_pass, source.used, quantize_pass.config, feeds_for,
+    if float_copy is not None:
+        savings = _savings(before_pass, result.model, feeds_for, target) if placing else None
+        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
+                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered,
+                                        plain_base, savings)
+        result.model = guarded.model if guarded is not None else result.model
+    placed = None
+    if placing:
+        placed = place(before_pass, result.model, quantize_pass, source.extend, quantize_pass.config, feeds_for,
                        target)
         result.model, quantize_pass = placed.model, placed.quantize_pass
     emitted = quantize_pass.emitted
@@ -252,8 +256,18 @@ def _correct_biases(model: ir.Model, source: _RangeSource, config: QuantConfig) 
     return run_pipeline(model, [recovery.BiasCorrectionPass(means, config)])
 
 
+def _savings(float_model: ir.Model, quantized: ir.Model, feeds, provider: str):
+    """What the guard calls to learn the time INT8 saves per node: kernel time (with its Q/DQ)
+    in ``float_model`` minus that in ``quantized``, profiled side by side."""
+    def measure() -> dict[str, float]:
+        fp32, int8 = profiles([float_model, quantized], feeds, provider)
+        return {name: fp32.nodes.get(name, 0.0) - micros for name, micros in int8.nodes.items()}
+
+    return measure
+
+
 def _guard(float_model, result, quantize_pass, source, config, clean, strict, progress, target, corrected=None,
-           recovered=None, plain=None):
+           recovered=None, plain=None, savings=None):
     """The fidelity guard around one quantization (see :mod:`.fidelity_guard`); with a
     bias-corrected float model ``corrected``, first whether the correction helps (``recovered``
     records it); ``plain``: the float model the tries start from without it (equalized)."""
@@ -309,7 +323,7 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
         quantize_pass = passes[id(first)]
     guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,
                                    target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name},
-                                   clipped=clipped)
+                                   clipped=clipped, savings=savings)
     if guarded.widened:
         source.used = tables[id(guarded.model)]
     return guarded, passes[id(guarded.model)]
@@ -382,6 +396,24 @@ class _RangeSource:
         self.info = {"source": str(self.table) if isinstance(self.table, (str, os.PathLike)) else "given",
                      "tensors": len(self.used)}
         return QuantizePass(self.used, config)
+
+    def extend(self, model: ir.Model, needed: list[str]) -> Mapping[str, object]:
+        """The ranges used so far, with those of ``needed`` tensors not in them calibrated now and
+        kept (placement's re-emissions with nodes kept float need ranges the first emission did
+        not; the saved table then has every range)."""
+        first, info = self.used, self.info
+        if first is None:
+            return self.calibrate(model, needed)
+        skipped = getattr(first, "skipped", {})
+        missing = [n for n in needed if n not in first and n not in skipped]
+        if not missing or self.table is not None:
+            return first
+        more = self.calibrate(model, missing)
+        merged = _merged(first, more)
+        if isinstance(merged, CalibrationTable):
+            merged.execution = getattr(first, "execution", None)
+        self.used, self.info = merged, {**info, "tensors": len(merged)}
+        return merged
 
     def calibrate(self, model: ir.Model, tensors: list[str]) -> CalibrationTable:
         with profiling.phase("calibration"):
