@@ -13,8 +13,8 @@ time stays float; so does one that ONNX Runtime left as a float kernel between Q
 integer kernel). A node the profile cannot attribute is judged by its class (all its op's
 kernels). The model is re-emitted with those nodes float and measured again, kept only when
 its kernels take less time in total; the verdicts are re-drawn on the kept model (a node
-float moves its neighbours' Q/DQ), and while INT8 is still not faster than float, whole
-classes are tried, worst first.
+float moves its neighbours' Q/DQ); then whole classes slower in INT8 than in float (and,
+while the whole model is, any) are tried, worst first.
 """
 
 from __future__ import annotations
@@ -100,9 +100,9 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
     """Measure ``int8_model`` against ``float_model`` (the same model before quantization,
     sharing its weights); re-emit from clones of ``float_model`` with nodes kept float, and
     keep a re-emitted model only when its kernels take less time in total. First the nodes
-    ``decide`` names, again on each model kept; then, while INT8 is still not faster than
-    float, one class at a time, worst first (a Q/DQ pair also slows the float kernels around
-    it, which per-node times cannot see). At most ``trials`` re-emissions. ``ranges``: the
+    ``decide`` names, again on each model kept; then one class at a time, worst first: those
+    slower in INT8 than in float, and while the whole model is, any (a Q/DQ pair also slows
+    the float kernels around it, which per-node times cannot see). At most ``trials`` re-emissions. ``ranges``: the
     calibration table, or a calibrator that also ranges tensors a float node newly needs."""
     with profiling.phase("placement"):
         fp32, measured = profiles([float_model, int8_model], feeds, provider)
@@ -116,11 +116,12 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
             more = decide(nodes, fp32, best.measured).exclude if per_node else {}
             if not more:
                 per_node = False
-                left = {node_class(n) for n in nodes} - tried
-                if best.measured.total < fp32.total or not left:
+                loss = {k: best.measured.classes.get(k, 0.0) - fp32.classes.get(k, 0.0)
+                        for k in {node_class(n) for n in nodes} - tried}  # fmt: skip
+                if not loss or (max(loss.values()) < 0 and best.measured.total < fp32.total):
                     break
-                # the class that loses most (or gains least) in INT8, not tried yet
-                worst = max(left, key=lambda k: best.measured.classes.get(k, 0.0) - fp32.classes.get(k, 0.0))
+                # the class that loses most in INT8 (or, while INT8 is slower, gains least), not tried yet
+                worst = max(loss, key=loss.__getitem__)
                 tried.add(worst)
                 more = {named_node(n): f"{worst} nodes in INT8 made the model slower on the target provider"
                         for n in nodes if node_class(n) == worst}  # fmt: skip
