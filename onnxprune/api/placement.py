@@ -12,7 +12,7 @@ A quantized node whose INT8 time (its kernel and the Q/DQ serving it) is not bel
 time stays float; so does one that ONNX Runtime left as a float kernel between Q/DQ (no
 integer kernel). A node the profile cannot attribute is judged by its class (all its op's
 kernels). The model is re-emitted with those nodes float and measured again, kept only when
-its kernels take less time in total; the verdicts are re-drawn on the kept model (a node
+a run takes less CPU time; the verdicts are re-drawn on the kept model (a node
 float moves its neighbours' Q/DQ); then whole classes slower in INT8 than in float (and,
 while the whole model is, any) are tried, worst first.
 """
@@ -85,10 +85,12 @@ class Placement:
     kernels: dict[str, list[float]]  # class -> [fp32 ms, int8 ms] of kernel time, final model
     trials: int  # re-emissions tried
     first_int8_ms: float = 0.0  # kernel time of the model placement started from
+    cpu_ms: list[float] = dataclasses.field(default_factory=list)  # CPU time of one run: float, INT8 (kept)
 
     def to_dict(self) -> dict:
         return {"fp32_ms": round(self.fp32_ms, 3), "int8_ms": round(self.int8_ms, 3), "trials": self.trials,
                 "first_int8_ms": round(self.first_int8_ms, 3), "kept_float": len(self.excluded),
+                "cpu_ms": [round(v, 3) for v in self.cpu_ms],
                 "kernels_ms": {k: [round(a, 3), round(b, 3)] for k, (a, b) in sorted(self.kernels.items())}}
 
 
@@ -99,11 +101,12 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
           feeds: Mapping[str, np.ndarray], provider: str, trials: int = 6) -> Placement:
     """Measure ``int8_model`` against ``float_model`` (the same model before quantization,
     sharing its weights); re-emit from clones of ``float_model`` with nodes kept float, and
-    keep a re-emitted model only when its kernels take less time in total. First the nodes
-    ``decide`` names, again on each model kept; then one class at a time, worst first: those
-    slower in INT8 than in float, and while the whole model is, any (a Q/DQ pair also slows
-    the float kernels around it, which per-node times cannot see). At most ``trials`` re-emissions. ``ranges``: the
-    calibration table, or a calibrator that also ranges tensors a float node newly needs."""
+    keep a re-emitted model only when a run takes less CPU time (``Profile.cost``). First the
+    nodes ``decide`` names, again on each model kept; then one class at a time, worst first:
+    those slower in INT8 than in float, and while the whole model is, any (a Q/DQ pair also
+    slows the float kernels around it, which per-node times cannot see). At most ``trials``
+    re-emissions. ``ranges``: the calibration table, or a calibrator that also ranges tensors
+    a float node newly needs."""
     with profiling.phase("placement"):
         fp32, measured = profiles([float_model, int8_model], feeds, provider)
         best = _Candidate(int8_model, first, measured, {})
@@ -118,7 +121,7 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
                 per_node = False
                 loss = {k: best.measured.classes.get(k, 0.0) - fp32.classes.get(k, 0.0)
                         for k in {node_class(n) for n in nodes} - tried}  # fmt: skip
-                if not loss or (max(loss.values()) < 0 and best.measured.total < fp32.total):
+                if not loss or (max(loss.values()) < 0 and best.measured.cost < fp32.cost):
                     break
                 # the class that loses most in INT8 (or, while INT8 is slower, gains least), not tried yet
                 worst = max(loss, key=loss.__getitem__)
@@ -139,8 +142,8 @@ def place(float_model: ir.Model, int8_model: ir.Model, first: QuantizePass, rang
                 per_node = False  # the verdicts did not pay together: classes, if still slower
         kernels = {k: [fp32.classes.get(k, 0.0) / 1000, best.measured.classes.get(k, 0.0) / 1000]
                    for k in {*fp32.classes, *best.measured.classes}}  # fmt: skip
-        return Placement(best.model, best.quantize_pass, best.excluded, fp32.total / 1000, best.total / 1000,
-                         kernels, count, start / 1000)  # fmt: skip
+        return Placement(best.model, best.quantize_pass, best.excluded, fp32.total / 1000, best.measured.total / 1000,
+                         kernels, count, start / 1000, [fp32.cpu_us / 1000, best.measured.cpu_us / 1000])  # fmt: skip
 
 
 def _emit(float_model: ir.Model, ranges: Ranges, config: QuantConfig, excluded: dict[str, str]) -> _Candidate | None:
@@ -167,4 +170,4 @@ class _Candidate:
 
     @property
     def total(self) -> float:
-        return self.measured.total
+        return self.measured.cost
