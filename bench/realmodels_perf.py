@@ -101,6 +101,8 @@ def quantize_cmd(tool: str, model: Path, data: Path, method: str, out: Path, sam
             "--samples",
             str(samples),
             "--no-latency",
+            "--report",
+            str(out.with_suffix(".report.json")),
         ]
     return [sys.executable, __file__, "--ort-worker", str(model), str(data), method, str(out), str(samples)]
 
@@ -211,6 +213,17 @@ def fidelity(kind: str, reference: dict, candidate: dict) -> float:
     )
 
 
+def phases(profile: dict) -> dict:
+    """Seconds and peak MB of the top-level phases of one run (imports first)."""
+    top = {"imports": {"seconds": profile["imports_s"], "peak_mb": None}}
+    for phase in profile["phases"]:
+        if phase["depth"] == 0:
+            row = top.setdefault(phase["name"], {"seconds": 0.0, "peak_mb": 0.0})
+            row["seconds"] = round(row["seconds"] + phase["seconds"], 3)
+            row["peak_mb"] = max(row["peak_mb"] or 0.0, phase["peak_mb"] or 0.0)
+    return top
+
+
 def summary(values: list[float]) -> dict:
     values = [v for v in values if v is not None]
     if not values:
@@ -269,6 +282,8 @@ def main() -> None:
                         quantize_cmd(tool, path, data, method, out, args.samples, args.provider),
                         int(args.cap_gb * 2**30),
                     )
+                    if tool == "onnxprune" and got["error"] is None:  # where its time went (--profile's block)
+                        got["profile"] = phases(json.loads(out.with_suffix(".report.json").read_text())["profile"])
                     calib.setdefault((name, method, tool), []).append(got)
                     print(f"rep {rep} {name} {method} {tool}: {got}", file=sys.stderr)
                     load.append(os.getloadavg()[0])
@@ -392,6 +407,7 @@ def build_report(args, models, methods, tools, calib, latency, load, pruned) -> 
                 timed = latency.get((name, f"{tool}:{method}"), [])
                 ok = [r for r in timed if r["error"] is None]
                 row[tool] = {
+                    **({"phases": runs[-1]["profile"]} if "profile" in runs[-1] else {}),  # the last repetition's
                     "seconds": summary([r["seconds"] for r in runs if r["error"] is None]),
                     "peak_mb": summary([r["peak_mb"] for r in runs if r["error"] is None]),
                     "errors": sorted({r["error"] for r in runs if r["error"]}),

@@ -34,7 +34,7 @@ from onnxprune._extdata import check_external_data
 from onnxprune._stream_save import save_streamed
 from onnxprune.errors import BrokenOutputError, InvalidModelError, ModelLoadError, UsageError, first_line
 from onnxprune.graphutils import name_unnamed_nodes, release_mapping
-from onnxprune.profiling import timed
+from onnxprune.profiling import phase, timed
 from onnxprune.shapes import normalize_dims
 from onnxprune.validate import check_structure
 
@@ -270,7 +270,8 @@ def _runtime_refusal(path: str | os.PathLike) -> str | None:
 
 
 def _check_runtime_loads(staged: Path, input_path: str | os.PathLike | None) -> None:
-    problem = _runtime_refusal(staged)
+    with phase("self-check session"):
+        problem = _runtime_refusal(staged)
     if problem is None or (input_path is not None and _runtime_refusal(input_path) is not None):
         return
     raise BrokenOutputError(

@@ -80,6 +80,19 @@ def test_fidelity_is_measured_per_sample():
     assert np.array_equal(held["x"], a + 1)
 
 
+def test_held_out_samples_are_streamed():
+    """Only the rows it may return are kept from the batches (not every calibration sample):
+    after the calibrated ones when enough follow them, else the first ones."""
+    def batches(n):
+        for i in range(n):
+            batch = {"x": np.full((1, 4), i, np.float32)}
+            yield batch
+            batch["x"][:] = -1  # a batch reused by the reader: what was kept must be a copy
+    assert fidelity_guard.held_out(batches(1000), skip=100, count=32)["x"][:, 0].tolist() == list(range(100, 132))
+    assert fidelity_guard.held_out(batches(110), skip=100, count=32)["x"][:, 0].tolist() == list(range(32))
+    assert fidelity_guard.held_out(batches(120), skip=100, count=32)["x"][:, 0].tolist() == list(range(100, 120))
+
+
 def _noisy(scale: float) -> onnxprune.io.ir.Model:
     """y = x + scale * cos(x): the float model when scale is 0, a lossy copy otherwise."""
     nodes = [helper.make_node("Cos", ["x"], ["s"], name="cos"), helper.make_node("Mul", ["s", "k"], ["n"], name="k"),
@@ -190,3 +203,68 @@ def test_the_guard_gives_back_ranges_an_entropy_threshold_cut(tmp_path):
                                      "--calib", str(tmp_path / "calib.npz"), "--samples", "96", "--method", "entropy",
                                      "--no-clean", "--no-latency"])
     assert shown.exit_code == 0 and "ranges the calibration method cut" in shown.output, shown.output
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """fc1 -> Reshape -> fc2 -> Add: keeping fc1 float leaves the Reshape float, so fc2's
+    input needs a range of its own (while fc1 is INT8 it shares fc1's output's)."""
+    rng = np.random.default_rng(1)
+    weights = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+               for n, s in (("W1", (16, 16)), ("W2", (16, 10)), ("b", (10,)))]
+    shape = numpy_helper.from_array(np.array([-1, 16], np.int64), "shape")
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="fc1"),
+             helper.make_node("Reshape", ["h", "shape"], ["r"], name="rs"),
+             helper.make_node("MatMul", ["r", "W2"], ["m"], name="fc2"),
+             helper.make_node("Add", ["m", "b"], ["p"], name="add")]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 10])],
+                              [*weights, shape])
+    path = tmp_path / "chain.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((96, 16)).astype(np.float32))
+    return path, tmp_path / "calib.npz"
+
+
+@pytest.mark.parametrize(("method", "passes"), [("minmax", 1), ("entropy", 2)])
+def test_the_guards_tries_calibrate_once_and_the_table_keeps_every_range(chain, tmp_path, monkeypatch, method,
+                                                                          passes):
+    """Tries that keep nodes float may need new ranges: minmax ranges them in the first pass
+    (a reduction more each), a histogram method in one more pass for every try; the table
+    saved and reported holds them all (a try's calibration once replaced it)."""
+    from onnxprune.api import quantize_api
+
+    model, calib = chain
+    calls = []
+    real = quantize_api.calibrate
+    monkeypatch.setattr(quantize_api, "calibrate", lambda *a, **k: calls.append(k["tensors"]) or real(*a, **k))
+
+    def tries(reference, quantized, feeds, requantize, **kwargs):
+        made = [requantize(frozenset(kept)) for kept in ({"fc1"}, {"fc1", "add"}, {"add"})]
+        fidelity = fidelity_metric.measure(reference, made[0], feeds)
+        return fidelity_guard.GuardResult(made[0], fidelity, fidelity, {"fc1": "kept by the test"}, len(made))
+
+    monkeypatch.setattr(quantize_api.fidelity_guard, "guard", tries)
+    result = onnxprune.quantize(model, tmp_path / "q.onnx", calib=calib, samples=64, clean=False, method=method,
+                                save_table=tmp_path / "t.json")
+    assert len(calls) == passes
+    saved = onnxprune.calibration.CalibrationTable.load(tmp_path / "t.json")
+    assert {"x", "h", "r", "m"} <= set(saved) and set(saved) == set(result.table)
+    assert result.calibration["tensors"] == len(saved) and result.calibration["method"] == method
+    dequantized = {n.outputs[0].name for n in load_model(tmp_path / "q.onnx").graph if n.op_type == "DequantizeLinear"}
+    assert any(name.startswith("r") for name in dequantized)  # fc2 reads r through its own Q/DQ
+
+
+def test_large_activations_are_ranked_in_groups(offset_classifier, tmp_path, monkeypatch):
+    """Past GROUP_BYTES a sample, the layer-wise ranking compares the tensors a group at a
+    time (a detector's 840 MB of maps per sample and model are never all returned at once)."""
+    from onnxprune.parity import layerwise
+
+    model, calib = offset_classifier
+    groups = []
+    real = layerwise.localise
+    monkeypatch.setattr(fidelity_guard, "GROUP_BYTES", 64)  # bytes: a tensor or two of [1, 16] floats
+    monkeypatch.setattr(fidelity_guard, "localise", lambda *a, **k: groups.append(k["only"]) or real(*a, **k))
+    result = onnxprune.quantize(model, tmp_path / "q.onnx", calib=calib, samples=64, clean=False)
+    assert len(groups) > 1 and all(groups) and not set.intersection(*groups)
+    assert "offset" in result.fidelity["kept_float"]  # the culprit found all the same

@@ -49,5 +49,10 @@ def test_quantize_profile_block_and_report(tmp_path):
     assert result.exit_code == 0, result.output
     for name in ("load", "clean-up", "calibration session", "calibration", "emit", "save", "peak RSS"):
         assert name in result.output  # CliRunner mixes stderr in
-    names = [p["name"] for p in json.loads(report.read_text())["profile"]["phases"]]
+    profile = json.loads(report.read_text())["profile"]
+    names = [p["name"] for p in profile["phases"]]
     assert names[:2] == ["load", "clean-up"] and {"calibration", "calibration session", "emit"} <= set(names)
+    for name in ("fidelity guard", "float outputs", "compare", "save", "self-check session"):
+        assert name in names  # every phase of the command is on the clock
+    top = sum(p["seconds"] for p in profile["phases"] if p["depth"] == 0)
+    assert 0.6 * profile["total_s"] <= top <= profile["total_s"]  # the phases are where the time went

@@ -33,16 +33,22 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from onnxprune.api.fidelity_metric import HELD_OUT, Fidelity, Target, held_out, measure
+from onnxprune import profiling, shapes
+from onnxprune.api.fidelity_metric import HELD_OUT, Fidelity, Target, held_out, measure, run
+from onnxprune.calibration.plan import ACTIVATION_BUDGET
+from onnxprune.calibration.probes import tensor_infos
+from onnxprune.calibration.tensors import graph_values
 from onnxprune.errors import ParityError
 from onnxprune.parity.inputs import make_feed
 from onnxprune.parity.layerwise import localise
 from onnxprune.parity.tolerances import Tolerances
 
-__all__ = ["HELD_OUT", "Fidelity", "GuardResult", "Target", "culprits", "guard", "held_out", "measure", "ranking"]
+__all__ = ["HELD_OUT", "Fidelity", "GuardResult", "Target", "culprits", "guard", "held_out", "measure", "ranking",
+           "run"]
 
 LOCALISE = 4  # samples of the layer-wise run that ranks the nodes
 SECONDS = 180  # the search stops trying after this long (a re-emission and a comparison per try)
+GROUP_BYTES = 256 << 20  # activations a sample of each model returns in one layer-wise run (layout: 840 MB)
 LOCAL_DROP = 0.05  # cosine lost by one node beyond its inputs' that makes it a culprit
 MATRIX_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
 GIVE_BACK = 3  # kept nodes tried back in INT8 for speed, the most time saved first
@@ -85,19 +91,26 @@ class _Try:
 def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarray], requantize: Requantize,
           *, strict: bool = False, progress: bool = False, target: Target | None = None,
           int8: set[str] | None = None, clipped: Sequence[tuple[str, str]] = (),
-          savings: Callable[[], Mapping[str, float]] | None = None) -> GuardResult:
+          savings: Callable[[], Mapping[str, float]] | None = None,
+          reference_outputs: Mapping[str, np.ndarray] | None = None) -> GuardResult:
     """``reference``: the float model as the quantizer saw it (names match); ``feeds``:
     held-out samples; ``int8``: the nodes ``quantized`` runs in INT8 (default: those reading
     a DequantizeLinear); ``clipped``: (tensor, why) whose range the calibration method cut,
     most first, which ``requantize(kept, widened)`` can give back (see the module docstring);
     ``savings``: measures the time INT8 saves per node on the target provider (see
-    :mod:`.kernel_profile`; called only when nodes are kept float). Returns the model to keep
-    (``quantized`` when it is fine).
+    :mod:`.kernel_profile`; called only when nodes are kept float); ``reference_outputs``: the
+    reference's outputs on ``feeds`` if the caller has them (else run once here: every try is
+    compared with them). Returns the model to keep (``quantized`` when it is fine).
 
     The prefix search counts nodes, not time: a node that adds little error but saves much
     (a large MatMul) can end up in it. So with ``savings``, the few kept nodes that save most
     are then tried back in INT8, one at a time, each kept there when the target still holds."""
-    first = measure(reference, quantized, feeds, target)
+    outputs = reference_outputs
+    if outputs is None:
+        with profiling.phase("float outputs"):
+            outputs = run(reference, feeds)
+    with profiling.phase("compare"):
+        first = measure(reference, quantized, feeds, target, reference_outputs=outputs)
     problem = first.problem()
     if problem is None:
         return GuardResult(quantized, first, first, {})
@@ -114,7 +127,9 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarr
         if model is None:
             return False
         tries += 1
-        found = _Try(model, measure(reference, model, feeds, target), kept, widened or {})
+        with profiling.phase("compare"):
+            found = _Try(model, measure(reference, model, feeds, target, reference_outputs=outputs), kept,
+                         widened or {})
         best = max(best, found, key=lambda t: t.key)
         return found.fidelity.problem() is None
 
@@ -145,7 +160,8 @@ def guard(reference: ir.Model, quantized: ir.Model, feeds: Mapping[str, np.ndarr
         if attempt({}, dict(clipped)):
             return _done(best, first, tries, strict, problem)
         widened = best.widened  # if that helped, the float search builds on it
-    ranked[:] = ranking(reference, best.model, {k: v[:LOCALISE] for k, v in feeds.items()}, progress, int8)
+    with profiling.phase("layer-wise ranking"):
+        ranked[:] = ranking(reference, best.model, {k: v[:LOCALISE] for k, v in feeds.items()}, progress, int8)
     high = fewest(lambda k: attempt(prefix(k), widened), len(ranked))
     if high is None and time.monotonic() < deadline:  # last resort: only the matrix products in INT8
         attempt({n.name: f"not a matrix product ({problem})" for n in quantized.graph
@@ -195,6 +211,27 @@ def quantized_nodes(model: ir.Model) -> set[str]:
             and reads_dequantized(n)}
 
 
+def _tensor_groups(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> list[set[str] | None]:
+    """Consecutive groups of the model's tensors of at most ``GROUP_BYTES`` a sample (sizes
+    inferred for the first sample; unknown ones count as the largest); [None]: all at once."""
+    names = [n for n, v in graph_values(model).items() if not v.is_initializer() and v.const_value is None]
+    infos = tensor_infos(model, names, {k: v[:1] for k, v in feeds.items()})
+    known = [i.per_sample * (i.dtype.itemsize if i.dtype else 4) for i in infos.values() if i.per_sample]
+    sizes = {n: i.per_sample * (i.dtype.itemsize if i.dtype else 4) if i.per_sample else max(known, default=0)
+             for n, i in infos.items()}
+    if sum(sizes.values()) <= GROUP_BYTES:
+        return [None]
+    groups: list[set[str]] = [set()]
+    used = 0.0
+    for name in names:
+        if groups[-1] and used + sizes[name] > GROUP_BYTES:
+            groups.append(set())
+            used = 0
+        groups[-1].add(name)
+        used += sizes[name]
+    return list(groups)
+
+
 def culprits(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
              progress: bool = False) -> dict[str, str]:
     """Nodes whose output is much further from the float model than their inputs are."""
@@ -204,10 +241,20 @@ def culprits(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.nd
 
 def _local_drops(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
                  progress: bool) -> dict[str, tuple[float, str]]:
-    """Per reference node: the cosine its outputs lose beyond its inputs, and a line saying so."""
-    feed = make_feed(dict(feeds), reference, batch_size=LOCALISE)
-    report = localise(reference, candidate, feed, Tolerances(atol=None, min_cosine=0.99), progress=progress)
-    cosine = {r["name"]: r["cosine"] for r in report["tensors"] if r["cosine"] is not None}
+    """Per reference node: the cosine its outputs lose beyond its inputs, and a line saying so.
+
+    A run returns every compared tensor of both models at once: past ``GROUP_BYTES`` a sample,
+    the tensors are compared in groups, each over fewer samples (``LOCALISE`` in all; one
+    sample of a detector's maps holds millions of values)."""
+    groups = _tensor_groups(reference, feeds)
+    fixed = any(d and isinstance(d[0], int) for d in shapes.declared(reference).values())
+    samples = LOCALISE if fixed else max(1, LOCALISE // len(groups))  # a fixed batch cannot be cut
+    feed = make_feed({k: v[:samples] for k, v in feeds.items()}, reference, batch_size=samples)
+    cosine = {}
+    for group in groups:
+        report = localise(reference, candidate, feed, Tolerances(atol=None, min_cosine=0.99), progress=progress,
+                          max_bytes=ACTIVATION_BUDGET, only=group)  # a sample at a time: magika 350 -> 260 MB
+        cosine.update({r["name"]: r["cosine"] for r in report["tensors"] if r["cosine"] is not None})
     found = {}
     for node in reference.graph:
         mine = [cosine[v.name] for v in node.outputs if v.name in cosine]

@@ -18,12 +18,13 @@ and the metric can be changed and tested on their own.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
 
 from onnxprune import runtime, shapes
+from onnxprune.calibration.plan import activation_batch
 
 HELD_OUT = 32  # samples compared
 
@@ -98,9 +99,11 @@ def cosine(r: np.ndarray, c: np.ndarray) -> float:
 
 
 def measure(reference: ir.Model, candidate: ir.Model, feeds: Mapping[str, np.ndarray],
-            target: Target | None = None) -> Fidelity:
-    """Compare every float output of the two models on ``feeds``."""
-    return compare(run(reference, feeds), run(candidate, feeds), target)
+            target: Target | None = None, *, reference_outputs: Mapping[str, np.ndarray] | None = None) -> Fidelity:
+    """Compare every float output of the two models on ``feeds`` (``reference_outputs``: the
+    reference's, already run on these feeds: a search comparing many candidates runs it once)."""
+    ref = run(reference, feeds) if reference_outputs is None else reference_outputs
+    return compare(ref, run(candidate, feeds), target)
 
 
 def compare(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], target: Target | None = None) -> Fidelity:
@@ -120,9 +123,11 @@ def compare(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray], targe
 
 
 def run(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """All samples through one session, in batches of the model's fixed batch size if it has one."""
+    """All samples through one session, in batches of the model's fixed batch size if it has
+    one, else of the calibration's activation budget (ONNX Runtime's arena keeps the largest
+    run's blocks: 32 samples at once tripled magika's peak)."""
     fixed = [d[0] for d in shapes.declared(model).values() if d and isinstance(d[0], int)]
-    step = fixed[0] if fixed else len(next(iter(feeds.values())))
+    step = fixed[0] if fixed else min(len(next(iter(feeds.values()))), activation_batch(model))
     names = [o.name or "" for o in model.graph.outputs]
     parts: list[list[np.ndarray]] = []
     with runtime.session(model) as sess:
@@ -131,18 +136,29 @@ def run(model: ir.Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarra
     return {n: np.concatenate([p[i] for p in parts]) for i, n in enumerate(names)}
 
 
-def held_out(batches: Sequence[Mapping[str, np.ndarray]], skip: int, count: int = HELD_OUT) -> dict[str, np.ndarray]:
-    """Up to ``count`` samples after the first ``skip`` (those calibrated on), else the first ones."""
-    stacked: dict[str, list[np.ndarray]] = {}
+def held_out(batches: Iterable[Mapping[str, np.ndarray]], skip: int, count: int = HELD_OUT) -> dict[str, np.ndarray]:
+    """Up to ``count`` samples after the first ``skip`` (those calibrated on), else the first ones.
+
+    Streamed: only the rows either choice may take are kept (a layout detector's 100
+    calibration samples are 580 MB; stacking them all to keep 32 doubled that)."""
+    kept: dict[str, list[np.ndarray]] = {}
+    index: list[np.ndarray] = []
     first: dict[str, tuple[int, ...]] | None = None
+    n = 0
     for batch in batches:
         if first is None:
             first = {k: v.shape[1:] for k, v in batch.items()}
         if any(v.shape[1:] != first[k] for k, v in batch.items()):
             continue  # samples of another shape (dynamic axes) cannot share the array
-        for k, v in batch.items():
-            stacked.setdefault(k, []).append(v)
-    arrays = {k: np.concatenate(v) for k, v in stacked.items()}
-    n = len(next(iter(arrays.values())))
+        size = len(next(iter(batch.values())))
+        rows = np.arange(n, n + size)
+        wanted = (rows < count) | ((rows >= skip) & (rows < skip + count))
+        if wanted.any():
+            index.append(rows[wanted])
+            for k, v in batch.items():
+                kept.setdefault(k, []).append(v[wanted])  # a copy: the batch itself is not kept
+        n += size
     start = skip if n - skip >= min(count, n) // 2 and skip < n else 0
-    return {k: v[start : start + count] for k, v in arrays.items()}
+    where = np.concatenate(index) if index else np.zeros(0, np.int64)
+    chosen = (where >= start) & (where < start + count)
+    return {k: np.concatenate(v)[chosen] for k, v in kept.items()}

@@ -11,6 +11,7 @@ import onnx
 import onnx_ir as ir
 from onnx import version_converter
 
+from onnxprune import profiling
 from onnxprune.errors import first_line
 
 
@@ -22,9 +23,10 @@ def upgrade(model: ir.Model, opset: int) -> tuple[ir.Model, str | None, str | No
     if current >= opset:
         return model, None, None
     try:
-        proto = version_converter.convert_version(ir.to_proto(model), opset)
-        onnx.checker.check_model(proto)
-        converted = ir.from_proto(proto)
+        with profiling.phase("opset upgrade"):
+            proto = version_converter.convert_version(ir.to_proto(model), opset)
+            onnx.checker.check_model(proto)
+            converted = ir.from_proto(proto)
     except Exception as exc:  # the converter raises RuntimeError/ValueError/checker errors
         return model, None, f"onnx's version converter cannot take opset {current} to {opset} ({first_line(exc)})"
     for key, value in model.meta.items():

@@ -20,10 +20,12 @@ from onnxprune.calibration.collect import activation_batch
 from onnxprune.calibration.data import Dataset
 from onnxprune.distributed import resolve_executor
 from onnxprune.errors import UnsupportedError, UsageError
+from onnxprune.graphutils import named
 from onnxprune.io import as_model, check_output_path, has_external_data, save_model, weights_nbytes
 from onnxprune.passes.quantize.config import QuantConfig, check_exclusions
 from onnxprune.passes.quantize.detect import check_not_quantized
 from onnxprune.passes.quantize.quantize_pass import MIN_OPSET, QuantizePass, nothing_to_quantize
+from onnxprune.passes.quantize.rules import activation_values
 from onnxprune.pipeline import DEFAULT_PIPELINE, PipelineResult, run_pipeline
 from onnxprune.report import short_repr
 
@@ -171,6 +173,7 @@ def quantize(
     quantize_pass = source.make_pass(config)
     rereadable = isinstance(calib, (str, os.PathLike, Mapping, list, tuple, Dataset))  # not a one-shot iterator
     float_copy = _copy(loaded) if guard and rereadable and not synthetic else None
+    source.for_guard = float_copy is not None and method == "minmax"  # what the guard's tries may need: ~free now
     cleaned = run_pipeline(loaded, DEFAULT_PIPELINE, progress=progress) if clean else None
     equalized = _equalize(loaded, source) if equalize else None
     plain_base = _copy(loaded) if equalized is not None and float_copy is not None else None
@@ -193,9 +196,10 @@ def quantize(
         feeds_for = _latency_feeds(before_pass, calib, preprocess, batch)
     if float_copy is not None:
         savings = _savings(before_pass, result.model, feeds_for, target) if placing else None
-        guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict, progress,
-                                        fidelity_guard.Target.of(min_fidelity), corrected_base, recovered,
-                                        plain_base, savings)
+        with profiling.phase("fidelity guard"):
+            guarded, quantize_pass = _guard(float_copy, result, quantize_pass, source, config, clean, strict,
+                                            progress, fidelity_guard.Target.of(min_fidelity), corrected_base,
+                                            recovered, plain_base, savings)
         result.model = guarded.model if guarded is not None else result.model
     placed = None
     if placing:
@@ -286,12 +290,16 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
             ranges = _widened(ranges, widened)
 
         def calibrator(m: ir.Model, needed: list[str]):
-            missing = [n for n in needed if n not in ranges]
+            missing = [n for n in needed if n not in ranges and n not in getattr(ranges, "skipped", {})]
             if not missing or source.table is not None:
                 return ranges
             used, info = source.used, source.info
-            fresh = source.calibrate(m, missing)  # only what is new; the table stays whole
-            source.used, source.info = _merged(used, fresh), info
+            # only what is new, and at once every tensor a later try may need (a pass each cost
+            # magika 4 passes): the table stays whole
+            more = [named(v) for v in activation_values(m, config, any_subset=True) if named(v) not in used]
+            fresh = source.calibrate(m, list(dict.fromkeys([*missing, *more])))
+            source.used = _merged(used, fresh)
+            source.info = {**info, "tensors": len(source.used)}  # the first calibration's, with the table's count
             emitted_with[0] = _merged(ranges, fresh)
             return emitted_with[0]
 
@@ -309,12 +317,15 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
                            preprocess=source.preprocess)
     if any(axis != 0 for axis in dataset.batch_axes.values()):
         return None, quantize_pass  # samples are cut along axis 0: not for states [2, batch, ..] nor scalars yet
-    feeds = fidelity_guard.held_out(dataset.batches(source.batch_size), source.samples or 0)
+    feeds = fidelity_guard.held_out(dataset.batches(1), source.samples or 0)  # a sample at a time: 32 are kept
     first = result.model
+    with profiling.phase("float outputs"):
+        outputs = fidelity_guard.run(reference, feeds)  # once: every candidate is compared with them
     if corrected is not None and recovered is not None:  # a recovery step never silently hurts
         base["model"] = start
         plain = requantize(frozenset())
-        with_it, without = (fidelity_guard.measure(reference, m, feeds, target) for m in (first, plain))
+        with_it, without = (fidelity_guard.measure(reference, m, feeds, target, reference_outputs=outputs)
+                            for m in (first, plain))
         keep = recovery.better(with_it, without)
         recovered["bias_correction"].update(kept=keep, fidelity_with=with_it.to_dict(),
                                             fidelity_without=without.to_dict())
@@ -323,7 +334,7 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
         quantize_pass = passes[id(first)]
     guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,
                                    target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name},
-                                   clipped=clipped, savings=savings)
+                                   clipped=clipped, savings=savings, reference_outputs=outputs)
     if guarded.widened:
         source.used = tables[id(guarded.model)]
     return guarded, passes[id(guarded.model)]
@@ -385,11 +396,14 @@ class _RangeSource:
     progress: bool
     executor: object = None
     symmetric: bool = False  # the activations' quantization grid
+    config: QuantConfig | None = None
+    for_guard: bool = False  # also range what the guard's tries may need (min/max: a reduction more each)
     info: dict = dataclasses.field(default_factory=dict)  # for the report
     used: Mapping[str, object] | None = None  # the ranges the pass used
 
     def make_pass(self, config: QuantConfig) -> QuantizePass:
         self.symmetric = config.symmetric  # ranges for the grid they will get (entropy levels...)
+        self.config = config
         if self.table is None:
             return QuantizePass(config=config, calibrator=self.calibrate)
         self.used = _load_table(self.table)
@@ -416,6 +430,9 @@ class _RangeSource:
         return merged
 
     def calibrate(self, model: ir.Model, tensors: list[str]) -> CalibrationTable:
+        if self.for_guard and self.used is None and self.config is not None:  # the first calibration
+            tensors = list(dict.fromkeys([*tensors, *(named(v) for v in activation_values(model, self.config,
+                                                                                          any_subset=True))]))
         with profiling.phase("calibration"):
             return self._calibrate(model, tensors)
 

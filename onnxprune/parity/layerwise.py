@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -256,11 +256,17 @@ def localise(
     samples: int | None = None,
     progress: bool = False,
     provider_options: Mapping[str, Mapping[str, str]] | None = None,
+    max_bytes: int = LAYERWISE_BYTES,
+    only: Collection[str] | None = None,
 ) -> dict:
     """Compare every matched intermediate tensor over the first ``samples`` samples of
-    ``feed`` (all if None); the report documented in onnxprune.parity.result (``layerwise``)."""
+    ``feed`` (all if None); the report documented in onnxprune.parity.result (``layerwise``).
+    ``max_bytes``: exposed activations per run (below the default, runs start at 1 sample);
+    ``only``: the reference tensors to compare (default: every one)."""
     ref_copy, cand_copy = _typed_copy(reference), _typed_copy(candidate)
     matches, unmatched = match_tensors(ref_copy, cand_copy)
+    if only is not None:
+        matches = [m for m in matches if m.name in only]
     channels = channel_map_of(candidate, channel_map)
     pairs = [_Pair(m, tolerances, channels.get(m.name)) for m in matches]
     _expose(ref_copy, [m.name for m in matches])
@@ -273,7 +279,7 @@ def localise(
         cand_names = [m.candidate for m in matches]
         fixed = any(shape and isinstance(shape[0], int) and shape[0] > 0
                     for shape, _ in runtime.input_specs(reference).values())
-        chunk = LAYERWISE_FIRST_CHUNK
+        chunk = LAYERWISE_FIRST_CHUNK if max_bytes >= LAYERWISE_BYTES else 1
         limit = feed.samples if samples is None else min(samples, feed.samples)
         seen = 0
         bar = tqdm(total=limit, desc="layer-wise", unit="sample", disable=not progress, leave=False)
@@ -292,7 +298,7 @@ def localise(
                     pair.update(ref_out[pair.match.name], cand_out[pair.match.candidate])
                 taken = min(step, n - start)
                 per_sample = sum(a.nbytes for out in (ref_out, cand_out) for a in out.values()) / taken
-                chunk = max(1, int(LAYERWISE_BYTES // max(per_sample, 1)))
+                chunk = max(1, int(max_bytes // max(per_sample, 1)))
                 del ref_out, cand_out
                 start += taken
                 seen += taken

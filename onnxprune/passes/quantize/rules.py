@@ -169,19 +169,25 @@ def plan(model: ir.Model, config: QuantConfig) -> Plan:
     return result
 
 
-def activation_values(model: ir.Model, config: QuantConfig, the_plan: Plan | None = None) -> list[ir.Value]:
+def activation_values(model: ir.Model, config: QuantConfig, the_plan: Plan | None = None, *,
+                      any_subset: bool = False) -> list[ir.Value]:
     """Every non-constant float tensor quantization needs a calibrated range for.
 
     Inputs and quantized outputs of compute nodes, and the outputs of the Relu/Clip that follow
     them. Not needed: a compute output whose Relu/Clip is sure to fold into its range (see
     ``folds_for_sure``; it uses the activation's range) and data-movement outputs (they share
-    their input's). Fewer tensors make calibration faster.
+    their input's). Fewer tensors make calibration faster. ``any_subset``: those that any
+    quantization of a subset of the plan's compute nodes may need (with the folded and shared
+    ones: keeping nodes float can unfold a Relu or leave a Reshape float), so that a search over
+    the nodes kept float calibrates once.
     """
     the_plan = the_plan or plan(model, config)
     seen: dict[int, ir.Value] = {}
     foldable = foldable_activations(the_plan.compute, config)
     folded = {id(act.inputs[0]) for act in foldable if folds_for_sure(act, config)}
     folded.update(id(o) for node in the_plan.shared for o in node.outputs)  # they share their input's
+    if any_subset:  # a data-movement node whose input stays float stays float too
+        folded.clear()
     for node in the_plan.compute:
         values = [node.inputs[i] for i in the_plan.quantized_inputs(node)] + the_plan.quantized_outputs(node)
         for value in values:
