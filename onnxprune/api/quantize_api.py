@@ -283,24 +283,32 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
 
     clipped = _clipped(source.used) if source.table is None and source.method != "minmax" else []
 
-    def requantize(kept: frozenset[str], widened: frozenset[str] = frozenset()) -> ir.Model | None:
+    def requantize(kept: frozenset[str], widened: frozenset[str] = frozenset(), fresh: bool = False
+                   ) -> ir.Model | None:
+        """``fresh``: ranges calibrated again on this float model (not the one they were made on)."""
         model = _copy(base["model"])
         ranges = source.used  # the same ranges; calibrated again only if a new tensor needs one
         if widened:  # the observed min/max for these tensors (the method had clipped them)
             ranges = _widened(ranges, widened)
 
         def calibrator(m: ir.Model, needed: list[str]):
-            missing = [n for n in needed if n not in ranges and n not in getattr(ranges, "skipped", {})]
-            if not missing or source.table is not None:
+            if source.table is not None:
                 return ranges
             used, info = source.used, source.info
+            if fresh:  # its own ranges; the caller decides whether they replace the table
+                emitted_with[0] = source.calibrate(m, needed)
+                source.used, source.info = used, info
+                return emitted_with[0]
+            missing = [n for n in needed if n not in ranges and n not in getattr(ranges, "skipped", {})]
+            if not missing:
+                return ranges
             # only what is new, and at once every tensor a later try may need (a pass each cost
             # magika 4 passes): the table stays whole
             more = [named(v) for v in activation_values(m, config, any_subset=True) if named(v) not in used]
-            fresh = source.calibrate(m, list(dict.fromkeys([*missing, *more])))
-            source.used = _merged(used, fresh)
+            new = source.calibrate(m, list(dict.fromkeys([*missing, *more])))
+            source.used = _merged(used, new)
             source.info = {**info, "tensors": len(source.used)}  # the first calibration's, with the table's count
-            emitted_with[0] = _merged(ranges, fresh)
+            emitted_with[0] = _merged(ranges, new)
             return emitted_with[0]
 
         emitted_with = [ranges]
@@ -323,7 +331,7 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
         outputs = fidelity_guard.run(reference, feeds)  # once: every candidate is compared with them
     if corrected is not None and recovered is not None:  # a recovery step never silently hurts
         base["model"] = start
-        plain = requantize(frozenset())
+        plain = requantize(frozenset(), fresh=True)  # its own ranges: the corrected model's are not its
         with_it, without = (fidelity_guard.measure(reference, m, feeds, target, reference_outputs=outputs)
                             for m in (first, plain))
         keep = recovery.better(with_it, without)
@@ -332,6 +340,8 @@ def _guard(float_model, result, quantize_pass, source, config, clean, strict, pr
         base["model"] = corrected if keep else start
         first = first if keep else plain
         quantize_pass = passes[id(first)]
+        if not keep:
+            source.used = tables[id(plain)]
     guarded = fidelity_guard.guard(reference, first, feeds, requantize, strict=strict, progress=progress,
                                    target=target, int8={n.name for n in quantize_pass.plan.nodes if n.name},
                                    clipped=clipped, savings=savings, reference_outputs=outputs)
