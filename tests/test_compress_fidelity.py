@@ -10,13 +10,13 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.api import compress_fidelity
 from onnxprune.api.fidelity_metric import Fidelity, Target
 from onnxprune.cli import cli
 from onnxprune.compress import compress
 from onnxprune.errors import ParityError
+from tiny import offset_classifier as offset_model
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,7 @@ def offset_classifier(tmp_path_factory):
     loses the argmax unless the Add stays float (tests/test_fidelity_guard.py)."""
     tmp = tmp_path_factory.mktemp("offset")
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.01).astype(np.float32), "W")
-    offset = numpy_helper.from_array(np.full(10, 1000, np.float32), "off")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["l"], name="fc"),
-             helper.make_node("Add", ["l", "off"], ["p"], name="offset")]
-    graph = helper.make_graph(nodes, "offset", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 10])], [w, offset])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp / "m.onnx")
+    onnx.save(offset_model(rng), tmp / "m.onnx")
     np.savez(tmp / "calib.npz", x=rng.standard_normal((128, 16)).astype(np.float32))
     np.savez(tmp / "eval.npz", x=rng.standard_normal((64, 16)).astype(np.float32))
     return tmp / "m.onnx", tmp / "calib.npz", tmp / "eval.npz"

@@ -21,19 +21,14 @@ from onnxprune import runtime
 from onnxprune.api import fidelity_guard, fidelity_metric
 from onnxprune.cli import cli
 from onnxprune.io import load_model
+from tiny import offset_classifier as offset_model
 
 
 @pytest.fixture
 def offset_classifier(tmp_path):
     rng = np.random.default_rng(0)
-    w = numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.01).astype(np.float32), "W")
-    offset = numpy_helper.from_array(np.full(10, 1000, np.float32), "off")
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["l"], name="fc"),
-             helper.make_node("Add", ["l", "off"], ["p"], name="offset")]
-    graph = helper.make_graph(nodes, "offset", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 10])], [w, offset])
     path = tmp_path / "m.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(offset_model(rng), path)
     np.savez(tmp_path / "calib.npz", x=rng.standard_normal((128, 16)).astype(np.float32))
     return path, tmp_path / "calib.npz"
 

@@ -115,3 +115,15 @@ def ops(model: ir.Model) -> list[str]:
 def snapshot(model: ir.Model) -> bytes:
     """The model serialized: equal snapshots mean nothing changed."""
     return ir.to_proto(model).SerializeToString(deterministic=True)
+
+
+def offset_classifier(rng: np.random.Generator) -> onnx.ModelProto:
+    """Class logits as a tiny signal on an offset of 1000 (magika's quirk in small): INT8 loses
+    the argmax unless the Add stays float. Input x [N, 16], output p [N, 10]."""
+    w = numpy_helper.from_array((rng.standard_normal((16, 10)) * 0.01).astype(np.float32), "W")
+    offset = numpy_helper.from_array(np.full(10, 1000, np.float32), "off")
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["l"], name="fc"),
+             helper.make_node("Add", ["l", "off"], ["p"], name="offset")]
+    graph = helper.make_graph(nodes, "offset", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["N", 10])], [w, offset])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
