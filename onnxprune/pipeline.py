@@ -95,8 +95,8 @@ class Verifier:
     Exact rewrites (folding BN or a scale into a Conv) reorder float32 arithmetic, and some
     models amplify that rounding far beyond 1e-5: PP-OCRv4's detector run by ONNX Runtime
     with and without its own graph optimizations (which fuse Conv+BN the same way, in
-    float32) differs by 3e-5 on real pages and by 4 % on random inputs, whose sigmoid
-    outputs sit deep in the tail; a float64 evaluation of it is as far from either. So
+    float32) differs by more than 1e-5 on real pages and by far more on random inputs,
+    whose sigmoid outputs sit deep in the tail (figures: bench/results/realmodels.json). So
     each output's bound is ``max(tolerance, FLOOR_FACTOR * floor)``, ``floor`` being that
     spread of the original itself on the same feeds (``noise_floor`` in the record): a
     pass is exact when it moves the outputs no more than float32 evaluation of the
