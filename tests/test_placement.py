@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from onnx import helper
 
 import onnxprune
-from onnxprune.api.placement import Profile, _charge, decide, node_class, profiles
+from onnxprune.api.kernel_profile import Profile, _charge, profiles
+from onnxprune.api.placement import decide, node_class
 from onnxprune.cli import cli
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.quantize_pass import QuantizePass

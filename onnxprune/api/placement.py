@@ -26,12 +26,12 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxprune import profiling
-from onnxprune.api.kernel_profile import Profile, _charge, profile, profiles
+from onnxprune.api.kernel_profile import Profile, profiles
 from onnxprune.errors import UsageError
 from onnxprune.passes.quantize.config import QuantConfig
 from onnxprune.passes.quantize.quantize_pass import QuantizePass
 
-__all__ = ["Decision", "Placement", "Profile", "_charge", "decide", "node_class", "place", "profile", "profiles"]
+__all__ = ["Decision", "Placement", "decide", "node_class", "place"]
 
 
 @dataclasses.dataclass
